@@ -1,0 +1,187 @@
+"""The PolyLoss core: one log-space implementation for the whole family (eager PyTorch).
+
+Per element, with ``p_t`` the predicted probability of the target::
+
+    loss = (1 - p_t)^gamma * CE_alpha  +  w_t * sum_j eps_j * (1 - p_t)^(j + gamma)
+
+The arguments reaching this module are already validated (see :mod:`polyfocal.functional`).
+
+Numerics: ``log(1 - p_t)`` is computed directly in log space, never as ``log(1 - exp(-CE))``:
+
+* softmax: ``1 - p_t = sum_c (1 - q_c) p_c``, so ``log(1 - p_t) = logsumexp_c(log p_c + log(1 - q_c))``
+  with ``log(0) = -inf`` masking the target class.  This stays finite (about ``-|logit gap|``) when
+  ``p_t`` rounds to 1, so ``(1 - p_t)^gamma = exp(gamma * log(1 - p_t))`` has a finite gradient for
+  every ``gamma >= 0``, including ``gamma < 1``.
+* sigmoid: ``1 - p_t = t * sigmoid(-x) + (1 - t) * sigmoid(x)``, a log-add-exp of two log-sigmoids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def _safe_log(t: torch.Tensor) -> torch.Tensor:
+    """``log(t)`` for ``t >= 0`` with ``log(0) = -inf`` and a zero (not NaN) gradient there."""
+    positive = t > 0
+    return torch.where(positive, torch.log(torch.where(positive, t, torch.ones_like(t))), NEG_INF)
+
+
+def _logsumexp(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` whose all ``-inf`` slices give ``-inf`` with a zero gradient instead of NaN."""
+    empty = torch.isneginf(v).all(dim, keepdim=True)
+    out = torch.logsumexp(torch.where(empty, 0.0, v), dim, keepdim=True)
+    return torch.where(empty, NEG_INF, out).squeeze(dim)
+
+
+def _combine(
+    ce: torch.Tensor,
+    log_1m_pt: torch.Tensor | None,
+    *,
+    gamma: float,
+    epsilon: tuple[float, ...],
+    poly_weight: torch.Tensor | None,
+    modulator_grad: bool,
+) -> torch.Tensor:
+    """``(1 - p_t)^gamma * ce + poly_weight * sum_j eps_j (1 - p_t)^(j + gamma)``."""
+    loss = ce
+    if gamma != 0.0:
+        assert log_1m_pt is not None
+        modulator = torch.exp(gamma * log_1m_pt)
+        if not modulator_grad:
+            modulator = modulator.detach()
+        loss = modulator * ce
+    poly = None
+    for j, eps in enumerate(epsilon, start=1):
+        if eps == 0.0:
+            continue
+        assert log_1m_pt is not None
+        term = eps * torch.exp((j + gamma) * log_1m_pt)
+        poly = term if poly is None else poly + term
+    if poly is not None:
+        loss = loss + (poly if poly_weight is None else poly_weight * poly)
+    return loss
+
+
+def _needs_pt(gamma: float, epsilon: tuple[float, ...]) -> bool:
+    return gamma != 0.0 or any(e != 0.0 for e in epsilon)
+
+
+def softmax_poly_loss(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    is_index: bool,
+    epsilon: tuple[float, ...],
+    gamma: float,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    modulator_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """Per-element softmax PolyLoss and the denominator of ``reduction="mean"``.
+
+    ``x`` is ``(N, C, *)`` in the compute dtype; ``target`` is ``(N, *)`` class indices or ``(N, C, *)``
+    probabilities.  ``alpha`` and ``weight`` are ``(C,)`` vectors in the compute dtype.
+    The denominator follows ``F.cross_entropy``: the summed target weights of the non-ignored elements
+    (their count without ``weight``) for class indices, the number of elements for probabilities.
+    """
+    num_classes = x.shape[1]
+    shape = (1, num_classes) + (1,) * (x.ndim - 2)
+    logp = torch.log_softmax(x, dim=1)
+    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
+    need_pt = _needs_pt(gamma, epsilon)
+    ls = label_smoothing
+    valid: torch.Tensor | None = None
+    log_1m_pt: torch.Tensor | None = None
+
+    if is_index:
+        y = target
+        if ignore_index is not None:
+            valid = target != ignore_index
+            y = torch.where(valid, target, 0)
+        y1 = y.unsqueeze(1)
+        nll = -logp.gather(1, y1).squeeze(1)
+        ce = nll if class_weight is None else class_weight[y] * nll
+        target_weight = None if weight is None else weight[y]
+        poly_weight = target_weight
+        if ls > 0.0:
+            # q = (1 - ls) * onehot + ls / C, entering CE_c with the class weights
+            smooth = -(logp if class_weight is None else logp * class_weight.view(shape)).sum(1)
+            ce = (1.0 - ls) * ce + (ls / num_classes) * smooth
+            if weight is not None:
+                poly_weight = (1.0 - ls) * poly_weight + (ls / num_classes) * weight.sum()
+        if need_pt:
+            # log(1 - q_c): log(1 - ls/C) off target, log(ls * (1 - 1/C)) on target (-inf when 0)
+            off = math.log1p(-ls / num_classes) if ls / num_classes < 1.0 else NEG_INF
+            on_value = ls * (1.0 - 1.0 / num_classes)
+            on = math.log(on_value) if on_value > 0.0 else NEG_INF
+            v = logp if off == 0.0 else logp + off
+            v = v.scatter(1, y1, (-nll + on).unsqueeze(1))
+            log_1m_pt = _logsumexp(v, 1)
+        if target_weight is None:
+            denominator: torch.Tensor | int = y.numel() if valid is None else valid.sum()
+        else:
+            denominator = (target_weight if valid is None else target_weight * valid).sum()
+    else:
+        q = target.to(x.dtype)
+        if ls > 0.0:
+            q = q * (1.0 - ls) + ls / num_classes
+        weighted_q = q if class_weight is None else q * class_weight.view(shape)
+        ce = -(weighted_q * logp).sum(1)
+        poly_weight = None if weight is None else (q * weight.view(shape)).sum(1)
+        if need_pt:
+            log_1m_pt = _logsumexp(logp + _safe_log(1.0 - q), 1)
+        denominator = ce.numel()
+
+    loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=poly_weight, modulator_grad=modulator_grad)
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+    return loss, denominator
+
+
+def index_to_multi_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Class indices ``(N, *)`` to a ``(N, C, *)`` 0/1 target; index ``C`` is the all-zero background."""
+    shape = (*y.shape[:1], num_classes, *y.shape[1:])
+    out = torch.zeros(shape, dtype=dtype, device=y.device)
+    foreground = (y < num_classes).unsqueeze(1).to(dtype)
+    return out.scatter_(1, y.clamp(max=num_classes - 1).unsqueeze(1), foreground)
+
+
+def sigmoid_poly_loss(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    hard: bool,
+    epsilon: tuple[float, ...],
+    gamma: float,
+    alpha: float | None,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    label_smoothing: float,
+    modulator_grad: bool = True,
+) -> torch.Tensor:
+    """Element-wise sigmoid PolyLoss; ``t`` has ``x``'s shape and dtype, values in [0, 1].
+
+    ``hard=True`` promises ``t`` is exactly 0 or 1 (it came from class indices), which allows the
+    cheaper ``log(1 - p_t) = logsigmoid(-x)`` / ``logsigmoid(x)``.
+    """
+    if label_smoothing > 0.0:
+        t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        hard = False
+    ce = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+    if alpha is not None:
+        ce = (alpha * t + (1.0 - alpha) * (1.0 - t)) * ce
+    log_1m_pt = None
+    if _needs_pt(gamma, epsilon):
+        if hard:
+            log_1m_pt = F.logsigmoid(torch.where(t > 0.5, -x, x))
+        else:
+            log_1m_pt = torch.logaddexp(_safe_log(t) + F.logsigmoid(-x), _safe_log(1.0 - t) + F.logsigmoid(x))
+    loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=None, modulator_grad=modulator_grad)
+    return loss if weight is None else loss * weight

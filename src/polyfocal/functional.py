@@ -1,0 +1,482 @@
+r"""Public functional API: every loss is one PolyLoss.
+
+Per element, with :math:`p_t` the predicted probability of the target,
+
+.. math::
+
+    \ell = \alpha_t (1 - p_t)^{\gamma}\,\mathrm{CE} + w_t \sum_{j=1}^{N} \epsilon_j (1 - p_t)^{j + \gamma}
+
+* cross-entropy: :math:`\gamma = 0`, no :math:`\epsilon`;
+* focal loss (Lin et al., 2017, https://arxiv.org/abs/1708.02002): :math:`\gamma > 0`;
+* Poly-1 / Poly-N (Leng et al., ICLR 2022, https://arxiv.org/abs/2204.12511): one / N coefficients
+  :math:`\epsilon_j` added to CE or to focal loss.
+
+``alpha`` weights only the focal-CE term; the :math:`\epsilon` terms are not alpha-weighted
+(as in the Poly-1 focal listing of the PolyLoss paper, reproduced by seed 000).  The paper's appendix
+also mentions an alpha-weighted polynomial term; multiply by your own factor if you want that variant.
+``weight`` (softmax: per class, as in :func:`torch.nn.functional.cross_entropy`; sigmoid: element-wise,
+as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`) scales the whole element loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, TypeAlias
+
+import torch
+
+from . import _core
+from ._validation import (
+    broadcast_tensor,
+    check_activation,
+    check_epsilon,
+    check_gamma,
+    check_ignore_index,
+    check_label_smoothing,
+    check_logits,
+    check_reduction,
+    check_sigmoid_alpha,
+    check_target,
+    compute_dtype,
+    per_class_tensor,
+)
+
+__all__ = [
+    "cross_entropy",
+    "poly1_cross_entropy",
+    "poly1_focal_loss",
+    "poly_loss",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]
+
+Reduction: TypeAlias = Literal["none", "mean", "sum"]
+Activation: TypeAlias = Literal["softmax", "sigmoid"]
+Epsilon: TypeAlias = "float | Sequence[float]"
+ClassVector: TypeAlias = "Sequence[float] | torch.Tensor | None"
+Normalizer: TypeAlias = "float | torch.Tensor | None"
+
+
+def _poly_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str,
+    epsilon: object,
+    gamma: object,
+    alpha: object,
+    weight: object,
+    pos_weight: object = None,
+    ignore_index: object,
+    label_smoothing: object,
+    normalizer: object,
+    reduction: object,
+    epsilon_sequence: bool = True,
+    modulator_grad: bool = True,
+) -> torch.Tensor:
+    """Validate everything, then compute.  ``modulator_grad=False`` detaches ``(1 - p_t)^gamma``
+    (used by the clcarwin shim, whose listing computes ``p_t`` from ``.data``)."""
+    input = check_logits(input)
+    activation = check_activation(activation)
+    reduction = check_reduction(reduction)
+    gamma_ = check_gamma(gamma)
+    eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
+    ls = check_label_smoothing(label_smoothing)
+    ignore = check_ignore_index(ignore_index)
+    ct = compute_dtype(input)
+    device = input.device
+
+    if activation == "softmax":
+        if input.ndim == 0:
+            raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
+        if pos_weight is not None:
+            raise ValueError(
+                "expected pos_weight=None for activation='softmax' (it is a sigmoid/BCE argument), got a value"
+            )
+        class_dim = 1 if input.ndim >= 2 else 0
+        num_classes = input.shape[class_dim]
+        if num_classes == 0:
+            raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(input.shape)}")
+        alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
+        weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
+        targets = check_target(input, target, activation=activation, ignore_index=ignore)
+        loss_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+        norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
+        x, y = input.to(ct), targets.values
+        if input.ndim == 1:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        loss, denominator = _core.softmax_poly_loss(
+            x,
+            y,
+            is_index=targets.is_index,
+            epsilon=eps,
+            gamma=gamma_,
+            alpha=alpha_t,
+            weight=weight_t,
+            ignore_index=ignore,
+            label_smoothing=ls,
+            modulator_grad=modulator_grad,
+        )
+        if input.ndim == 1:
+            loss = loss.squeeze(0)
+    else:
+        alpha_s = check_sigmoid_alpha(alpha)
+        weight_t = broadcast_tensor(weight, "weight", input.shape, device=device, dtype=ct)
+        pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", input.shape, device=device, dtype=ct)
+        targets = check_target(input, target, activation=activation, ignore_index=ignore)
+        norm = broadcast_tensor(normalizer, "normalizer", input.shape, device=device, dtype=ct)
+        x = input.to(ct)
+        valid = None
+        if targets.is_index:
+            y = targets.values
+            num_classes = input.shape[1] if input.ndim >= 2 else input.shape[0]
+            if input.ndim == 1:
+                x, y = x.unsqueeze(0), y.unsqueeze(0)
+            if ignore is not None:
+                valid = (y != ignore).unsqueeze(1)
+                y = torch.where(y == ignore, num_classes, y)
+            t = _core.index_to_multi_hot(y, num_classes, ct)
+        else:
+            t = targets.values.to(ct)
+        loss = _core.sigmoid_poly_loss(
+            x,
+            t,
+            hard=targets.is_index or not targets.values.dtype.is_floating_point,
+            epsilon=eps,
+            gamma=gamma_,
+            alpha=alpha_s,
+            weight=weight_t,  # validated against input.shape; broadcasts against the (1, C) unbatched view too
+            pos_weight=pos_weight_t,
+            label_smoothing=ls,
+            modulator_grad=modulator_grad,
+        )
+        if valid is not None:
+            loss = torch.where(valid, loss, 0.0)
+            denominator = valid.sum() * loss.shape[1]
+        else:
+            denominator = loss.numel()
+        if targets.is_index and input.ndim == 1:
+            loss = loss.squeeze(0)
+
+    if norm is not None:
+        loss = loss / norm
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total if reduction == "sum" else total / denominator
+
+
+def poly_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: Activation = "softmax",
+    epsilon: Epsilon = 1.0,
+    gamma: float = 0.0,
+    alpha: ClassVector | float = None,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    pos_weight: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
+
+    .. math::
+
+        \ell = (1 - p_t)^{\gamma}\,\mathrm{CE}_{\alpha} + w_t \sum_{j=1}^{N} \epsilon_j (1 - p_t)^{j+\gamma}
+
+    **softmax** (``activation="softmax"``, default): ``input`` is ``(N, C)``, ``(N, C, d1, ..., dk)`` or
+    ``(C,)`` with the class dimension 1 (0 for a 1-D input), as in :func:`torch.nn.functional.cross_entropy`.
+    ``target`` is class indices of shape ``(N, d1, ..., dk)`` or probabilities of the input's shape.
+    With target distribution :math:`q` (one-hot, label-smoothed
+    :math:`q = (1-\text{ls})\,\text{onehot} + \text{ls}/C`, or given), :math:`p = \mathrm{softmax}(x)`:
+    :math:`p_t = \sum_c q_c p_c`, :math:`\mathrm{CE}_\alpha = -\sum_c \alpha_c w_c q_c \log p_c` and
+    :math:`w_t = \sum_c q_c w_c`.  For a hard class index :math:`y` this is
+    :math:`w_y [\alpha_y (1-p_y)^\gamma (-\log p_y) + \sum_j \epsilon_j (1-p_y)^{j+\gamma}]`.
+    ``weight``, ``ignore_index``, ``label_smoothing`` and ``reduction`` behave exactly as in
+    ``F.cross_entropy``: ``"mean"`` divides by the summed target weights ``sum_i w[y_i]`` of the
+    non-ignored elements (their count without ``weight``; all ignored gives ``nan``, as torch does) for
+    class indices, and by the number of elements for probabilities.
+
+    **sigmoid** (``activation="sigmoid"``): element-wise, ``input`` of any shape.  ``target`` is floats
+    (soft allowed, values in [0, 1]) or 0/1 integers of the input's shape, or class indices with the class
+    dim 1 dropped, where index ``C`` is background (an all-zero row, the PaddleDetection trick) and
+    ``ignore_index`` masks the whole row.  :math:`\mathrm{CE}` is BCE-with-logits (``pos_weight`` as in
+    ``F.binary_cross_entropy_with_logits``), :math:`p_t = t p + (1-t)(1-p)`,
+    :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)`.  ``weight`` broadcasts against the input and scales the
+    element loss; ``label_smoothing`` maps ``t`` to ``t (1 - ls) + ls / 2`` (Keras' binary convention);
+    ``"mean"`` divides by the number of non-ignored elements.
+
+    ``normalizer`` (both activations) divides the per-element loss before the reduction, with
+    broadcasting (PaddlePaddle's ``sigmoid_focal_loss`` semantics, e.g. the number of positives).
+
+    Computation is in log space (finite gradients for ``gamma`` in (0, 1) at ``p_t -> 1`` and logits of
+    magnitude 1e4) and in float32 for float16/bfloat16 input; the loss is returned in float32 for those
+    inputs and the input gradient has the input's dtype.
+
+    Args:
+        input: logits, floating point.
+        target: class indices (integer) or probabilities / binary targets (floating point), see above.
+        activation: ``"softmax"`` (one class per element) or ``"sigmoid"`` (independent binary labels).
+        epsilon: :math:`\epsilon_1` (a number, Poly-1) or :math:`(\epsilon_1, ..., \epsilon_N)` (Poly-N).
+            Any real value; the paper tunes :math:`\epsilon_1 \in [-1, \infty)`.
+        gamma: focusing parameter, ``>= 0``; 0 gives (poly) cross-entropy.
+        alpha: softmax: per-class sequence or tensor of length C (a scalar is refused);
+            sigmoid: a number in [0, 1] for the positives, or ``None`` to disable.
+        weight: softmax: per-class rescaling, shape ``(C,)``; sigmoid: element-wise, broadcastable to input.
+        ignore_index: class index whose elements contribute nothing (class-index targets only);
+            ``None`` disables it.
+        label_smoothing: in [0, 1].
+        normalizer: a positive number or a tensor broadcastable to the element loss; divides it.
+        pos_weight: sigmoid only: weight of positive examples, broadcastable to the input.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Returns:
+        The reduced loss (0-D) or, with ``reduction="none"``, the element loss: the input's shape without
+        the class dim (softmax) or the input's shape (sigmoid).
+
+    Raises:
+        TypeError, ValueError, IndexError: for bad input, before any computation.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+        >>> poly1 = polyfocal.poly_loss(x, y, epsilon=1.0)
+        >>> p_t = x.softmax(1).gather(1, y[:, None]).squeeze(1)
+        >>> torch.allclose(poly1, (F.cross_entropy(x, y, reduction="none") + 1 - p_t).mean())
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation=activation,
+        epsilon=epsilon,
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+    )
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    r"""Cross-entropy: :func:`poly_loss` with ``gamma=0`` and no polynomial term.
+
+    .. math:: \ell = -\sum_c w_c q_c \log \mathrm{softmax}(x)_c
+
+    Gives the numbers of :func:`torch.nn.functional.cross_entropy` for every argument it takes
+    (class indices or probabilities, ``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``,
+    unbatched ``(C,)`` input), with float32 math for float16/bfloat16 input.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y, w = torch.randn(4, 3, 2), torch.tensor([[0, 2], [1, -100], [2, 2], [0, 1]]), torch.rand(3)
+        >>> torch.allclose(polyfocal.cross_entropy(x, y, w, label_smoothing=0.1),
+        ...                F.cross_entropy(x, y, w, label_smoothing=0.1))
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation="softmax",
+        epsilon=(),
+        gamma=0.0,
+        alpha=None,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=None,
+        reduction=reduction,
+    )
+
+
+def poly1_cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    epsilon: float = 1.0,
+    alpha: ClassVector = None,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Poly-1 cross-entropy (Leng et al., ICLR 2022, eq. 3): softmax :func:`poly_loss` with ``gamma=0``.
+
+    .. math:: \ell = \mathrm{CE} + \epsilon (1 - p_t)
+
+    ``epsilon`` is a number; the paper reports ``epsilon=2`` for ImageNet classification and
+    ``epsilon=-1`` for some detection settings.  See :func:`poly_loss` for the remaining arguments.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+        >>> torch.allclose(polyfocal.poly1_cross_entropy(x, y, epsilon=0.0), polyfocal.cross_entropy(x, y))
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation="softmax",
+        epsilon=epsilon,
+        epsilon_sequence=False,
+        gamma=0.0,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+    )
+
+
+def softmax_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: ClassVector = None,
+    epsilon: Epsilon = 0.0,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Softmax (multi-class) focal loss (Lin et al., ICCV 2017), optionally with Poly terms.
+
+    .. math:: \ell = \alpha_t (1 - p_t)^{\gamma} (-\log p_t) + \sum_j \epsilon_j (1 - p_t)^{j+\gamma}
+
+    ``alpha`` is per class (length C) or ``None``.  See :func:`poly_loss` for the remaining arguments.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+        >>> ce = F.cross_entropy(x, y, reduction="none")
+        >>> torch.allclose(polyfocal.softmax_focal_loss(x, y, gamma=2.0, reduction="none"),
+        ...                (1 - torch.exp(-ce)) ** 2 * ce)
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation="softmax",
+        epsilon=epsilon,
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+    )
+
+
+def sigmoid_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    epsilon: Epsilon = 0.0,
+    normalizer: Normalizer = None,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Sigmoid (binary / multi-label) focal loss (Lin et al., ICCV 2017), as used by RetinaNet.
+
+    .. math:: \ell = \alpha_t (1 - p_t)^{\gamma}\,\mathrm{BCE}(x, t) + \sum_j \epsilon_j (1 - p_t)^{j+\gamma}
+
+    With ``epsilon=0`` this gives the numbers of torchvision's ``sigmoid_focal_loss`` (our
+    ``alpha=None`` is their ``alpha=-1``; our default reduction is ``"mean"``, theirs ``"none"``) and of
+    PaddlePaddle's ``sigmoid_focal_loss`` with ``normalizer``.  See :func:`poly_loss` for the arguments.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, t = torch.randn(5, 3), torch.randint(0, 2, (5, 3)).float()
+        >>> torch.allclose(polyfocal.sigmoid_focal_loss(x, t, gamma=0.0, alpha=None),
+        ...                F.binary_cross_entropy_with_logits(x, t))
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation="sigmoid",
+        epsilon=epsilon,
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+    )
+
+
+def poly1_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    epsilon: float = 1.0,
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    normalizer: Normalizer = None,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Poly-1 focal loss (Leng et al., ICLR 2022, eq. 4), sigmoid activation.
+
+    .. math:: \ell = \alpha_t (1 - p_t)^{\gamma}\,\mathrm{BCE}(x, t) + \epsilon (1 - p_t)^{1+\gamma}
+
+    The polynomial term is not alpha-weighted (the paper's listing).  See :func:`poly_loss`.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, t = torch.randn(5, 3), torch.randint(0, 2, (5, 3)).float()
+        >>> p_t = t * x.sigmoid() + (1 - t) * (1 - x.sigmoid())
+        >>> fl = polyfocal.sigmoid_focal_loss(x, t, reduction="none")
+        >>> torch.allclose(polyfocal.poly1_focal_loss(x, t, epsilon=1.0, reduction="none"), fl + (1 - p_t) ** 3)
+        True
+    """
+    return _poly_loss(
+        input,
+        target,
+        activation="sigmoid",
+        epsilon=epsilon,
+        epsilon_sequence=False,
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+    )

@@ -1,0 +1,398 @@
+"""``nn.Module`` twins of the functional losses: they store hyperparameters and call the function once.
+
+Tensor-valued hyperparameters (``alpha`` and ``weight`` sequences, ``pos_weight``) are registered as
+buffers, so ``.to(device)``, ``.half()`` and ``state_dict()`` treat them like ``nn.CrossEntropyLoss``'s
+``weight``.  Hyperparameters are validated at construction and again (cheaply) at every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import functional as PF
+from ._validation import (
+    _is_real_number,
+    check_activation,
+    check_epsilon,
+    check_gamma,
+    check_ignore_index,
+    check_label_smoothing,
+    check_reduction,
+    check_sigmoid_alpha,
+)
+from .functional import Activation, ClassVector, Epsilon, Normalizer, Reduction
+
+__all__ = [
+    "CrossEntropyLoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "PolyLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+]
+
+
+class _PolyFamilyLoss(nn.Module):
+    """Stores and validates hyperparameters; subclasses define ``forward`` as one functional call."""
+
+    _activation: str = "softmax"
+
+    def __init__(self, *, reduction: str, **hyper: object) -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction)
+        activation = check_activation(hyper.pop("activation", self._activation))
+        self.activation = activation
+        self._names: list[str] = ["activation"]
+        for name, value in hyper.items():
+            self._check(name, value, activation)
+            if isinstance(value, torch.Tensor) or (
+                isinstance(value, Sequence) and name in ("alpha", "weight") and not isinstance(value, str)
+            ):
+                tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float32)
+                self.register_buffer(name, tensor)
+            else:
+                setattr(self, name, value)
+            self._names.append(name)
+        self._names.append("reduction")
+
+    @staticmethod
+    def _check(name: str, value: object, activation: str) -> None:
+        if name == "gamma":
+            check_gamma(value)
+        elif name == "epsilon":
+            check_epsilon(value)
+        elif name == "label_smoothing":
+            check_label_smoothing(value)
+        elif name == "ignore_index":
+            check_ignore_index(value)
+        elif name == "alpha" and activation == "sigmoid":
+            check_sigmoid_alpha(value)
+        elif name == "alpha" and (_is_real_number(value) or (isinstance(value, torch.Tensor) and value.ndim == 0)):
+            raise ValueError(
+                f"expected a per-class alpha (sequence or tensor of length C) for activation='softmax', "
+                f"got the scalar {value!r}; e.g. alpha=[a] + [1 - a] * (C - 1) "
+                "or polyfocal.class_balanced_alpha(counts)"
+            )
+
+    def extra_repr(self) -> str:
+        parts = []
+        for name in self._names:
+            value = getattr(self, name)
+            parts.append(
+                f"{name}={value!r}" if not isinstance(value, torch.Tensor) else f"{name}=tensor{tuple(value.shape)}"
+            )
+        return ", ".join(parts)
+
+
+class PolyLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.poly_loss`; ``forward(input, target, normalizer=None)``.
+
+    A ``normalizer`` given to ``forward`` overrides the one given at construction.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> criterion = polyfocal.PolyLoss(epsilon=[1.0, 0.5], gamma=1.0)
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> torch.equal(criterion(x, y), polyfocal.poly_loss(x, y, epsilon=[1.0, 0.5], gamma=1.0))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        activation: Activation = "softmax",
+        epsilon: Epsilon = 1.0,
+        gamma: float = 0.0,
+        alpha: ClassVector | float = None,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        pos_weight: torch.Tensor | None = None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(
+            activation=activation,
+            epsilon=epsilon,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            pos_weight=pos_weight,
+            reduction=reduction,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return PF.poly_loss(
+            input,
+            target,
+            activation=self.activation,  # type: ignore[arg-type]
+            epsilon=self.epsilon,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            pos_weight=self.pos_weight,
+            reduction=self.reduction,  # type: ignore[arg-type]
+        )
+
+
+class CrossEntropyLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.cross_entropy`, a drop-in for ``torch.nn.CrossEntropyLoss``.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> torch.allclose(polyfocal.CrossEntropyLoss(label_smoothing=0.2)(x, y),
+        ...                torch.nn.CrossEntropyLoss(label_smoothing=0.2)(x, y))
+        True
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | Sequence[float] | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return PF.cross_entropy(
+            input,
+            target,
+            self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,  # type: ignore[arg-type]
+            label_smoothing=self.label_smoothing,
+        )
+
+
+class Poly1CrossEntropyLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.poly1_cross_entropy`.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> crit = polyfocal.Poly1CrossEntropyLoss(epsilon=2.0)
+        >>> torch.equal(crit(x, y), polyfocal.poly1_cross_entropy(x, y, epsilon=2.0))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        epsilon: float = 1.0,
+        alpha: ClassVector = None,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        check_epsilon(epsilon, allow_sequence=False)
+        super().__init__(
+            epsilon=epsilon,
+            alpha=alpha,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            reduction=reduction,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return PF.poly1_cross_entropy(
+            input,
+            target,
+            epsilon=self.epsilon,
+            alpha=self.alpha,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            reduction=self.reduction,  # type: ignore[arg-type]
+        )
+
+
+class SoftmaxFocalLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.softmax_focal_loss`.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> crit = polyfocal.SoftmaxFocalLoss(gamma=2.0, alpha=[0.25, 0.75, 0.75])
+        >>> torch.equal(crit(x, y), polyfocal.softmax_focal_loss(x, y, gamma=2.0, alpha=[0.25, 0.75, 0.75]))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 2.0,
+        alpha: ClassVector = None,
+        epsilon: Epsilon = 0.0,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            reduction=reduction,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return PF.softmax_focal_loss(
+            input,
+            target,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            epsilon=self.epsilon,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            reduction=self.reduction,  # type: ignore[arg-type]
+        )
+
+
+class _SigmoidFamilyLoss(_PolyFamilyLoss):
+    _activation = "sigmoid"
+    _function = staticmethod(PF.sigmoid_focal_loss)
+
+    def __init__(
+        self,
+        *,
+        gamma: float,
+        alpha: float | None,
+        epsilon: Epsilon,
+        normalizer: Normalizer,
+        weight: torch.Tensor | None,
+        pos_weight: torch.Tensor | None,
+        ignore_index: int | None,
+        label_smoothing: float,
+        reduction: Reduction,
+    ) -> None:
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._function(
+            input,
+            target,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            epsilon=self.epsilon,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            weight=self.weight,
+            pos_weight=self.pos_weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+        )
+
+
+class SigmoidFocalLoss(_SigmoidFamilyLoss):
+    """Module form of :func:`polyfocal.sigmoid_focal_loss`.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, t = torch.randn(4, 3), torch.randint(0, 2, (4, 3)).float()
+        >>> torch.equal(polyfocal.SigmoidFocalLoss()(x, t), polyfocal.sigmoid_focal_loss(x, t))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 2.0,
+        alpha: float | None = 0.25,
+        epsilon: Epsilon = 0.0,
+        normalizer: Normalizer = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+
+
+class Poly1FocalLoss(_SigmoidFamilyLoss):
+    """Module form of :func:`polyfocal.poly1_focal_loss` (sigmoid).
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 3, 1, 2])  # index 3 = background
+        >>> torch.equal(polyfocal.Poly1FocalLoss(epsilon=1.0)(x, y), polyfocal.poly1_focal_loss(x, y, epsilon=1.0))
+        True
+    """
+
+    _function = staticmethod(PF.poly1_focal_loss)
+
+    def __init__(
+        self,
+        *,
+        epsilon: float = 1.0,
+        gamma: float = 2.0,
+        alpha: float | None = 0.25,
+        normalizer: Normalizer = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+    ) -> None:
+        check_epsilon(epsilon, allow_sequence=False)
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
