@@ -1,0 +1,131 @@
+"""Bad input raises ValueError / TypeError / IndexError with "expected …, got …" before any work."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import polyfocal
+
+X = torch.randn(4, 3)
+Y = torch.tensor([0, 2, 1, 1])
+XS = torch.randn(4, 3, 5)
+
+
+CASES = [
+    # (description, callable, exception, message fragment)
+    ("index >= C", lambda: polyfocal.poly_loss(X, torch.tensor([0, 3, 1, 1])), IndexError, r"\[0, 2\].*got 3"),
+    ("negative index", lambda: polyfocal.cross_entropy(X, torch.tensor([0, -1, 1, 1])), IndexError, "got -1"),
+    (
+        "index > C for sigmoid (C is background)",
+        lambda: polyfocal.sigmoid_focal_loss(X, torch.tensor([0, 4, 1, 1])),
+        IndexError,
+        r"\[0, 3\].*background.*got 4",
+    ),
+    (
+        "ignore_index=None makes -100 an error",
+        lambda: polyfocal.poly_loss(X, torch.tensor([0, -100, 1, 1]), ignore_index=None),
+        IndexError,
+        "got -100",
+    ),
+    ("batch mismatch", lambda: polyfocal.poly_loss(X, torch.tensor([0, 1, 1])), ValueError, r"shape \(4,\)"),
+    ("spatial mismatch", lambda: polyfocal.poly_loss(XS, torch.zeros(4, 4, dtype=torch.long)), ValueError, "got shape"),
+    ("prob target shape", lambda: polyfocal.poly_loss(X, torch.rand(4, 4)), ValueError, "input's shape"),
+    ("sigmoid target shape", lambda: polyfocal.sigmoid_focal_loss(X, torch.rand(4, 1)), ValueError, "input's shape"),
+    ("unknown reduction", lambda: polyfocal.poly_loss(X, Y, reduction="avg"), ValueError, "got 'avg'"),
+    ("unknown activation", lambda: polyfocal.poly_loss(X, Y, activation="relu"), ValueError, "got 'relu'"),
+    ("gamma < 0", lambda: polyfocal.softmax_focal_loss(X, Y, gamma=-1.0), ValueError, "got -1.0"),
+    ("gamma nan", lambda: polyfocal.softmax_focal_loss(X, Y, gamma=float("nan")), ValueError, "gamma"),
+    ("gamma string", lambda: polyfocal.softmax_focal_loss(X, Y, gamma="2"), TypeError, "gamma"),
+    ("sigmoid alpha > 1", lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), alpha=1.5), ValueError, "got 1.5"),
+    (
+        "sigmoid alpha -1 (torchvision's off switch)",
+        lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), alpha=-1),
+        ValueError,
+        "None disables",
+    ),
+    ("sigmoid alpha list", lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), alpha=[0.1]), TypeError, "got"),
+    (
+        "softmax scalar alpha",
+        lambda: polyfocal.softmax_focal_loss(X, Y, alpha=0.25),
+        ValueError,
+        r"per-class.*C=3.*got the scalar 0.25.*class_balanced_alpha",
+    ),
+    ("alpha wrong length", lambda: polyfocal.softmax_focal_loss(X, Y, alpha=[0.1, 0.9]), ValueError, r"\(3,\).*\(2,\)"),
+    ("weight wrong length", lambda: polyfocal.cross_entropy(X, Y, torch.ones(4)), ValueError, r"\(3,\).*\(4,\)"),
+    ("negative alpha", lambda: polyfocal.softmax_focal_loss(X, Y, alpha=[0.1, -0.2, 1.0]), ValueError, "non-negative"),
+    ("integer logits", lambda: polyfocal.poly_loss(Y.view(2, 2), Y[:2]), TypeError, "got torch.int64"),
+    ("non-tensor input", lambda: polyfocal.poly_loss([[0.0, 1.0]], Y), TypeError, "torch.Tensor"),
+    ("bool target softmax", lambda: polyfocal.poly_loss(X, Y > 0), TypeError, "got dtype torch.bool"),
+    ("label_smoothing > 1", lambda: polyfocal.cross_entropy(X, Y, label_smoothing=1.5), ValueError, "got 1.5"),
+    ("epsilon string", lambda: polyfocal.poly_loss(X, Y, epsilon="1"), TypeError, "epsilon"),
+    ("epsilon inf", lambda: polyfocal.poly_loss(X, Y, epsilon=float("inf")), ValueError, "finite"),
+    ("poly1 epsilon sequence", lambda: polyfocal.poly1_cross_entropy(X, Y, epsilon=[1.0, 2.0]), TypeError, "a real"),
+    ("pos_weight with softmax", lambda: polyfocal.poly_loss(X, Y, pos_weight=torch.ones(3)), ValueError, "pos_weight"),
+    (
+        "sigmoid weight that would enlarge",
+        lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), weight=torch.ones(2, 4, 3)),
+        ValueError,
+        "without enlarging",
+    ),
+    (
+        "normalizer that would enlarge",
+        lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), normalizer=torch.ones(4)),
+        ValueError,
+        "normalizer",
+    ),
+    ("zero normalizer", lambda: polyfocal.sigmoid_focal_loss(X, X.sigmoid(), normalizer=0), ValueError, "positive"),
+    ("0-d softmax input", lambda: polyfocal.poly_loss(torch.tensor(1.0), torch.tensor(0)), ValueError, "0-D"),
+    ("ignore_index float", lambda: polyfocal.poly_loss(X, Y, ignore_index=1.5), TypeError, "ignore_index"),
+    ("complex target", lambda: polyfocal.poly_loss(X, Y.to(torch.complex64)), TypeError, "complex"),
+]
+
+
+@pytest.mark.parametrize(("desc", "call", "exc", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_clear_error(desc, call, exc, fragment):
+    with pytest.raises(exc, match="expected") as info:
+        call()
+    assert re.search(fragment, str(info.value)), str(info.value)
+
+
+def test_errors_are_raised_before_any_computation(monkeypatch):
+    """A bad hyperparameter is reported even when the core would fail or be expensive."""
+    calls = []
+    from polyfocal import _core
+
+    monkeypatch.setattr(_core, "softmax_poly_loss", lambda *a, **k: calls.append(1))
+    with pytest.raises(IndexError):
+        polyfocal.poly_loss(X, torch.tensor([0, 3, 1, 1]))
+    with pytest.raises(ValueError):
+        polyfocal.poly_loss(X, Y, reduction="bad")
+    assert calls == []
+
+
+MODULE_CASES = [
+    (lambda: polyfocal.SoftmaxFocalLoss(alpha=0.25), ValueError),
+    (lambda: polyfocal.SigmoidFocalLoss(alpha=2.0), ValueError),
+    (lambda: polyfocal.PolyLoss(gamma=-0.5), ValueError),
+    (lambda: polyfocal.PolyLoss(reduction="avg"), ValueError),
+    (lambda: polyfocal.PolyLoss(activation="tanh"), ValueError),
+    (lambda: polyfocal.Poly1CrossEntropyLoss(epsilon=[1.0]), TypeError),
+    (lambda: polyfocal.CrossEntropyLoss(label_smoothing=-0.1), ValueError),
+]
+
+
+@pytest.mark.parametrize(("make", "exc"), MODULE_CASES)
+def test_modules_validate_at_construction(make, exc):
+    with pytest.raises(exc, match="expected"):
+        make()
+
+
+def test_target_on_other_device_is_refused():
+    with pytest.raises(ValueError, match="device"):
+        polyfocal.poly_loss(X, Y.to("meta"))
+
+
+def test_meta_tensors_skip_data_checks_and_trace_shapes():
+    x, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    assert polyfocal.softmax_focal_loss(x, y, reduction="none").shape == (4,)
+    assert polyfocal.sigmoid_focal_loss(x, y, reduction="none").shape == (4, 3)
