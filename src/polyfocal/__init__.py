@@ -6,29 +6,35 @@ Every loss is one PolyLoss (Leng et al., ICLR 2022): per element
 
 Layers: :mod:`polyfocal.reference` (plain float64 textbook formulas, the test oracle),
 ``polyfocal._core`` (the log-space implementation), :mod:`polyfocal.functional` and
-:mod:`polyfocal.modules` (the public API, re-exported here) and :mod:`polyfocal.compat`
-(signature- and number-exact shims of popular listings).
+:mod:`polyfocal.modules` (the public API, re-exported here), :mod:`polyfocal.compat`
+(signature- and number-exact shims of popular listings) and :mod:`polyfocal.keras` (Keras 3 losses).
+
+The PyTorch API is imported lazily on first attribute access, so ``import polyfocal.keras`` works on a
+machine without torch.
 """
 
-from .functional import (
-    cross_entropy,
-    poly1_cross_entropy,
-    poly1_focal_loss,
-    poly_loss,
-    sigmoid_focal_loss,
-    softmax_focal_loss,
-)
-from .modules import (
-    CrossEntropyLoss,
-    Poly1CrossEntropyLoss,
-    Poly1FocalLoss,
-    PolyLoss,
-    SigmoidFocalLoss,
-    SoftmaxFocalLoss,
-)
-from .weights import class_balanced_alpha
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "cross_entropy": "functional",
+    "poly1_cross_entropy": "functional",
+    "poly1_focal_loss": "functional",
+    "poly_loss": "functional",
+    "sigmoid_focal_loss": "functional",
+    "softmax_focal_loss": "functional",
+    "CrossEntropyLoss": "modules",
+    "Poly1CrossEntropyLoss": "modules",
+    "Poly1FocalLoss": "modules",
+    "PolyLoss": "modules",
+    "SigmoidFocalLoss": "modules",
+    "SoftmaxFocalLoss": "modules",
+    "class_balanced_alpha": "weights",
+}
 
 __all__ = [
     "CrossEntropyLoss",
@@ -46,3 +52,35 @@ __all__ = [
     "sigmoid_focal_loss",
     "softmax_focal_loss",
 ]
+
+if TYPE_CHECKING:
+    from .functional import (
+        cross_entropy,
+        poly1_cross_entropy,
+        poly1_focal_loss,
+        poly_loss,
+        sigmoid_focal_loss,
+        softmax_focal_loss,
+    )
+    from .modules import (
+        CrossEntropyLoss,
+        Poly1CrossEntropyLoss,
+        Poly1FocalLoss,
+        PolyLoss,
+        SigmoidFocalLoss,
+        SoftmaxFocalLoss,
+    )
+    from .weights import class_balanced_alpha
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'polyfocal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

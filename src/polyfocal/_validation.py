@@ -136,6 +136,8 @@ def per_class_tensor(
         if not (value.dtype.is_floating_point or value.dtype in _INT_DTYPES):
             raise TypeError(f"expected {name} to be a real-valued tensor, got dtype {value.dtype}")
         tensor = value
+        if tensor.device.type == "cpu" and bool((tensor < 0).any()):  # a (C,) vector: cheap to check on CPU
+            raise ValueError(f"expected non-negative {name} values, got {tensor.tolist()!r}")
     elif isinstance(value, Sequence) and not isinstance(value, str):
         if not all(_is_real_number(v) for v in value):
             raise TypeError(f"expected {name} to be a sequence of real numbers, got {value!r}")
