@@ -26,20 +26,16 @@ from typing import Literal, TypeAlias
 import torch
 
 from . import _core
-from ._validation import (
-    broadcast_tensor,
+from ._params import (
     check_activation,
     check_epsilon,
     check_gamma,
     check_ignore_index,
     check_label_smoothing,
-    check_logits,
     check_reduction,
     check_sigmoid_alpha,
-    check_target,
-    compute_dtype,
-    per_class_tensor,
 )
+from ._validation import broadcast_tensor, check_logits, check_target, compute_dtype, per_class_tensor
 
 __all__ = [
     "cross_entropy",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import functional as PF
-from ._validation import (
+from ._params import (
     _is_real_number,
     check_activation,
     check_epsilon,

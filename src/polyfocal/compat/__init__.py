@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import functional as PF
-from .._validation import check_reduction
+from .._params import check_reduction
 
 __all__ = ["Poly1CrossEntropyLoss", "Poly1FocalLoss", "clcarwin", "paddle", "ppdet", "yatenglg", "yolov5"]
 

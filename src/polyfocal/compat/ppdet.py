@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import functional as PF
-from .._validation import check_reduction
+from .._params import check_reduction
 
 __all__ = ["FocalLoss"]
 
