@@ -58,19 +58,22 @@ def _poly_loss(
     target: torch.Tensor,
     *,
     activation: str,
-    epsilon: object,
-    gamma: object,
-    alpha: object,
-    weight: object,
+    epsilon: object = (),
+    gamma: object = 0.0,
+    alpha: object = None,
+    weight: object = None,
     pos_weight: object = None,
-    ignore_index: object,
-    label_smoothing: object,
-    normalizer: object,
-    reduction: object,
+    ignore_index: object = None,
+    label_smoothing: object = 0.0,
+    normalizer: object = None,
+    reduction: object = "mean",
     epsilon_sequence: bool = True,
     modulator_grad: bool = True,
 ) -> torch.Tensor:
-    """Validate everything, then compute.  ``modulator_grad=False`` detaches ``(1 - p_t)^gamma``
+    """Validate everything, then compute: the one entry point of the public functions and the shims.
+
+    The defaults are the plain loss (no poly term, no focusing, no weights, no ``ignore_index``); the
+    public functions pass every argument explicitly.  ``modulator_grad=False`` detaches ``(1 - p_t)^gamma``
     (used by the clcarwin shim, whose listing computes ``p_t`` from ``.data``)."""
     input = check_logits(input)
     activation = check_activation(activation)

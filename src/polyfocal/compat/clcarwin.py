@@ -64,13 +64,8 @@ class FocalLoss(nn.Module):
             logits,
             target.reshape(-1),
             activation="softmax",
-            epsilon=(),
             gamma=self.gamma,
             alpha=self.alpha,
-            weight=None,
-            ignore_index=None,
-            label_smoothing=0.0,
-            normalizer=None,
             reduction="mean" if self.size_average else "sum",
             modulator_grad=False,
         )

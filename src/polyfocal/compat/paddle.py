@@ -46,12 +46,8 @@ def sigmoid_focal_loss(
         logit,
         label,
         activation="sigmoid",
-        epsilon=(),
         gamma=gamma,
         alpha=alpha,
-        weight=None,
-        ignore_index=None,
-        label_smoothing=0.0,
         normalizer=normalizer,
         reduction=reduction,
     )

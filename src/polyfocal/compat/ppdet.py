@@ -43,13 +43,8 @@ class FocalLoss(nn.Module):
             pred,
             target,
             activation="sigmoid",
-            epsilon=(),
             gamma=self.gamma,
             alpha=self.alpha,
-            weight=None,
-            ignore_index=None,
-            label_smoothing=0.0,
-            normalizer=None,
             reduction=reduction,
         )
         return loss * self.loss_weight

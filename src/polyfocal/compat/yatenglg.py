@@ -66,12 +66,7 @@ class focal_loss(nn.Module):
             preds.reshape(-1, self.num_classes),
             labels.reshape(-1),
             activation="softmax",
-            epsilon=(),
             gamma=self.gamma,
             alpha=self.alpha,
-            weight=None,
-            ignore_index=None,
-            label_smoothing=0.0,
-            normalizer=None,
             reduction="mean" if self.size_average else "sum",
         )

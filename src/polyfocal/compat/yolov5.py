@@ -46,13 +46,9 @@ class FocalLoss(nn.Module):
             pred,
             true,
             activation="sigmoid",
-            epsilon=(),
             gamma=self.gamma,
             alpha=self.alpha,
             weight=self.loss_fcn.weight,
             pos_weight=self.loss_fcn.pos_weight,
-            ignore_index=None,
-            label_smoothing=0.0,
-            normalizer=None,
             reduction=self.reduction,
         )
