@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from .. import functional as PF
-from .._params import check_reduction
 
 __all__ = ["FocalLoss"]
 
@@ -36,7 +35,6 @@ class FocalLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-        check_reduction(reduction)
         if isinstance(target, torch.Tensor) and target.dtype.is_floating_point:
             raise TypeError(f"expected integer class indices (num_classes = background), got {target.dtype}")
         loss = PF._poly_loss(
