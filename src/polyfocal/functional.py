@@ -25,7 +25,7 @@ from typing import Literal, TypeAlias
 
 import torch
 
-from . import _core
+from . import _core, kernels
 from ._params import (
     check_activation,
     check_epsilon,
@@ -101,6 +101,16 @@ def _poly_loss(
         targets = check_target(input, target, activation=activation, ignore_index=ignore)
         loss_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
+        if targets.is_index and modulator_grad and kernels.current_backend() != "composite":
+            x, y = input, targets.values.long()
+            if norm is not None:
+                norm = torch.broadcast_to(norm, loss_shape)
+            if input.ndim == 1:
+                x, y, norm = x.unsqueeze(0), y.unsqueeze(0), None if norm is None else norm.unsqueeze(0)
+            loss, _ = kernels.softmax_poly(
+                x, y, alpha_t, weight_t, norm, list(eps), gamma_, _ignore(ignore), ls, reduction, _wants_grad(input)
+            )
+            return loss.squeeze(0) if reduction == "none" and input.ndim == 1 else loss
         x, y = input.to(ct), targets.values
         if input.ndim == 1:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
@@ -124,6 +134,33 @@ def _poly_loss(
         pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", input.shape, device=device, dtype=ct)
         targets = check_target(input, target, activation=activation, ignore_index=ignore)
         norm = broadcast_tensor(normalizer, "normalizer", input.shape, device=device, dtype=ct)
+        if modulator_grad and kernels.current_backend() != "composite":
+            x, t = input, targets.values
+            if targets.is_index:
+                t = t.long()
+                if input.ndim == 1:
+                    x, t = x.unsqueeze(0), t.unsqueeze(0)
+            elif input.ndim == 0:
+                x, t = x.reshape(1), t.reshape(1)
+            weight_t, pos_weight_t, norm = (
+                None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
+            )
+            loss, _ = kernels.sigmoid_poly(
+                x,
+                t,
+                targets.is_index,
+                weight_t,
+                pos_weight_t,
+                norm,
+                alpha_s,
+                list(eps),
+                gamma_,
+                _ignore(ignore),
+                ls,
+                reduction,
+                _wants_grad(input),
+            )
+            return loss.reshape(input.shape) if reduction == "none" else loss
         x = input.to(ct)
         valid = None
         if targets.is_index:
@@ -163,6 +200,14 @@ def _poly_loss(
         return loss
     total = loss.sum()
     return total if reduction == "sum" else total / denominator
+
+
+def _ignore(ignore_index: int | None) -> int:
+    return kernels.NO_IGNORE if ignore_index is None else ignore_index
+
+
+def _wants_grad(input: torch.Tensor) -> bool:
+    return input.requires_grad and torch.is_grad_enabled()
 
 
 def poly_loss(

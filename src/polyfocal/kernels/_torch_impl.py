@@ -1,0 +1,358 @@
+r"""Fused loss *and* input gradient for the PolyLoss family, written with a few whole-tensor torch ops.
+
+This is the default CPU implementation and the fallback on any device without Triton.  It needs no
+compiler: every pass is one vectorised ATen kernel, and the passes are chosen so that the only
+logits-sized allocation is the gradient itself.
+
+**Softmax, class indices.**  For a hard label :math:`y` the whole family is a per-row function of
+:math:`p = \mathrm{softmax}(x)` and the gradient is
+
+.. math::
+
+    \partial\ell/\partial x = (K_1 + K_2 A)\,p - K_1\,\mathrm{onehot}_y - K_2\,a, \qquad a = \alpha\odot w,\ A = \textstyle\sum_c a_c
+
+with per-row scalars :math:`K_1, K_2` (:func:`softmax_row_terms`).  So one ``torch.softmax`` writes
+:math:`p` into the buffer that becomes the gradient, a few gathers and one row sum give the row
+statistics, and one in-place multiply plus a scatter turn :math:`p` into the gradient.
+
+**Sigmoid.**  Element-wise; :func:`sigmoid_terms` gives the loss and the gradient of one block of rows
+at a time, so the temporaries are block-sized and stay in cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["NO_IGNORE", "sigmoid_forward", "sigmoid_terms", "softmax_forward", "softmax_row_terms"]
+
+NO_IGNORE = -(2**63)  # ignore_index for "nothing is ignored" (an int64 no class index can equal)
+REDUCTIONS = ("none", "mean", "sum")
+_BLOCK_ELEMENTS = 1 << 18  # sigmoid block: 256K elements (1 MiB in fp32) per temporary
+
+
+def _horner(coefficients: list[float], u: torch.Tensor) -> torch.Tensor | float:
+    """``sum_k coefficients[k] * u**k`` (k from 0)."""
+    acc: torch.Tensor | float = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+        acc = acc * u + c
+    return acc
+
+
+def poly_terms(u: torch.Tensor, epsilon: list[float], gamma: float) -> tuple[torch.Tensor | float, ...]:
+    """``sum_j eps_j u^j`` and ``sum_j eps_j (j + gamma) u^(j - 1)``: the poly part of the loss and of
+    ``d loss / d u`` with ``u^gamma`` factored out."""
+    if not any(epsilon):
+        return 0.0, 0.0
+    poly = _horner([0.0, *epsilon], u)
+    dpoly = _horner([e * (j + gamma) for j, e in enumerate(epsilon, start=1)], u)
+    return poly, dpoly
+
+
+def modulator(log_u: torch.Tensor, gamma: float) -> torch.Tensor | float:
+    """``(1 - p_t)^gamma = exp(gamma * log(1 - p_t))``; exactly 1 for gamma = 0 (no ``0 * -inf``)."""
+    return 1.0 if gamma == 0.0 else torch.exp(gamma * log_u)
+
+
+def softmax_row_terms(
+    ce1: torch.Tensor,
+    u1: torch.Tensor,
+    p1: torch.Tensor,
+    smooth: torch.Tensor | None,
+    a_t: torch.Tensor | None,
+    w_t: torch.Tensor | None,
+    *,
+    epsilon: list[float],
+    gamma: float,
+    label_smoothing: float,
+    num_classes: int,
+    weight_sum: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    r"""Per-row loss and gradient coefficients of the hard-label softmax PolyLoss.
+
+    Inputs per row: ``ce1 = -log p_y``, ``u1 = 1 - p_y`` (computed without cancellation), ``p1 = p_y``,
+    ``smooth = sum_c a_c (lse - x_c)`` (label smoothing only), ``a_t = alpha_y w_y``, ``w_t = w_y``.
+    With :math:`q = (1-\text{ls})\,\mathrm{onehot} + \text{ls}/C`:
+
+    * :math:`\mathrm{CE}_\alpha = (1-\text{ls})\,a_y\,\mathrm{ce1} + (\text{ls}/C)\,\mathrm{smooth}`
+    * :math:`u = 1 - p_t = (1-\text{ls})\,u_1 + \text{ls}\,(C-1)/C`
+    * :math:`w_t = (1-\text{ls})\,w_y + (\text{ls}/C)\sum_c w_c`
+    * :math:`\ell = u^\gamma\,[\mathrm{CE}_\alpha + w_t \sum_j \epsilon_j u^j]`
+    * :math:`\partial\ell/\partial u = u^\gamma\,[\gamma\,\mathrm{CE}_\alpha/u
+      + w_t \sum_j \epsilon_j (j+\gamma) u^{j-1}]`, where :math:`\mathrm{CE}_\alpha/u \to a_y` as :math:`u \to 0` (no ``0 * inf``: gamma < 1)
+    * :math:`\partial u/\partial x = (1-\text{ls})\,p_y\,(p - \mathrm{onehot})` and
+      :math:`\partial \mathrm{CE}_\alpha/\partial x = (1-\text{ls})\,a_y (p - \mathrm{onehot}) + (\text{ls}/C)(A p - a)`
+
+    Returns ``(loss, K1, K2)`` with ``grad = (K1 + K2 A) p - K1 onehot - K2 a``:
+    :math:`K_1 = (1-\text{ls})\,[u^\gamma a_y + p_y\,\partial\ell/\partial u]`, :math:`K_2 = u^\gamma\,\text{ls}/C`.
+    """
+    ls, c = label_smoothing, num_classes
+    a_y: torch.Tensor | float = 1.0 if a_t is None else a_t
+    w_y: torch.Tensor | float = 1.0 if w_t is None else w_t
+    if ls > 0.0:
+        assert smooth is not None
+        ce_a = (1.0 - ls) * a_y * ce1 + (ls / c) * smooth
+        u = (1.0 - ls) * u1 + ls * (c - 1) / c
+        w_poly = (1.0 - ls) * w_y + (ls / c) * weight_sum
+    else:
+        ce_a, u, w_poly = a_y * ce1, u1, w_y
+    mod = modulator(torch.log(u), gamma)
+    poly, dpoly = poly_terms(u, epsilon, gamma)
+    loss = mod * (ce_a + w_poly * poly)
+    dl_du = w_poly * dpoly
+    if gamma != 0.0:
+        dl_du = dl_du + gamma * torch.where(u > 0, ce_a / u, a_y)
+    k1 = (1.0 - ls) * mod * (a_y + dl_du * p1)
+    k2 = mod * (ls / c) if ls > 0.0 else 0.0
+    return loss, k1, k2
+
+
+def _mean_denominator(valid: torch.Tensor | None, w_t: torch.Tensor | None, numel: int, dtype: torch.dtype):
+    if w_t is not None:
+        return (w_t if valid is None else w_t * valid).sum()
+    if valid is not None:
+        return valid.sum().to(dtype)
+    return float(numel)
+
+
+def _reduce(loss: torch.Tensor, reduction: str, denominator) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total if reduction == "sum" else total / denominator
+
+
+def _exact_ce_of_tiny_rows(ce1, p_t, x, y, tiny: float) -> torch.Tensor:
+    """``-log p_y`` from ``log_softmax`` where ``p_y`` underflowed (a row's logit gap beyond ~87 in fp32)."""
+    bad = p_t < tiny
+    if x.device.type == "cpu":  # a host check is free on CPU: fix only the few rows that need it
+        idx = bad.nonzero(as_tuple=True)
+        if idx[0].numel() == 0:
+            return ce1
+        rows = x.movedim(1, -1)[idx]
+        exact = -torch.log_softmax(rows, -1).gather(-1, y[idx].unsqueeze(-1)).squeeze(-1)
+        return ce1.index_put(idx, exact)
+    # elsewhere stay free of host syncs: lse - x_y for every row
+    return torch.where(bad, torch.logsumexp(x, 1) - x.gather(1, y.unsqueeze(1)).squeeze(1), ce1)
+
+
+def softmax_forward(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    normalizer: torch.Tensor | None,
+    epsilon: list[float],
+    gamma: float,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard-label softmax PolyLoss of ``x`` ``(N, C, *)`` and, if ``compute_grad``, d(loss)/dx.
+
+    The gradient is for ``grad_output = 1`` of the reduced loss (per row for ``"none"``); it has ``x``'s
+    dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
+    ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xc = x.to(ct)
+    num_classes = x.shape[1]
+    valid = None if ignore_index == NO_IGNORE else target != ignore_index
+    y = target if valid is None else torch.where(valid, target, 0)
+    y1 = y.unsqueeze(1)
+
+    p = torch.softmax(xc, 1)  # becomes the gradient
+    p_t = p.gather(1, y1).squeeze(1)
+    if gamma != 0.0:  # (1 - p_y)^gamma needs 1 - p_y to relative precision: sum the other classes
+        u1 = p.scatter_(1, y1, 0.0).sum(1)
+    else:  # only absolute precision matters: loss and gradient are smooth in u there
+        u1 = (1.0 - p_t).clamp_(min=0.0)
+    ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), -torch.log(p_t))
+    ce1 = _exact_ce_of_tiny_rows(ce1, p_t, xc, y, torch.finfo(ct).tiny / torch.finfo(ct).eps)
+
+    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
+    a_t = None if class_weight is None else class_weight[y]
+    w_t = None if weight is None else weight[y]
+    smooth = None
+    if label_smoothing > 0.0:  # sum_c a_c (lse - x_c) = A lse - sum_c a_c x_c
+        lse = xc.gather(1, y1).squeeze(1) + ce1
+        if class_weight is None:
+            smooth = num_classes * lse - xc.sum(1)
+        else:
+            smooth = class_weight.sum() * lse - torch.tensordot(xc.movedim(1, -1), class_weight, dims=1)
+    loss, k1, k2 = softmax_row_terms(
+        ce1,
+        u1,
+        p_t,
+        smooth,
+        a_t,
+        w_t,
+        epsilon=epsilon,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+        weight_sum=float(num_classes) if weight is None else weight.sum(),
+    )
+    denominator = _mean_denominator(valid, w_t, y.numel(), ct)
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+    if normalizer is not None:
+        loss = loss / normalizer
+    out = _reduce(loss, reduction, denominator)
+    if not compute_grad:
+        return out, x.new_empty(0)
+
+    scale = _row_scale(valid, normalizer, reduction, denominator, ct)
+    k1 = k1 * scale
+    k2 = k2 * scale
+    a_sum = (float(num_classes) if class_weight is None else class_weight.sum()) if label_smoothing > 0.0 else 0.0
+    coef = k1 + k2 * a_sum
+    p.mul_(coef.unsqueeze(1))
+    p.scatter_(1, y1, (coef * p_t - k1).unsqueeze(1))
+    if label_smoothing > 0.0:
+        k2_ = k2.unsqueeze(1)
+        if class_weight is None:
+            p.sub_(k2_)
+        else:
+            p.addcmul_(k2_, class_weight.view((1, num_classes) + (1,) * (x.ndim - 2)), value=-1.0)
+    return out, p.to(x.dtype)
+
+
+def _row_scale(valid, normalizer, reduction: str, denominator, dtype: torch.dtype) -> torch.Tensor | float:
+    """The factor each element's gradient gets from ``ignore_index``, ``normalizer`` and the reduction."""
+    scale: torch.Tensor | float = 1.0
+    if normalizer is not None:
+        scale = 1.0 / normalizer
+    if reduction == "mean":
+        scale = scale / denominator
+    if valid is not None:
+        scale = valid.to(dtype) * scale
+    return scale
+
+
+def sigmoid_terms(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    pos_weight: torch.Tensor | None,
+    alpha: float | None,
+    epsilon: list[float],
+    gamma: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Element-wise sigmoid PolyLoss and its derivative, without ``weight`` (targets ``t`` in [0, 1]).
+
+    With :math:`p = \sigma(x)`, :math:`q = \sigma(-x)`, :math:`u = 1 - p_t = t q + (1-t) p` (a sum of
+    non-negative terms, so it keeps relative precision), :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)`:
+
+    * :math:`\mathrm{CE} = -(\text{pw}\, t \log p + (1-t) \log q)`
+    * :math:`\ell = u^\gamma\,[\alpha_t \mathrm{CE} + \sum_j \epsilon_j u^j]`
+    * :math:`\partial\ell/\partial x = u^\gamma\,[\alpha_t \partial\mathrm{CE}/\partial x
+      + (1-2t)\,R\,(\gamma \alpha_t \mathrm{CE} + \sum_j \epsilon_j (j+\gamma) u^j)]`, using
+      :math:`\partial u/\partial x = (1-2t)\,p q = (1-2t)\,R\,u` with :math:`R = pq/u \le 1`
+      (no ``u^(gamma-1)``, so gamma < 1 stays finite when u underflows), and
+      :math:`\partial\mathrm{CE}/\partial x = (1 - t)\,p - \text{pw}\,t\,q`.
+    """
+    softplus_tail = torch.log1p(torch.exp(-x.abs()))  # log(1 + e^-|x|)
+    relu_x = x.clamp(min=0.0)
+    log_q = -(relu_x + softplus_tail)  # log sigmoid(-x); log sigmoid(x) = -(relu(-x) + tail)
+    # CE as a sum of non-negative parts (no cancellation for confident elements)
+    if pos_weight is None:
+        ce = torch.addcmul(relu_x, t, x, value=-1.0) + softplus_tail  # (1-t) relu(x) + t relu(-x) + tail
+    else:
+        ce = (1.0 - t) * (relu_x + softplus_tail) + pos_weight * t * ((-x).clamp(min=0.0) + softplus_tail)
+    p, q = torch.sigmoid(x), torch.exp(log_q)
+    one_minus_t = 1.0 - t
+    u = torch.addcmul(t * q, one_minus_t, p)  # t q + (1 - t) p, both parts >= 0
+    mod = modulator(torch.log(u), gamma)
+    poly, dpoly = poly_terms(u, epsilon, gamma)
+    alpha_t: torch.Tensor | float = 1.0 if alpha is None else (2.0 * alpha - 1.0) * t + (1.0 - alpha)
+    loss = mod * (alpha_t * ce + poly)
+    if not need_grad:
+        return loss, None
+    # dCE/dx = (pw t + 1 - t) p - pw t = (1 - t) p - pw t q: no cancellation when p rounds to 1
+    t_q = t * q if pos_weight is None else pos_weight * t * q
+    dce = one_minus_t * p - t_q
+    ratio = torch.where(u > 0, p * q / u, 1.0)
+    inner = u * dpoly
+    if gamma != 0.0:
+        inner = inner + gamma * alpha_t * ce
+    grad = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
+    return loss, grad
+
+
+def sigmoid_forward(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    is_index: bool,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    normalizer: torch.Tensor | None,
+    alpha: float | None,
+    epsilon: list[float],
+    gamma: float,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid PolyLoss of ``x`` and, if ``compute_grad``, d(loss)/dx, in blocks of rows along dim 0.
+
+    ``target`` is dense (``x``'s shape, float/int/bool) or, with ``is_index``, class indices ``(N, *)``
+    for ``x`` ``(N, C, *)`` where index ``C`` is background.  ``weight``, ``pos_weight`` and ``normalizer``
+    are ``None`` or broadcast to ``x``'s shape.  Returns ``(loss, grad)`` like :func:`softmax_forward`."""
+    ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    n = x.shape[0]  # x has at least one dimension
+    per_row = x.numel() // n if n else 1
+    valid = y = classes = None
+    if is_index:
+        num_classes = x.shape[1]
+        valid = None if ignore_index == NO_IGNORE else target != ignore_index
+        y = target if valid is None else torch.where(valid, target, num_classes)
+        classes = torch.arange(num_classes, device=x.device).view((1, num_classes) + (1,) * (x.ndim - 2))
+        denominator = (valid.sum() * num_classes).to(ct) if valid is not None else float(x.numel())
+    else:
+        denominator = float(x.numel())
+    grad_scale = 1.0 / denominator if reduction == "mean" else 1.0
+    loss_out = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
+    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    sums = []
+    rows = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
+    for start in range(0, n, rows):
+        sl = slice(start, start + rows)
+        xb = x[sl].to(ct)
+        if is_index:
+            tb = (classes == y[sl].unsqueeze(1)).to(ct)
+        else:
+            tb = target[sl].to(ct)
+        if label_smoothing > 0.0:
+            tb = tb * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        lb, gb = sigmoid_terms(
+            xb,
+            tb,
+            pos_weight=None if pos_weight is None else pos_weight[sl],
+            alpha=alpha,
+            epsilon=epsilon,
+            gamma=gamma,
+            need_grad=compute_grad,
+        )
+        factor = None
+        for f in (
+            None if weight is None else weight[sl],
+            None if valid is None else valid[sl].unsqueeze(1),
+            None if normalizer is None else 1.0 / normalizer[sl],
+        ):
+            if f is not None:
+                factor = f if factor is None else factor * f
+        if factor is not None:
+            lb = lb * factor
+        if loss_out is not None:
+            loss_out[sl] = lb
+        else:
+            sums.append(lb.sum())
+        if gb is not None:
+            if factor is not None:
+                gb = gb * factor
+            grad[sl] = gb * grad_scale
+    if loss_out is not None:
+        return loss_out, grad
+    total = torch.stack(sums).sum() if sums else torch.zeros((), dtype=ct, device=x.device)
+    return (total if reduction == "sum" else total / denominator), grad
