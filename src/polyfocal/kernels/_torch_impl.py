@@ -9,7 +9,8 @@ logits-sized allocation is the gradient itself.
 
 .. math::
 
-    \partial\ell/\partial x = (K_1 + K_2 A)\,p - K_1\,\mathrm{onehot}_y - K_2\,a, \qquad a = \alpha\odot w,\ A = \textstyle\sum_c a_c
+    \partial\ell/\partial x = (K_1 + K_2 A)\,p - K_1\,\mathrm{onehot}_y - K_2\,a,
+    \qquad a = \alpha\odot w,\ A = \textstyle\sum_c a_c
 
 with per-row scalars :math:`K_1, K_2` (:func:`softmax_row_terms`).  So one ``torch.softmax`` writes
 :math:`p` into the buffer that becomes the gradient, a few gathers and one row sum give the row
@@ -78,7 +79,8 @@ def softmax_row_terms(
     * :math:`w_t = (1-\text{ls})\,w_y + (\text{ls}/C)\sum_c w_c`
     * :math:`\ell = u^\gamma\,[\mathrm{CE}_\alpha + w_t \sum_j \epsilon_j u^j]`
     * :math:`\partial\ell/\partial u = u^\gamma\,[\gamma\,\mathrm{CE}_\alpha/u
-      + w_t \sum_j \epsilon_j (j+\gamma) u^{j-1}]`, where :math:`\mathrm{CE}_\alpha/u \to a_y` as :math:`u \to 0` (no ``0 * inf``: gamma < 1)
+      + w_t \sum_j \epsilon_j (j+\gamma) u^{j-1}]`, where :math:`\mathrm{CE}_\alpha/u \to a_y` as
+      :math:`u \to 0` (finite for gamma < 1)
     * :math:`\partial u/\partial x = (1-\text{ls})\,p_y\,(p - \mathrm{onehot})` and
       :math:`\partial \mathrm{CE}_\alpha/\partial x = (1-\text{ls})\,a_y (p - \mathrm{onehot}) + (\text{ls}/C)(A p - a)`
 

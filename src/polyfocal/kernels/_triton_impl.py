@@ -1,0 +1,445 @@
+r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch for loss and gradient.
+
+* softmax: each program owns ``BLOCK_R`` rows (a row is one ``(n, d1, ...)`` position, its ``C`` logits
+  ``S`` elements apart) and walks the classes in ``BLOCK_C`` chunks twice: an online-softmax pass for the
+  row statistics (max, sum of exponentials with and without the target, ``x_y`` and, with label smoothing,
+  ``sum_c a_c x_c``), the per-row PolyLoss terms of :func:`._torch_impl.softmax_row_terms`, then a pass
+  that writes ``grad = P exp(x - lse) - K1 onehot - K2 a`` in the input dtype.  All math is fp32 (fp64 for
+  fp64 input); the second pass re-reads the row from L2 for the usual ``C``.
+* sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program, per-block
+  partial sums for ``"mean"``/``"sum"`` (summed by torch: deterministic, no atomics).
+* :func:`scale_unless_one_`: ``grad *= grad_output`` with a device-side branch, so a backward with
+  ``grad_output == 1`` (the usual ``loss.backward()``) costs one launch and no pass and no host sync.
+
+Only ``exp2``/``log2`` and arithmetic are used (no libdevice), so ``TRITON_INTERPRET=1`` runs every kernel on
+the CPU: that is how CI tests them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._torch_impl import NO_IGNORE
+
+__all__ = ["scale_unless_one_", "sigmoid_forward", "softmax_forward"]
+
+
+@triton.jit
+def _exp(v):
+    return tl.exp2(v * 1.4426950408889634)
+
+
+@triton.jit
+def _log(v):
+    return tl.log2(v) * 0.6931471805599453
+
+
+@triton.jit
+def _log1p(v):
+    """log(1 + v) to full relative precision for small v (Kahan's trick)."""
+    w = 1.0 + v
+    return tl.where(w == 1.0, v, _log(w) * (v / (w - 1.0)))
+
+
+@triton.jit
+def _poly(u, eps_ptr, gamma, N_EPS: tl.constexpr):
+    """``sum_j eps_j u^j`` and ``sum_j eps_j (j + gamma) u^(j-1)`` (Horner, from the highest j)."""
+    poly = tl.zeros_like(u)
+    dpoly = tl.zeros_like(u)
+    for k in tl.static_range(N_EPS):
+        j = N_EPS - k
+        e = tl.load(eps_ptr + (j - 1)).to(u.dtype)
+        poly = (poly + e) * u
+        if k == 0:
+            dpoly = dpoly + e * (j + gamma)
+        else:
+            dpoly = dpoly * u + e * (j + gamma)
+    return poly, dpoly
+
+
+@triton.jit
+def _softmax_poly_kernel(
+    x_ptr,
+    y_ptr,
+    a_ptr,
+    w_ptr,
+    norm_ptr,
+    eps_ptr,
+    scalars_ptr,  # [A = sum_c a_c, W = sum_c w_c, 1 / mean denominator, gamma, ls] in the compute dtype
+    loss_ptr,
+    g_ptr,
+    R,
+    C,
+    S,
+    ignore_index,
+    HAS_A: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    N_EPS: tl.constexpr,
+    GAMMA_ZERO: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    n = rows // S
+    base = n * C * S + (rows - n * S)
+    y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+    valid = row_ok & (y != ignore_index)
+    y = tl.where(valid, y, 0)
+    dt: tl.constexpr = DT
+    gamma = tl.load(scalars_ptr + 3)
+    ls = tl.load(scalars_ptr + 4)
+    x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
+
+    m = tl.full([BLOCK_R], -1.0e38, dt)
+    s_all = tl.zeros([BLOCK_R], dt)
+    s_rest = tl.zeros([BLOCK_R], dt)
+    x_a = tl.zeros([BLOCK_R], dt)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        rescale = _exp(m - m_new)
+        e = _exp(x - m_new[:, None])
+        s_all = s_all * rescale + tl.sum(e, axis=1)
+        s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+        if SMOOTH:
+            xs = tl.where(mask, x, 0.0)
+            if HAS_A:
+                xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+            x_a += tl.sum(xs, axis=1)
+        m = m_new
+
+    lse = m + _log(s_all)
+    p1 = _exp(x_t - lse)
+    u1 = s_rest / s_all
+    ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
+    a_sum = tl.load(scalars_ptr).to(dt)
+    w_sum = tl.load(scalars_ptr + 1).to(dt)
+    if HAS_A:
+        a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
+    else:
+        a_y = tl.full([BLOCK_R], 1.0, dt)
+    if HAS_W:
+        w_y = tl.load(w_ptr + y, mask=row_ok, other=0.0).to(dt)
+    else:
+        w_y = tl.full([BLOCK_R], 1.0, dt)
+    if SMOOTH:
+        ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a)
+        u = (1.0 - ls) * u1 + (ls - ls / C)
+        w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum
+    else:
+        ce_a = a_y * ce1
+        u = u1
+        w_poly = w_y
+    if GAMMA_ZERO:
+        mod = tl.full([BLOCK_R], 1.0, dt)
+    else:
+        mod = _exp(gamma * _log(u))
+    dl_du = tl.zeros([BLOCK_R], dt)
+    loss = ce_a
+    if N_EPS > 0:
+        poly, dpoly = _poly(u, eps_ptr, gamma, N_EPS)
+        loss = loss + w_poly * poly
+        dl_du = w_poly * dpoly
+    loss = mod * loss
+    if not GAMMA_ZERO:
+        dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
+    scale = tl.where(valid, 1.0, 0.0).to(dt)
+    if HAS_NORM:
+        scale = scale / tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(dt)
+    tl.store(loss_ptr + rows, (loss * scale).to(loss_ptr.dtype.element_ty), mask=row_ok)
+
+    if COMPUTE_GRAD:
+        scale = scale * tl.load(scalars_ptr + 2).to(dt)
+        k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
+        k2 = mod * (ls / C) * scale
+        coef = k1 + k2 * a_sum
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            col_ok = cols < C
+            mask = row_ok[:, None] & col_ok[None, :]
+            offs = base[:, None] + cols[None, :].to(tl.int64) * S
+            x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+            g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+            if SMOOTH:
+                if HAS_A:
+                    g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+                else:
+                    g -= k2[:, None]
+            tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _epsilon_tensor(epsilon: list[float], device, dtype) -> torch.Tensor:
+    return torch.tensor(epsilon if epsilon else [0.0], dtype=dtype, device=device)
+
+
+def softmax_forward(
+    x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
+):
+    """Same contract as :func:`._torch_impl.softmax_forward`."""
+    ct = _compute_dtype(x)
+    x = x.contiguous()
+    target = target.contiguous()
+    n, num_classes = x.shape[0], x.shape[1]
+    inner = x.numel() // (n * num_classes) if n * num_classes else 1
+    rows = target.numel()
+    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
+    valid = None if ignore_index == NO_IGNORE else target != ignore_index
+    if reduction == "mean":
+        if weight is not None:
+            y = target if valid is None else torch.where(valid, target, 0)
+            w_t = weight[y]
+            denominator = (w_t if valid is None else w_t * valid).sum()
+        else:
+            denominator = torch.tensor(float(rows), device=x.device) if valid is None else valid.sum()
+        denominator = denominator.to(ct)
+    else:
+        denominator = torch.ones((), dtype=ct, device=x.device)
+    a_sum = class_weight.sum() if class_weight is not None else torch.tensor(float(num_classes), device=x.device)
+    w_sum = weight.sum() if weight is not None else torch.tensor(float(num_classes), device=x.device)
+    hyper = torch.tensor([gamma, label_smoothing], dtype=ct, device=x.device)
+    scalars = torch.cat([torch.stack([a_sum.to(ct), w_sum.to(ct), 1.0 / denominator]), hyper])
+    loss = torch.empty(target.shape, dtype=ct, device=x.device)
+    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    norm = normalizer.to(ct).contiguous() if normalizer is not None else None
+    block_c = min(triton.next_power_of_2(max(num_classes, 1)), 4096 if ct == torch.float32 else 2048)
+    block_r = max(1, min(128, 4096 // block_c))
+    if rows:
+        _softmax_poly_kernel[(triton.cdiv(rows, block_r),)](
+            x,
+            target,
+            class_weight if class_weight is not None else x,
+            weight if weight is not None else x,
+            norm if norm is not None else loss,
+            _epsilon_tensor(epsilon, x.device, ct),
+            scalars,
+            loss,
+            grad if compute_grad else loss,
+            rows,
+            num_classes,
+            inner,
+            ignore_index,
+            HAS_A=class_weight is not None,
+            HAS_W=weight is not None,
+            HAS_NORM=norm is not None,
+            N_EPS=len(epsilon),
+            GAMMA_ZERO=gamma == 0.0,
+            SMOOTH=label_smoothing > 0.0,
+            COMPUTE_GRAD=compute_grad,
+            DT=_TL_DTYPE[ct],
+            BLOCK_R=block_r,
+            BLOCK_C=block_c,
+        )
+    if reduction == "none":
+        return loss, grad
+    total = loss.sum()
+    return (total if reduction == "sum" else total / denominator), grad
+
+
+@triton.jit
+def _sigmoid_poly_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    pw_ptr,
+    norm_ptr,
+    eps_ptr,
+    scalars_ptr,  # [1 / mean denominator, alpha, gamma, ls] in the compute dtype
+    loss_ptr,
+    partial_ptr,
+    g_ptr,
+    numel,
+    C,
+    S,
+    ignore_index,
+    IS_INDEX: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_PW: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    N_EPS: tl.constexpr,
+    GAMMA_ZERO: tl.constexpr,
+    STORE_LOSS: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    dt: tl.constexpr = DT
+    alpha = tl.load(scalars_ptr + 1)
+    gamma = tl.load(scalars_ptr + 2)
+    ls = tl.load(scalars_ptr + 3)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
+    scale = tl.where(ok, 1.0, 0.0).to(dt)
+    if IS_INDEX:
+        row = offs // (C * S)
+        cls = (offs // S) % C
+        y = tl.load(t_ptr + row * S + offs % S, mask=ok, other=0)
+        scale = tl.where(y != ignore_index, scale, 0.0)
+        t = tl.where(cls == y, 1.0, 0.0).to(dt)
+    else:
+        t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
+    if SMOOTH:
+        t = t * (1.0 - ls) + 0.5 * ls
+    tail = _log1p(_exp(-tl.abs(x)))
+    relu_x = tl.maximum(x, 0.0)
+    relu_neg = tl.maximum(-x, 0.0)
+    if HAS_PW:
+        pw = tl.load(pw_ptr + offs, mask=ok, other=1.0).to(dt)
+    else:
+        pw = tl.full([BLOCK], 1.0, dt)
+    ce = (1.0 - t) * (relu_x + tail) + pw * t * (relu_neg + tail)
+    log_q = -(relu_x + tail)
+    log_p = -(relu_neg + tail)
+    p = _exp(log_p)
+    q = _exp(log_q)
+    u = t * q + (1.0 - t) * p
+    if GAMMA_ZERO:
+        mod = tl.full([BLOCK], 1.0, dt)
+    else:
+        mod = _exp(gamma * _log(u))
+    if HAS_ALPHA:
+        alpha_t = (2.0 * alpha - 1.0) * t + (1.0 - alpha)
+    else:
+        alpha_t = tl.full([BLOCK], 1.0, dt)
+    inner = tl.zeros([BLOCK], dt)
+    loss = alpha_t * ce
+    if N_EPS > 0:
+        poly, dpoly = _poly(u, eps_ptr, gamma, N_EPS)
+        loss = loss + poly
+        inner = u * dpoly
+    loss = mod * loss
+    if not GAMMA_ZERO:
+        inner = inner + gamma * alpha_t * ce
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + offs, mask=ok, other=0.0).to(dt)
+    if HAS_NORM:
+        scale = scale / tl.load(norm_ptr + offs, mask=ok, other=1.0).to(dt)
+    loss = loss * scale
+    if STORE_LOSS:
+        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(loss, axis=0).to(partial_ptr.dtype.element_ty))
+    if COMPUTE_GRAD:
+        dce = (1.0 - t) * p - pw * t * q
+        ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
+        g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
+        g = g * scale * tl.load(scalars_ptr).to(dt)
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+
+
+def sigmoid_forward(
+    x,
+    target,
+    is_index,
+    weight,
+    pos_weight,
+    normalizer,
+    alpha,
+    epsilon,
+    gamma,
+    ignore_index,
+    label_smoothing,
+    reduction,
+    compute_grad,
+):
+    """Same contract as :func:`._torch_impl.sigmoid_forward`."""
+    ct = _compute_dtype(x)
+    x = x.contiguous()
+    target = target.contiguous()
+    numel = x.numel()
+    if is_index:
+        n, num_classes = x.shape[0], x.shape[1]
+        inner = numel // (n * num_classes) if n * num_classes else 1
+        if reduction == "mean" and ignore_index != NO_IGNORE:
+            denominator = ((target != ignore_index).sum() * num_classes).to(ct)
+        else:
+            denominator = torch.tensor(float(numel), dtype=ct, device=x.device)
+    else:
+        num_classes, inner = 1, 1
+        denominator = torch.tensor(float(numel), dtype=ct, device=x.device)
+    grad_scale = 1.0 / denominator if reduction == "mean" else torch.ones((), dtype=ct, device=x.device)
+    hyper = torch.tensor([0.0 if alpha is None else alpha, gamma, label_smoothing], dtype=ct, device=x.device)
+    scalars = torch.cat([grad_scale.reshape(1), hyper])
+    dense = [None if v is None else v.to(ct).contiguous() for v in (weight, pos_weight, normalizer)]
+    block = 1024
+    programs = triton.cdiv(numel, block)
+    loss = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
+    partial = torch.empty(max(programs, 1), dtype=ct, device=x.device) if reduction != "none" else None
+    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    out = loss if loss is not None else partial
+    if numel:
+        _sigmoid_poly_kernel[(programs,)](
+            x,
+            target if target.dtype != torch.bool else target.to(torch.uint8),
+            dense[0] if dense[0] is not None else x,
+            dense[1] if dense[1] is not None else x,
+            dense[2] if dense[2] is not None else x,
+            _epsilon_tensor(epsilon, x.device, ct),
+            scalars,
+            out,
+            out,
+            grad if compute_grad else out,
+            numel,
+            num_classes,
+            inner,
+            ignore_index,
+            IS_INDEX=is_index,
+            HAS_ALPHA=alpha is not None,
+            HAS_W=dense[0] is not None,
+            HAS_PW=dense[1] is not None,
+            HAS_NORM=dense[2] is not None,
+            N_EPS=len(epsilon),
+            GAMMA_ZERO=gamma == 0.0,
+            STORE_LOSS=loss is not None,
+            COMPUTE_GRAD=compute_grad,
+            SMOOTH=label_smoothing > 0.0,
+            DT=_TL_DTYPE[ct],
+            BLOCK=block,
+        )
+    if loss is not None:
+        return loss, grad
+    total = partial.sum() if numel else torch.zeros((), dtype=ct, device=x.device)
+    return (total if reduction == "sum" else total / denominator), grad
+
+
+@triton.jit
+def _scale_unless_one_kernel(g_ptr, go_ptr, numel, BLOCK: tl.constexpr):
+    go = tl.load(go_ptr)
+    if go != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < numel
+        g = tl.load(g_ptr + offs, mask=ok)
+        tl.store(g_ptr + offs, (g.to(tl.float32) * go.to(tl.float32)).to(g_ptr.dtype.element_ty), mask=ok)
+
+
+def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """``grad *= grad_output`` (a scalar tensor) in place; no memory pass when ``grad_output == 1``."""
+    if grad.dtype == torch.float64 or not grad.is_contiguous():
+        return grad.mul_(grad_output)
+    if grad.numel():
+        block = 4096
+        _scale_unless_one_kernel[(triton.cdiv(grad.numel(), block),)](
+            grad, grad_output.reshape(1), grad.numel(), BLOCK=block
+        )
+    return grad

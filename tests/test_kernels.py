@@ -1,0 +1,256 @@
+"""The fused kernels (torch implementation and Triton, the latter in Triton's CPU interpreter when there is no
+GPU: the root conftest sets TRITON_INTERPRET=1) against the float64 reference, on values and gradients;
+their autograd contract (grad_output != 1, retain_graph, double backward, no-grad calls), the custom-op
+registration (torch.library.opcheck, torch.compile fullgraph) and low-precision inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+
+import pytest
+import torch
+
+import polyfocal
+from polyfocal import kernels
+from polyfocal.reference import poly_loss_reference
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed"))]
+# numpy warns inside Triton's interpreter for masked lanes (log2(0), inf - inf); a GPU computes them silently
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+
+
+def _loss_and_grad(fn, x, seed=0):
+    """Loss and d(sum(g * loss))/dx for a random g (grad_output != 1 for every reduction)."""
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x)
+    g = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.5
+    (grad,) = torch.autograd.grad((loss * g.to(loss.dtype).to(loss.device)).sum(), x)
+    return loss.detach(), grad
+
+
+def _device(backend):
+    """Triton runs on CUDA when there is a GPU, else in the interpreter on CPU tensors."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _check(backend, x, target, *, rtol=1e-9, atol=1e-11, **kw):
+    dev = _device(backend)
+    dev_kw = {k: _to(v, dev) for k, v in kw.items()}
+    with kernels.backend(backend):
+        ours, ours_grad = _loss_and_grad(lambda v: polyfocal.poly_loss(v, target.to(dev), **dev_kw), x.to(dev))
+        ours, ours_grad = ours.cpu(), ours_grad.cpu()
+    ref, ref_grad = _loss_and_grad(lambda v: poly_loss_reference(v, target, **kw), x.to(torch.float64))
+    torch.testing.assert_close(ours.to(torch.float64), ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(ours_grad.to(torch.float64), ref_grad, rtol=rtol, atol=atol)
+    assert ours_grad.dtype == x.dtype
+
+
+SOFTMAX_PARAMS = [
+    dict(epsilon=()),
+    dict(epsilon=2.0),
+    dict(gamma=2.0, epsilon=()),
+    dict(gamma=0.5, epsilon=(1.0, -0.5, 0.25)),
+    dict(gamma=1.5, epsilon=-1.0, label_smoothing=0.2),
+    dict(gamma=2.0, epsilon=1.0, alpha=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], weight=[1.0, 2.0, 0.5, 1.0, 0.0, 3.0]),
+    dict(epsilon=(), label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.0, 0.25, 3.0]),
+    dict(gamma=0.5, epsilon=1.0, label_smoothing=0.3, alpha=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ignore_index=2),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(9, 6), (3, 6, 5), (2, 6, 2, 3), (6,)])
+@pytest.mark.parametrize("params", SOFTMAX_PARAMS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_softmax_kernel_matches_reference(backend, shape, params, reduction):
+    gen = torch.Generator().manual_seed(len(shape) * 7 + len(params))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    batch = shape[:1] + shape[2:] if len(shape) > 1 else ()
+    y = torch.randint(0, 6, batch, generator=gen)
+    if y.numel() > 2:
+        y.view(-1)[::4] = params.get("ignore_index", -100)
+        y.view(-1)[1] = 3
+    _check(backend, x, y, reduction=reduction, **params)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_kernel_normalizer_and_many_classes(backend):
+    """C = 5000 spans two Triton class chunks (online softmax across chunks); a per-row normalizer."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5000, generator=gen, dtype=torch.float64) * 4
+    y = torch.tensor([0, 4999, 2500])
+    norm = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    for reduction in ("none", "sum"):
+        _check(backend, x, y, gamma=2.0, epsilon=1.0, normalizer=norm, label_smoothing=0.1, reduction=reduction)
+
+
+SIGMOID_PARAMS = [
+    dict(epsilon=(), gamma=0.0, alpha=None),
+    dict(gamma=2.0, alpha=0.25, epsilon=()),
+    dict(gamma=1.5, alpha=0.25, epsilon=1.0),
+    dict(gamma=0.5, alpha=None, epsilon=(2.0, -0.5)),
+    dict(gamma=2.0, alpha=0.75, epsilon=1.0, label_smoothing=0.1),
+    dict(gamma=2.0, alpha=0.25, epsilon=1.0, weight="w", pos_weight="pw", normalizer=7.0),
+]
+
+
+def _sigmoid_target(kind, shape, gen):
+    if kind == "index":  # class indices with background C and ignored rows
+        y = torch.randint(0, shape[1] + 1, shape[:1] + shape[2:], generator=gen)
+        y.view(-1)[::3] = -100
+        y.view(-1)[1] = 0
+        return y
+    dense = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return {"soft": dense, "binary": (dense > 0.7).double(), "int": (dense > 0.7).long(), "bool": dense > 0.7}[kind]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(8, 5), (3, 5, 4)])
+@pytest.mark.parametrize("kind", ["soft", "binary", "int", "bool", "index"])
+@pytest.mark.parametrize("params", SIGMOID_PARAMS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_sigmoid_kernel_matches_reference(backend, shape, kind, params, reduction):
+    gen = torch.Generator().manual_seed(shape[0] + len(params))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 4
+    target = _sigmoid_target(kind, shape, gen)
+    params = dict(params)
+    bshape = (shape[1],) + (1,) * (len(shape) - 2)
+    if params.get("weight") == "w":
+        params["weight"] = torch.rand(bshape, generator=gen, dtype=torch.float64)
+        params["pos_weight"] = torch.rand(bshape, generator=gen, dtype=torch.float64) + 0.5
+    _check(backend, x, target, activation="sigmoid", reduction=reduction, **params)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_inputs_use_float32_math(backend, dtype):
+    """fp32 math inside: the loss equals the fp64 reference of the rounded input to fp32 precision, and the
+    gradient (in the input dtype) equals the reference gradient to the precision of that dtype."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(64, 10, generator=gen) * 4).to(dtype)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    t = torch.randint(0, 11, (64,), generator=gen)
+    dev = _device(backend)
+    for target, kw in ((y, dict(gamma=2.0, epsilon=1.0)), (t, dict(activation="sigmoid", gamma=2.0, alpha=0.25))):
+        with kernels.backend(backend):
+            loss, grad = _loss_and_grad(
+                lambda v, target=target, kw=kw: polyfocal.poly_loss(v, target.to(dev), **kw), x.to(dev)
+            )
+        loss, grad = loss.cpu(), grad.cpu()
+        ref, ref_grad = _loss_and_grad(lambda v, target=target, kw=kw: poly_loss_reference(v, target, **kw), x.double())
+        assert loss.dtype == torch.float32 and grad.dtype == dtype
+        torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-7)
+        # the buffer is rounded to the input dtype once in the kernel and again when the backward multiplies it by
+        # grad_output != 1 (exact for AMP's power-of-two scales): up to two roundings, 4 units of 2^-p relative
+        rtol = {torch.float32: 1e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}[dtype]
+        torch.testing.assert_close(grad, ref_grad.to(dtype), rtol=rtol, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gamma", [0.1, 0.5, 2.0])
+def test_extreme_logits_are_finite(backend, gamma):
+    dev = _device(backend)
+    x = torch.tensor([[1e4, 0.0, -1e4], [-1e4, 1e4, 0.0], [0.0, 0.0, 1e4]], device=dev)
+    y = torch.tensor([0, 0, 1], device=dev)
+    with kernels.backend(backend):
+        for target, activation in ((y, "softmax"), (torch.tensor([0, 3, 1], device=dev), "sigmoid")):
+            loss, grad = _loss_and_grad(
+                lambda v, t=target, a=activation: polyfocal.poly_loss(
+                    v, t, activation=a, gamma=gamma, epsilon=1.0, reduction="none"
+                ),
+                x,
+            )
+            assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_wrong_row_with_underflowing_probability_has_exact_ce(backend):
+    x = torch.tensor([[200.0, 0.0, -50.0]])  # p_y for y = 2 is e^-250: below float32's range
+    dev = _device(backend)
+    with kernels.backend(backend):
+        loss = polyfocal.cross_entropy(x.to(dev), torch.tensor([2], device=dev), reduction="none").cpu()
+    ref = torch.nn.functional.cross_entropy(x.double(), torch.tensor([2]), reduction="none")
+    torch.testing.assert_close(loss, ref.float())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retain_graph_second_backward_and_no_grad(backend):
+    gen = torch.Generator().manual_seed(0)
+    dev = _device(backend)
+    x = torch.randn(6, 4, generator=gen).to(dev).requires_grad_()
+    y = torch.randint(0, 4, (6,), generator=gen).to(dev)
+    with kernels.backend(backend):
+        for activation in ("softmax", "sigmoid"):
+            x.grad = None
+            loss = polyfocal.poly_loss(x, y, activation=activation, gamma=2.0, epsilon=1.0)
+            (loss * 3.0).backward(retain_graph=True)
+            first = x.grad.clone()
+            x.grad.zero_()  # the first gradient may be the kernel's buffer: zeroing it must not leak back
+            (loss * 3.0).backward()
+            torch.testing.assert_close(x.grad, first)
+            with torch.no_grad():  # no gradient buffer is computed, the loss is the same
+                again = polyfocal.poly_loss(x, y, activation=activation, gamma=2.0, epsilon=1.0)
+            torch.testing.assert_close(again, loss.detach())
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_double_backward_through_fused_op(activation):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (4,), generator=gen)
+    fn = lambda v: polyfocal.poly_loss(v, y, activation=activation, gamma=1.5, epsilon=1.0, reduction="sum")  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_opcheck_custom_ops():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, generator=gen, requires_grad=True)
+    y = torch.randint(0, 4, (5,), generator=gen)
+    a = torch.rand(4, generator=gen)
+    for reduction, grad in itertools.product(("none", "mean"), (True, False)):
+        args = (x, y, a, None, None, [1.0], 2.0, -100, 0.1, reduction, grad)
+        torch.library.opcheck(kernels.softmax_poly, args, test_utils=("test_schema", "test_faketensor"))
+        sargs = (x, y, True, None, None, None, 0.25, [1.0], 2.0, kernels.NO_IGNORE, 0.0, reduction, grad)
+        torch.library.opcheck(kernels.sigmoid_poly, sargs, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    lin = torch.nn.Linear(6, 5)
+    x = torch.randn(16, 6)
+    y = torch.randint(0, 5, (16,))
+
+    def step(inp):
+        out = lin(inp)
+        return polyfocal.softmax_focal_loss(out, y, gamma=2.0, epsilon=1.0) + polyfocal.sigmoid_focal_loss(out, y)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    loss_c = compiled(x)
+    grads_c = torch.autograd.grad(loss_c, list(lin.parameters()))
+    loss_e = step(x)
+    grads_e = torch.autograd.grad(loss_e, list(lin.parameters()))
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e, strict=True):
+        torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_triton_scale_unless_one():
+    from polyfocal.kernels import _triton_impl
+
+    dev = _device("triton")
+    g = torch.randn(5000, device=dev)
+    before = g.clone()
+    assert _triton_impl.scale_unless_one_(g, torch.tensor(1.0, device=dev)) is g and torch.equal(g, before)
+    _triton_impl.scale_unless_one_(g, torch.tensor(2.5, device=dev))
+    torch.testing.assert_close(g, before * 2.5)
+
+
+def test_backend_names_are_checked():
+    with pytest.raises(ValueError, match="expected backend in"):
+        with kernels.backend("cuda"):  # type: ignore[arg-type]
+            pass
