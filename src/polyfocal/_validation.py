@@ -84,7 +84,7 @@ def broadcast_tensor(
     if _is_real_number(value):
         if name == "normalizer" and not float(value) > 0:  # type: ignore[arg-type]
             raise ValueError(f"expected a positive normalizer, got {value!r}")
-        return torch.tensor(float(value), device=device, dtype=dtype)  # type: ignore[arg-type]
+        return torch.full((), float(value), device=device, dtype=dtype)  # type: ignore[arg-type]  # no H2D copy
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"expected {name} to be a number or a tensor, got {_describe(value)}")
     if value.dtype.is_complex or value.dtype == torch.bool:

@@ -218,12 +218,15 @@ def _composite_loss(ctx, x: Tensor, activation: str) -> Tensor:
 
 
 def _scale_by_grad_output(grad: Tensor, grad_loss: Tensor, reduction: str, expand_class_dim: bool) -> Tensor:
-    """``grad *= grad_output`` in place (the buffer is ours to hand out), skipping the pass when it is 1."""
+    """``grad *= grad_output`` in place (the buffer is ours to hand out), skipping the pass when it is 1.
+
+    The host read of ``grad_output`` is limited to real CPU tensors: tracing (fake/functional tensors under
+    ``torch.compile``) always multiplies."""
     if reduction == "none":
         return grad.mul_(grad_loss.unsqueeze(1) if expand_class_dim else grad_loss)
     if grad.is_cuda and _impl(grad) is not _torch_impl:
         return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
-    if grad.device.type == "cpu" and not torch.compiler.is_compiling():
+    if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
         return grad if float(grad_loss) == 1.0 else grad.mul_(grad_loss)  # a host read is free on CPU
     return grad.mul_(grad_loss)
 

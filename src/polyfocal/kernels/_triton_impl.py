@@ -17,6 +17,8 @@ the CPU: that is how CI tests them.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -66,8 +68,8 @@ def _softmax_poly_kernel(
     a_ptr,
     w_ptr,
     norm_ptr,
-    eps_ptr,
-    scalars_ptr,  # [A = sum_c a_c, W = sum_c w_c, 1 / mean denominator, gamma, ls] in the compute dtype
+    consts_ptr,  # [gamma, ls, eps_1, ..., eps_n] in the compute dtype (cached on the device)
+    stats_ptr,  # [A = sum_c a_c, W = sum_c w_c, 1 / mean denominator]
     loss_ptr,
     g_ptr,
     R,
@@ -82,6 +84,7 @@ def _softmax_poly_kernel(
     SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     DT: tl.constexpr,
+    SINGLE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -94,37 +97,55 @@ def _softmax_poly_kernel(
     valid = row_ok & (y != ignore_index)
     y = tl.where(valid, y, 0)
     dt: tl.constexpr = DT
-    gamma = tl.load(scalars_ptr + 3)
-    ls = tl.load(scalars_ptr + 4)
+    gamma = tl.load(consts_ptr)
+    ls = tl.load(consts_ptr + 1)
     x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
 
-    m = tl.full([BLOCK_R], -1.0e38, dt)
-    s_all = tl.zeros([BLOCK_R], dt)
-    s_rest = tl.zeros([BLOCK_R], dt)
-    x_a = tl.zeros([BLOCK_R], dt)
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    if SINGLE:  # the whole row in registers: read once, reused for the gradient
+        cols = tl.arange(0, BLOCK_C)
         col_ok = cols < C
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        rescale = _exp(m - m_new)
-        e = _exp(x - m_new[:, None])
-        s_all = s_all * rescale + tl.sum(e, axis=1)
-        s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+        m = tl.maximum(tl.max(x, axis=1), -1.0e38)
+        e = _exp(x - m[:, None])
+        is_t = cols[None, :] == y[:, None]
+        s_all = tl.sum(e, axis=1)
+        s_rest = tl.sum(tl.where(is_t, 0.0, e), axis=1)
         if SMOOTH:
             xs = tl.where(mask, x, 0.0)
             if HAS_A:
                 xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-            x_a += tl.sum(xs, axis=1)
-        m = m_new
+            x_a = tl.sum(xs, axis=1)
+        else:
+            x_a = tl.zeros([BLOCK_R], dt)
+    else:  # online softmax over class chunks
+        m = tl.full([BLOCK_R], -1.0e38, dt)
+        s_all = tl.zeros([BLOCK_R], dt)
+        s_rest = tl.zeros([BLOCK_R], dt)
+        x_a = tl.zeros([BLOCK_R], dt)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            col_ok = cols < C
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            rescale = _exp(m - m_new)
+            e = _exp(x - m_new[:, None])
+            s_all = s_all * rescale + tl.sum(e, axis=1)
+            s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+            if SMOOTH:
+                xs = tl.where(mask, x, 0.0)
+                if HAS_A:
+                    xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+                x_a += tl.sum(xs, axis=1)
+            m = m_new
 
     lse = m + _log(s_all)
     p1 = _exp(x_t - lse)
     u1 = s_rest / s_all
     ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
-    a_sum = tl.load(scalars_ptr).to(dt)
-    w_sum = tl.load(scalars_ptr + 1).to(dt)
+    a_sum = tl.load(stats_ptr).to(dt)
+    w_sum = tl.load(stats_ptr + 1).to(dt)
     if HAS_A:
         a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
     else:
@@ -148,7 +169,7 @@ def _softmax_poly_kernel(
     dl_du = tl.zeros([BLOCK_R], dt)
     loss = ce_a
     if N_EPS > 0:
-        poly, dpoly = _poly(u, eps_ptr, gamma, N_EPS)
+        poly, dpoly = _poly(u, consts_ptr + 2, gamma, N_EPS)
         loss = loss + w_poly * poly
         dl_du = w_poly * dpoly
     loss = mod * loss
@@ -160,23 +181,40 @@ def _softmax_poly_kernel(
     tl.store(loss_ptr + rows, (loss * scale).to(loss_ptr.dtype.element_ty), mask=row_ok)
 
     if COMPUTE_GRAD:
-        scale = scale * tl.load(scalars_ptr + 2).to(dt)
+        scale = scale * tl.load(stats_ptr + 2).to(dt)
         k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
         k2 = mod * (ls / C) * scale
         coef = k1 + k2 * a_sum
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            col_ok = cols < C
-            mask = row_ok[:, None] & col_ok[None, :]
-            offs = base[:, None] + cols[None, :].to(tl.int64) * S
-            x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
-            g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+        if SINGLE:
+            g = (coef / s_all)[:, None] * e - tl.where(is_t, k1[:, None], 0.0)
             if SMOOTH:
                 if HAS_A:
                     g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
                 else:
                     g -= k2[:, None]
+            offs = base[:, None] + cols[None, :].to(tl.int64) * S
             tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+        else:
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)
+                col_ok = cols < C
+                mask = row_ok[:, None] & col_ok[None, :]
+                offs = base[:, None] + cols[None, :].to(tl.int64) * S
+                x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+                g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+                if SMOOTH:
+                    if HAS_A:
+                        g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+                    else:
+                        g -= k2[:, None]
+                tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=512)
+def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Hyperparameters as a small device tensor, copied to the device once per distinct value (a host-to-device
+    copy from pageable memory would wait for the stream on every call)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -184,10 +222,6 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _epsilon_tensor(epsilon: list[float], device, dtype) -> torch.Tensor:
-    return torch.tensor(epsilon if epsilon else [0.0], dtype=dtype, device=device)
 
 
 def softmax_forward(
@@ -202,20 +236,23 @@ def softmax_forward(
     rows = target.numel()
     class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
     valid = None if ignore_index == NO_IGNORE else target != ignore_index
+    one = _const((1.0,), x.device, ct)
     if reduction == "mean":
         if weight is not None:
             y = target if valid is None else torch.where(valid, target, 0)
             w_t = weight[y]
-            denominator = (w_t if valid is None else w_t * valid).sum()
+            denominator = (w_t if valid is None else w_t * valid).sum().to(ct).reshape(1)
+        elif valid is None:
+            denominator = _const((float(rows),), x.device, ct)
         else:
-            denominator = torch.tensor(float(rows), device=x.device) if valid is None else valid.sum()
-        denominator = denominator.to(ct)
+            denominator = valid.sum().to(ct).reshape(1)
     else:
-        denominator = torch.ones((), dtype=ct, device=x.device)
-    a_sum = class_weight.sum() if class_weight is not None else torch.tensor(float(num_classes), device=x.device)
-    w_sum = weight.sum() if weight is not None else torch.tensor(float(num_classes), device=x.device)
-    hyper = torch.tensor([gamma, label_smoothing], dtype=ct, device=x.device)
-    scalars = torch.cat([torch.stack([a_sum.to(ct), w_sum.to(ct), 1.0 / denominator]), hyper])
+        denominator = one
+    c_float = _const((float(num_classes),), x.device, ct)
+    a_sum = class_weight.sum().reshape(1) if class_weight is not None else c_float
+    w_sum = weight.sum().reshape(1) if weight is not None else c_float
+    stats = torch.cat([a_sum, w_sum, 1.0 / denominator])
+    consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon)), x.device, ct)
     loss = torch.empty(target.shape, dtype=ct, device=x.device)
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     norm = normalizer.to(ct).contiguous() if normalizer is not None else None
@@ -228,8 +265,8 @@ def softmax_forward(
             class_weight if class_weight is not None else x,
             weight if weight is not None else x,
             norm if norm is not None else loss,
-            _epsilon_tensor(epsilon, x.device, ct),
-            scalars,
+            consts,
+            stats,
             loss,
             grad if compute_grad else loss,
             rows,
@@ -244,13 +281,14 @@ def softmax_forward(
             SMOOTH=label_smoothing > 0.0,
             COMPUTE_GRAD=compute_grad,
             DT=_TL_DTYPE[ct],
+            SINGLE=num_classes <= block_c,
             BLOCK_R=block_r,
             BLOCK_C=block_c,
         )
     if reduction == "none":
         return loss, grad
     total = loss.sum()
-    return (total if reduction == "sum" else total / denominator), grad
+    return (total if reduction == "sum" else total / denominator.reshape(())), grad
 
 
 @triton.jit
@@ -260,8 +298,8 @@ def _sigmoid_poly_kernel(
     w_ptr,
     pw_ptr,
     norm_ptr,
-    eps_ptr,
-    scalars_ptr,  # [1 / mean denominator, alpha, gamma, ls] in the compute dtype
+    consts_ptr,  # [alpha, gamma, ls, eps_1, ..., eps_n] in the compute dtype (cached on the device)
+    stats_ptr,  # [1 / mean denominator]
     loss_ptr,
     partial_ptr,
     g_ptr,
@@ -286,9 +324,9 @@ def _sigmoid_poly_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     dt: tl.constexpr = DT
-    alpha = tl.load(scalars_ptr + 1)
-    gamma = tl.load(scalars_ptr + 2)
-    ls = tl.load(scalars_ptr + 3)
+    alpha = tl.load(consts_ptr)
+    gamma = tl.load(consts_ptr + 1)
+    ls = tl.load(consts_ptr + 2)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
     scale = tl.where(ok, 1.0, 0.0).to(dt)
     if IS_INDEX:
@@ -325,7 +363,7 @@ def _sigmoid_poly_kernel(
     inner = tl.zeros([BLOCK], dt)
     loss = alpha_t * ce
     if N_EPS > 0:
-        poly, dpoly = _poly(u, eps_ptr, gamma, N_EPS)
+        poly, dpoly = _poly(u, consts_ptr + 3, gamma, N_EPS)
         loss = loss + poly
         inner = u * dpoly
     loss = mod * loss
@@ -344,7 +382,7 @@ def _sigmoid_poly_kernel(
         dce = (1.0 - t) * p - pw * t * q
         ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
         g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
-        g = g * scale * tl.load(scalars_ptr).to(dt)
+        g = g * scale * tl.load(stats_ptr).to(dt)
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
@@ -368,19 +406,22 @@ def sigmoid_forward(
     x = x.contiguous()
     target = target.contiguous()
     numel = x.numel()
+    one = _const((1.0,), x.device, ct)
     if is_index:
         n, num_classes = x.shape[0], x.shape[1]
         inner = numel // (n * num_classes) if n * num_classes else 1
-        if reduction == "mean" and ignore_index != NO_IGNORE:
-            denominator = ((target != ignore_index).sum() * num_classes).to(ct)
-        else:
-            denominator = torch.tensor(float(numel), dtype=ct, device=x.device)
     else:
         num_classes, inner = 1, 1
-        denominator = torch.tensor(float(numel), dtype=ct, device=x.device)
-    grad_scale = 1.0 / denominator if reduction == "mean" else torch.ones((), dtype=ct, device=x.device)
-    hyper = torch.tensor([0.0 if alpha is None else alpha, gamma, label_smoothing], dtype=ct, device=x.device)
-    scalars = torch.cat([grad_scale.reshape(1), hyper])
+    if is_index and reduction == "mean" and ignore_index != NO_IGNORE:
+        denominator = ((target != ignore_index).sum() * num_classes).to(ct).reshape(1)
+    else:
+        denominator = _const((float(numel),), x.device, ct)
+    inv_denominator = 1.0 / denominator if reduction == "mean" else one
+    consts = _const(
+        (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon)),
+        x.device,
+        ct,
+    )
     dense = [None if v is None else v.to(ct).contiguous() for v in (weight, pos_weight, normalizer)]
     block = 1024
     programs = triton.cdiv(numel, block)
@@ -395,8 +436,8 @@ def sigmoid_forward(
             dense[0] if dense[0] is not None else x,
             dense[1] if dense[1] is not None else x,
             dense[2] if dense[2] is not None else x,
-            _epsilon_tensor(epsilon, x.device, ct),
-            scalars,
+            consts,
+            inv_denominator,
             out,
             out,
             grad if compute_grad else out,
@@ -420,7 +461,7 @@ def sigmoid_forward(
     if loss is not None:
         return loss, grad
     total = partial.sum() if numel else torch.zeros((), dtype=ct, device=x.device)
-    return (total if reduction == "sum" else total / denominator), grad
+    return (total if reduction == "sum" else total / denominator.reshape(())), grad
 
 
 @triton.jit
