@@ -34,6 +34,7 @@ _EXPORTS = {
     "SigmoidFocalLoss": "modules",
     "SoftmaxFocalLoss": "modules",
     "class_balanced_alpha": "weights",
+    "all_reduce_normalizer": "distributed",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "__version__",
+    "all_reduce_normalizer",
     "class_balanced_alpha",
     "cross_entropy",
     "poly1_cross_entropy",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .distributed import all_reduce_normalizer
     from .functional import (
         cross_entropy,
         poly1_cross_entropy,
