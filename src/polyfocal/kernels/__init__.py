@@ -174,9 +174,11 @@ def _(x, target, is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma
 def _setup_context(ctx, inputs, output) -> None:
     _, grad = output
     ctx.inputs = inputs[1:]  # everything but x: targets, class vectors and hyperparameters
-    ctx.save_for_backward(inputs[0], grad)
+    ctx.save_for_backward(inputs[0])
     ctx.mark_non_differentiable(grad)
-    ctx.consumed = False
+    # Not a saved tensor: the backward drops this reference before handing the buffer to autograd, so that
+    # AccumulateGrad can adopt it as x.grad instead of copying it (it copies a gradient that is still shared).
+    ctx.grad_buffer = grad if grad.numel() == inputs[0].numel() else None
 
 
 def _softmax_grad(ctx, x: Tensor) -> Tensor:
@@ -236,18 +238,17 @@ def _make_backward(activation: str):
     num_inputs = 11 if activation == "softmax" else 13
 
     def backward(ctx, grad_loss: Tensor, _unused: Tensor):
-        x, grad = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         reduction = ctx.inputs[-2]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formulas instead
             with torch.enable_grad():
                 loss = _composite_loss(ctx, x, activation)
             (dx,) = torch.autograd.grad(loss, x, grad_loss, create_graph=True)
             return (dx,) + (None,) * (num_inputs - 1)
-        if ctx.consumed or grad.numel() != x.numel():  # handed out already (retain_graph) or not computed
+        grad, ctx.grad_buffer = ctx.grad_buffer, None  # handed out once; a second backward (retain_graph) ...
+        if grad is None:  # ... or a forward without grad recomputes it
             grad = recompute(ctx, x.detach())
-        ctx.consumed = True
-        with torch.autograd._unsafe_preserve_version_counter(grad):  # a later unpack must not see a new version
-            grad = _scale_by_grad_output(grad, grad_loss, reduction, expand_class_dim=activation == "softmax")
+        grad = _scale_by_grad_output(grad, grad_loss, reduction, expand_class_dim=activation == "softmax")
         return (grad,) + (None,) * (num_inputs - 1)
 
     return backward
