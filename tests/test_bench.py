@@ -1,0 +1,185 @@
+"""``polyfocal bench``: CLI and JSON contract, errors, the memory method, and what each row computes.
+
+Bench numbers (times, ratios) are never asserted; only their bookkeeping and the memory method are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import polyfocal
+from polyfocal import bench
+
+TINY = ["--softmax-shape", "64,10", "--sigmoid-shape", "50,8", "--repeats", "2", "--warmup", "0"]
+HAS_PROC = os.access("/proc/self/clear_refs", os.W_OK)
+
+
+def _main(argv: list[str]) -> int:
+    """The real ``polyfocal`` entry point where every subcommand module imports, else bench's own."""
+    try:
+        from polyfocal import cli
+
+        cli.build_parser()
+    except ImportError:
+        return bench._main(argv)
+    return cli.main(["bench", *argv])
+
+
+def _check_ratios(result: dict) -> None:
+    rows = {r["name"]: r for r in result["results"]}
+    for r in rows.values():
+        assert r["median_ms"] == pytest.approx(statistics.median(r["times_ms"]))
+        assert r["ratio_unit"] == pytest.approx(r["median_ms"] / rows[r["unit"]]["median_ms"])
+        assert r["ratio_baseline"] == pytest.approx(r["median_ms"] / rows[r["baseline"]]["median_ms"])
+        assert r["unit"] == bench.UNIT[r["family"]] and r["baseline"] == bench.REFERENCE[r["family"]]
+
+
+def test_cli_writes_json_with_every_variant_and_baseline(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert _main([*TINY, "--repeats", "3", "--no-memory", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["name"] for r in result["results"]] == list(bench.VARIANTS)
+    assert all(len(r["times_ms"]) == 3 and r["extra_peak_memory"] is None for r in result["results"])
+    _check_ratios(result)
+    meta = result["meta"]
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["dtype"] == "float32"
+    assert meta["shapes"] == {"softmax": [64, 10], "sigmoid": [50, 8]} and meta["repeats"] == 3
+    text = capsys.readouterr().out
+    assert "torch " + torch.__version__ in text and f"wrote {out}" in text
+    assert all(name in text for name in bench.VARIANTS)
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs a writable /proc/self/clear_refs")
+def test_cli_subset_adds_its_baselines_and_measures_memory(tmp_path):
+    out = tmp_path / "bench.json"
+    # baselines only (no library first-call costs in the children); each family adds its unit and reference
+    argv = ["--variants", "eager-poly1,eager-poly1-focal", "--softmax-shape", "1024,200", "--sigmoid-shape", "1000,80"]
+    assert _main([*argv, "--repeats", "1", "--warmup", "0", "--dtype", "bfloat16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["results"]]
+    assert names == ["torch-softmax", "torch-ce", "eager-poly1", "torch-bce", "tv-focal", "eager-poly1-focal"]
+    assert all(r["extra_peak_memory"] > 0 for r in result["results"])  # every logits tensor is > 128 KiB
+    assert result["meta"]["dtype"] == "bfloat16"
+    _check_ratios(result)
+
+
+def test_family_filter():
+    result = bench.run_bench(family="sigmoid", sigmoid_shape=(40, 6), repeats=1, warmup=0, memory=False)
+    assert {r["family"] for r in result["results"]} == {"sigmoid"}
+    assert list(result["meta"]["shapes"]) == ["sigmoid"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--variants", "ce,nope"], "unknown variant(s) nope; valid: torch-softmax, "),
+        (["--softmax-shape", "64"], "--softmax-shape: expected N,C"),
+        (["--sigmoid-shape", "a,b"], "--sigmoid-shape: expected N,C"),
+        (["--softmax-shape", "0,10"], "--softmax-shape: expected N,C"),
+        (["--softmax-shape", "2,3,4"], "--softmax-shape: expected N,C"),
+        (["--dtype", "float64"], "--dtype: expected one of float32, float16, bfloat16, got 'float64'"),
+        (["--family", "relu"], "--family: expected softmax, sigmoid or all"),
+        (["--device", "tpu"], "--device: expected cpu or cuda"),
+        (["--repeats", "0"], "expected repeats >= 1"),
+        (["--family", "softmax", "--variants", "sigmoid-focal"], "no selected variant is in family"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_json(tmp_path, capsys, argv, fragment):
+    out = tmp_path / "bench.json"
+    assert _main([*TINY, "--no-memory", *argv, "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("polyfocal bench: error: ") and fragment in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs a writable /proc/self/clear_refs")
+def test_memory_child_sees_the_gradient_and_cross_entropy_temporaries():
+    """F.cross_entropy keeps log_softmax (1.0) and writes the gradient (1.0): a method that misses them fails."""
+    names = ["torch-softmax", "torch-ce", "torch-bce"]
+    softmax, ce, bce = bench.cpu_peak_memory(names, {"softmax": (4096, 1000), "sigmoid": (10000, 100)})
+    assert 0.9 <= softmax <= 1.5  # the output
+    assert 1.9 <= ce <= 4.5
+    assert 1.0 <= bce <= 4.5  # at least the gradient
+
+
+def _softmax_poly(w: bench.Workload, gamma: float, eps: tuple[float, ...]) -> torch.Tensor:
+    ce = F.cross_entropy(w.x, w.target, reduction="none")
+    q = 1 - torch.exp(-ce)
+    return (q**gamma * ce + sum(e * q ** (j + 1 + gamma) for j, e in enumerate(eps))).mean()
+
+
+def _sigmoid_poly(x: torch.Tensor, t: torch.Tensor, gamma: float, eps: float = 0.0) -> torch.Tensor:
+    p = torch.sigmoid(x)
+    q = 1 - (p * t + (1 - p) * (1 - t))
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    return ((0.25 * t + 0.75 * (1 - t)) * q**gamma * ce + eps * q ** (1 + gamma)).mean()
+
+
+def _dense(w: bench.Workload) -> torch.Tensor:
+    return F.one_hot(w.target_index, w.x.shape[1] + 1)[:, :-1].to(w.x.dtype)
+
+
+FORMULAS = {
+    "torch-softmax": lambda w: torch.softmax(w.x, 1),
+    "torch-ce": lambda w: F.cross_entropy(w.x, w.target),
+    "eager-poly1": lambda w: _softmax_poly(w, 0.0, (2.0,)),
+    "ce": lambda w: F.cross_entropy(w.x, w.target),
+    "ce+weight+ignore+ls": lambda w: F.cross_entropy(w.x, w.target_ignore, w.weight, label_smoothing=0.1),
+    "focal": lambda w: _softmax_poly(w, 2.0, ()),
+    "focal-g0.5": lambda w: _softmax_poly(w, 0.5, ()),
+    "poly1": lambda w: _softmax_poly(w, 0.0, (2.0,)),
+    "polyN": lambda w: _softmax_poly(w, 0.0, (1.0, 0.5)),
+    "poly1-focal-softmax": lambda w: _softmax_poly(w, 2.0, (1.0,)),
+    "torch-bce": lambda w: F.binary_cross_entropy_with_logits(w.x, w.target),
+    "tv-focal": lambda w: _sigmoid_poly(w.x, w.target, 2.0),
+    "eager-poly1-focal": lambda w: _sigmoid_poly(w.x, w.target, 2.0, 1.0),
+    "sigmoid-focal": lambda w: _sigmoid_poly(w.x, w.target, 2.0),
+    "sigmoid-focal-g1.5": lambda w: _sigmoid_poly(w.x, w.target, 1.5),
+    "sigmoid-poly1-focal": lambda w: _sigmoid_poly(w.x, w.target, 2.0, 1.0),
+    "sigmoid-focal-index": lambda w: _sigmoid_poly(w.x, _dense(w), 2.0),
+}
+
+
+def test_every_row_has_a_formula():
+    assert set(FORMULAS) == set(bench.VARIANTS)
+
+
+@pytest.mark.parametrize("name", list(bench.VARIANTS))
+def test_each_row_computes_its_named_loss(name):
+    variant = bench.VARIANTS[name]
+    w = bench.make_workload(variant.family, (300, 7), torch.float64)
+    assert (w.target != 0).any() if variant.family == "sigmoid" else (w.target_ignore == -100).any()
+    got = variant.fn(w)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, FORMULAS[name](w), rtol=1e-10, atol=1e-12)
+
+
+def test_torchvision_formula_baselines_coincide_with_polyfocal():
+    w = bench.make_workload("sigmoid", (200, 9), torch.float32)
+    torch.testing.assert_close(bench.tv_focal(w.x, w.target), polyfocal.sigmoid_focal_loss(w.x, w.target))
+    torch.testing.assert_close(
+        bench.tv_focal(w.x, w.target, gamma=0.0, alpha=-1), F.binary_cross_entropy_with_logits(w.x, w.target)
+    )
+    torch.testing.assert_close(bench.eager_poly1_focal(w.x, w.target), polyfocal.poly1_focal_loss(w.x, w.target))
+    s = bench.make_workload("softmax", (200, 9), torch.float32)
+    torch.testing.assert_close(
+        bench.eager_poly1(s.x, s.target), polyfocal.poly1_cross_entropy(s.x, s.target, epsilon=2.0)
+    )
+
+
+def test_table_and_bandwidth_columns():
+    result = bench.run_bench(variants=["focal"], softmax_shape=(32, 5), repeats=1, warmup=0, memory=False)
+    result["meta"]["device"] = "cuda"  # format the CUDA columns without a GPU
+    for r in result["results"]:
+        r["bandwidth_gbs"], r["bandwidth_pct_peak"] = 1000.0, 30.0
+    lines = bench.format_table(result).splitlines()
+    assert "GB/s" in lines[4] and "% peak" in lines[4]
+    assert lines[5].split()[:2] == ["torch-softmax", "softmax"] and lines[7].split()[-2:] == ["1000", "30%"]
+    assert bench.peak_bandwidth_for("NVIDIA H200") == 4800.0
+    assert bench.peak_bandwidth_for("NVIDIA A100-SXM4-80GB") == 2039.0
