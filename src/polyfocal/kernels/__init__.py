@@ -35,13 +35,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from . import _torch_impl
+from . import _native, _torch_impl
 from ._torch_impl import NO_IGNORE
 
 __all__ = ["NO_IGNORE", "Backend", "backend", "current_backend", "sigmoid_poly", "softmax_poly", "triton_available"]
 
-Backend = Literal["auto", "torch", "triton", "composite"]
-_BACKENDS = ("auto", "torch", "triton", "composite")
+Backend = Literal["auto", "native", "torch", "triton", "composite"]
+_BACKENDS = ("auto", "native", "torch", "triton", "composite")
 _state = {"backend": "auto"}
 _triton_module: list[ModuleType | None] = []
 
@@ -54,8 +54,10 @@ def current_backend() -> str:
 def backend(name: Backend) -> Iterator[None]:
     """Force an implementation inside the ``with`` block (process-wide; not thread-safe).
 
-    ``"auto"`` (default): Triton for CUDA tensors when importable, else torch; ``"torch"``: the torch
-    implementation on every device; ``"triton"``: Triton on every device (CPU needs ``TRITON_INTERPRET=1``);
+    ``"auto"`` (default): Triton for CUDA tensors when importable, the native C kernels for CPU tensors when they
+    build (float32; other dtypes and layouts fall back to torch), else torch; ``"native"``: the C kernels (CPU
+    only); ``"torch"``: the torch implementation on every device; ``"triton"``: Triton on every device (CPU
+    needs ``TRITON_INTERPRET=1``);
     ``"composite"``: no fused kernel, the eager autograd formulas of :mod:`polyfocal._core`.
     """
     if name not in _BACKENDS:
@@ -84,6 +86,10 @@ def _impl(x: Tensor) -> ModuleType:
         if not triton_available():
             raise RuntimeError("expected Triton to be importable for backend 'triton', got an ImportError")
         return _triton_module[0]  # type: ignore[return-value]
+    if name == "native" or (name == "auto" and x.device.type == "cpu" and _native.available()):
+        if not _native.available():
+            raise RuntimeError("expected the native CPU kernels to build for backend 'native', got no library")
+        return _native
     return _torch_impl
 
 
@@ -176,6 +182,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.inputs = inputs[1:]  # everything but x: targets, class vectors and hyperparameters
     ctx.save_for_backward(inputs[0])
     ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)  # else autograd allocates a logits-sized zero "gradient" for the buffer output
     # Not a saved tensor: the backward drops this reference before handing the buffer to autograd, so that
     # AccumulateGrad can adopt it as x.grad instead of copying it (it copies a gradient that is still shared).
     ctx.grad_buffer = grad if grad.numel() == inputs[0].numel() else None
@@ -237,7 +244,9 @@ def _make_backward(activation: str):
     recompute = _softmax_grad if activation == "softmax" else _sigmoid_grad
     num_inputs = 11 if activation == "softmax" else 13
 
-    def backward(ctx, grad_loss: Tensor, _unused: Tensor):
+    def backward(ctx, grad_loss: Tensor | None, _unused: Tensor | None):
+        if grad_loss is None:  # no gradient reached the loss (grads are not materialised as zeros)
+            return (None,) * num_inputs
         (x,) = ctx.saved_tensors
         reduction = ctx.inputs[-2]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formulas instead
