@@ -264,3 +264,16 @@ def test_backend_names_are_checked():
     with pytest.raises(ValueError, match="expected backend in"):
         with kernels.backend("cuda"):  # type: ignore[arg-type]
             pass
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_rows_mean_denominator_across_programs(backend):
+    """2500 rows span several Triton preparation programs (partial denominators summed in a second launch)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2500, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (2500,), generator=gen)
+    y[::7] = -100
+    _check(backend, x, y, gamma=2.0, epsilon=1.0, weight=torch.rand(4, generator=gen, dtype=torch.float64))
+    t = torch.randint(0, 5, (2500,), generator=gen)
+    t[::5] = -100
+    _check(backend, x, t, activation="sigmoid", gamma=2.0, alpha=0.25)

@@ -133,8 +133,13 @@ def check_index_range(target: torch.Tensor, low: int, high: int, ignore_index: i
         torch._assert_async(~bad.any(), f"{message}, got an index outside that range")
 
 
-def check_target(input: torch.Tensor, target: object, *, activation: str, ignore_index: int | None) -> Targets:
-    """Validate ``target`` against ``input`` (class dim 1, or 0 for an unbatched 1-D input)."""
+def check_target(
+    input: torch.Tensor, target: object, *, activation: str, ignore_index: int | None, check_range: bool = True
+) -> Targets:
+    """Validate ``target`` against ``input`` (class dim 1, or 0 for an unbatched 1-D input).
+
+    ``check_range=False`` leaves the class-index range to the caller (the CUDA kernels assert it on the
+    device inside their own launch)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"expected target to be a torch.Tensor, got {_describe(target)}")
     if target.device != input.device:
@@ -167,7 +172,9 @@ def check_target(input: torch.Tensor, target: object, *, activation: str, ignore
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
     num_classes = input.shape[class_dim]
-    if activation == "softmax":
+    if not check_range:
+        pass
+    elif activation == "softmax":
         check_index_range(target, 0, num_classes - 1, ignore_index, f"C={num_classes} classes")
     else:
         check_index_range(

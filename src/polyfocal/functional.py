@@ -84,6 +84,7 @@ def _poly_loss(
     ignore = check_ignore_index(ignore_index)
     ct = compute_dtype(input)
     device = input.device
+    device_checked = modulator_grad and kernels.checks_indices_on_device(input)
 
     if activation == "softmax":
         if input.ndim == 0:
@@ -98,7 +99,9 @@ def _poly_loss(
             raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(input.shape)}")
         alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
         weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
-        targets = check_target(input, target, activation=activation, ignore_index=ignore)
+        targets = check_target(
+            input, target, activation=activation, ignore_index=ignore, check_range=not device_checked
+        )
         loss_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
         if targets.is_index and modulator_grad and kernels.current_backend() != "composite":
@@ -132,7 +135,9 @@ def _poly_loss(
         alpha_s = check_sigmoid_alpha(alpha)
         weight_t = broadcast_tensor(weight, "weight", input.shape, device=device, dtype=ct)
         pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", input.shape, device=device, dtype=ct)
-        targets = check_target(input, target, activation=activation, ignore_index=ignore)
+        targets = check_target(
+            input, target, activation=activation, ignore_index=ignore, check_range=not device_checked
+        )
         norm = broadcast_tensor(normalizer, "normalizer", input.shape, device=device, dtype=ct)
         if modulator_grad and kernels.current_backend() != "composite":
             x, t = input, targets.values

@@ -38,7 +38,16 @@ from torch import Tensor
 from . import _native, _torch_impl
 from ._torch_impl import NO_IGNORE
 
-__all__ = ["NO_IGNORE", "Backend", "backend", "current_backend", "sigmoid_poly", "softmax_poly", "triton_available"]
+__all__ = [
+    "NO_IGNORE",
+    "Backend",
+    "backend",
+    "checks_indices_on_device",
+    "current_backend",
+    "sigmoid_poly",
+    "softmax_poly",
+    "triton_available",
+]
 
 Backend = Literal["auto", "native", "torch", "triton", "composite"]
 _BACKENDS = ("auto", "native", "torch", "triton", "composite")
@@ -78,6 +87,14 @@ def triton_available() -> bool:
         except ImportError:
             _triton_module.append(None)
     return _triton_module[0] is not None
+
+
+def checks_indices_on_device(x: Tensor) -> bool:
+    """Whether the fused kernel for ``x`` validates class indices itself (the Triton kernels on CUDA do, with a
+    device-side assertion in their preparation launch), so the caller can skip its own range check.
+
+    Only the class-index paths reach the kernels with indices; probability targets have no range to check."""
+    return x.is_cuda and _state["backend"] != "composite" and _impl(x) is not _torch_impl and _impl(x) is not _native
 
 
 def _impl(x: Tensor) -> ModuleType:

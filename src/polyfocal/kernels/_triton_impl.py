@@ -23,8 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._torch_impl import NO_IGNORE
-
 __all__ = ["scale_unless_one_", "sigmoid_forward", "softmax_forward"]
 
 
@@ -178,10 +176,10 @@ def _softmax_poly_kernel(
     scale = tl.where(valid, 1.0, 0.0).to(dt)
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(dt)
+    scale = scale * tl.load(stats_ptr + 2).to(dt)  # 1 / mean denominator (1 unless "mean")
     tl.store(loss_ptr + rows, (loss * scale).to(loss_ptr.dtype.element_ty), mask=row_ok)
 
     if COMPUTE_GRAD:
-        scale = scale * tl.load(stats_ptr + 2).to(dt)
         k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
         k2 = mod * (ls / C) * scale
         coef = k1 + k2 * a_sum
@@ -210,6 +208,114 @@ def _softmax_poly_kernel(
                 tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _prep_kernel(
+    y_ptr,
+    a_ptr,
+    w_ptr,
+    stats_ptr,  # out (program 0): [A = sum_c a_c, W = sum_c w_c]
+    den_ptr,  # out: per-program partial mean denominators
+    bad_ptr,  # out: per-program count of non-ignored indices outside [0, HIGH]
+    R,
+    C,
+    HIGH,
+    ignore_index,
+    CHUNK,
+    HAS_A: tl.constexpr,
+    HAS_W: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Class sums, partial mean denominators and the index-range check (a handful of torch ops otherwise, each
+    costing more host time than the whole loss kernel at small sizes)."""
+    pid = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    if pid == 0:
+        a_acc = tl.zeros([BLOCK], DT)
+        w_acc = tl.zeros([BLOCK], DT)
+        for c0 in range(0, C, BLOCK):
+            cm = c0 + offs < C
+            if HAS_A:
+                a_acc += tl.load(a_ptr + c0 + offs, mask=cm, other=0.0).to(DT)
+            if HAS_W:
+                w_acc += tl.load(w_ptr + c0 + offs, mask=cm, other=0.0).to(DT)
+        c_float = tl.full([], 0.0, DT) + C
+        if HAS_A:
+            tl.store(stats_ptr, tl.sum(a_acc, axis=0).to(DT))
+        else:
+            tl.store(stats_ptr, c_float)
+        if HAS_W:
+            tl.store(stats_ptr + 1, tl.sum(w_acc, axis=0).to(DT))
+        else:
+            tl.store(stats_ptr + 1, c_float)
+    den = tl.zeros([BLOCK], DT)
+    bad = tl.zeros([BLOCK], tl.int32)
+    start = pid.to(tl.int64) * CHUNK
+    for r0 in range(0, CHUNK, BLOCK):
+        rows = start + r0 + offs
+        rm = rows < R
+        y = tl.load(y_ptr + rows, mask=rm, other=0)
+        valid = rm & (y != ignore_index)
+        in_range = (y >= 0) & (y <= HIGH)
+        bad += (valid & ~in_range).to(tl.int32)
+        good = valid & in_range
+        if HAS_W:
+            den += tl.load(w_ptr + tl.where(good, y, 0), mask=good, other=0.0).to(DT)
+        else:
+            den += good.to(DT)
+    tl.store(den_ptr + pid, tl.sum(den, axis=0))
+    tl.store(bad_ptr + pid, tl.sum(bad, axis=0))
+
+
+@triton.jit
+def _finish_prep_kernel(den_ptr, bad_ptr, stats_ptr, ok_ptr, P, PER_ROW, MEAN: tl.constexpr, BLOCK_P: tl.constexpr):
+    """stats[2] = 1 / (sum of the partial denominators * PER_ROW) for "mean" (else 1); ok = no bad index."""
+    offs = tl.arange(0, BLOCK_P)
+    den = tl.sum(tl.load(den_ptr + offs, mask=offs < P, other=0.0), axis=0)
+    bad = tl.sum(tl.load(bad_ptr + offs, mask=offs < P, other=0), axis=0)
+    if MEAN:
+        tl.store(stats_ptr + 2, 1.0 / (den * PER_ROW))
+    else:
+        tl.store(stats_ptr + 2, den * 0.0 + 1.0)
+    tl.store(ok_ptr, (bad == 0).to(tl.int32))
+
+
+def _prepare(target, class_weight, weight, *, num_classes, high, ignore_index, per_row, mean, ct, message):
+    """Stats ``[A, W, 1/denominator]`` on the device (two launches, deterministic: no atomics), and a queued
+    device-side assertion on the index range."""
+    block = 1024
+    rows = target.numel()
+    programs = max(1, min(1024, triton.cdiv(rows, block)))
+    chunk = triton.cdiv(triton.cdiv(max(rows, 1), programs), block) * block
+    stats = torch.empty(3, dtype=ct, device=target.device)
+    den = torch.empty(programs, dtype=ct, device=target.device)
+    bad = torch.empty(programs, dtype=torch.int32, device=target.device)
+    ok = torch.empty((), dtype=torch.int32, device=target.device)
+    _prep_kernel[(programs,)](
+        target,
+        class_weight if class_weight is not None else stats,
+        weight if weight is not None else stats,
+        stats,
+        den,
+        bad,
+        rows,
+        num_classes,
+        high,
+        ignore_index,
+        chunk,
+        HAS_A=class_weight is not None,
+        HAS_W=weight is not None,
+        DT=_TL_DTYPE[ct],
+        BLOCK=block,
+    )
+    _finish_prep_kernel[(1,)](
+        den, bad, stats, ok, programs, per_row, MEAN=mean, BLOCK_P=triton.next_power_of_2(programs)
+    )
+    if target.is_cuda:  # the CPU interpreter path is checked by the caller before dispatch
+        torch._assert_async(ok, message)
+    return stats
+
+
 @functools.lru_cache(maxsize=512)
 def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Hyperparameters as a small device tensor, copied to the device once per distinct value (a host-to-device
@@ -235,23 +341,18 @@ def softmax_forward(
     inner = x.numel() // (n * num_classes) if n * num_classes else 1
     rows = target.numel()
     class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
-    valid = None if ignore_index == NO_IGNORE else target != ignore_index
-    one = _const((1.0,), x.device, ct)
-    if reduction == "mean":
-        if weight is not None:
-            y = target if valid is None else torch.where(valid, target, 0)
-            w_t = weight[y]
-            denominator = (w_t if valid is None else w_t * valid).sum().to(ct).reshape(1)
-        elif valid is None:
-            denominator = _const((float(rows),), x.device, ct)
-        else:
-            denominator = valid.sum().to(ct).reshape(1)
-    else:
-        denominator = one
-    c_float = _const((float(num_classes),), x.device, ct)
-    a_sum = class_weight.sum().reshape(1) if class_weight is not None else c_float
-    w_sum = weight.sum().reshape(1) if weight is not None else c_float
-    stats = torch.cat([a_sum, w_sum, 1.0 / denominator])
+    stats = _prepare(
+        target,
+        class_weight,
+        weight,
+        num_classes=num_classes,
+        high=num_classes - 1,
+        ignore_index=ignore_index,
+        per_row=1,
+        mean=reduction == "mean",
+        ct=ct,
+        message=f"expected class indices in [0, {num_classes - 1}] (C={num_classes} classes) or ignore_index",
+    )
     consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon)), x.device, ct)
     loss = torch.empty(target.shape, dtype=ct, device=x.device)
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
@@ -285,10 +386,7 @@ def softmax_forward(
             BLOCK_R=block_r,
             BLOCK_C=block_c,
         )
-    if reduction == "none":
-        return loss, grad
-    total = loss.sum()
-    return (total if reduction == "sum" else total / denominator.reshape(())), grad
+    return (loss if reduction == "none" else loss.sum()), grad  # "mean": the rows already carry 1/denominator
 
 
 @triton.jit
@@ -299,7 +397,7 @@ def _sigmoid_poly_kernel(
     pw_ptr,
     norm_ptr,
     consts_ptr,  # [alpha, gamma, ls, eps_1, ..., eps_n] in the compute dtype (cached on the device)
-    stats_ptr,  # [1 / mean denominator]
+    stats_ptr,  # [., ., 1 / mean denominator (1 unless "mean")]
     loss_ptr,
     partial_ptr,
     g_ptr,
@@ -373,7 +471,8 @@ def _sigmoid_poly_kernel(
         scale = scale * tl.load(w_ptr + offs, mask=ok, other=0.0).to(dt)
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + offs, mask=ok, other=1.0).to(dt)
-    loss = loss * scale
+    inv = tl.load(stats_ptr + 2).to(dt)
+    loss = loss * scale * inv
     if STORE_LOSS:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
     else:
@@ -382,7 +481,7 @@ def _sigmoid_poly_kernel(
         dce = (1.0 - t) * p - pw * t * q
         ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
         g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
-        g = g * scale * tl.load(stats_ptr).to(dt)
+        g = g * scale * inv
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
@@ -406,17 +505,25 @@ def sigmoid_forward(
     x = x.contiguous()
     target = target.contiguous()
     numel = x.numel()
-    one = _const((1.0,), x.device, ct)
     if is_index:
         n, num_classes = x.shape[0], x.shape[1]
         inner = numel // (n * num_classes) if n * num_classes else 1
+        stats = _prepare(
+            target,
+            None,
+            None,
+            num_classes=num_classes,
+            high=num_classes,
+            ignore_index=ignore_index,
+            per_row=num_classes,
+            mean=reduction == "mean",
+            ct=ct,
+            message=f"expected class indices in [0, {num_classes}] (C={num_classes} classes, index {num_classes} = "
+            "background) or ignore_index",
+        )
     else:
         num_classes, inner = 1, 1
-    if is_index and reduction == "mean" and ignore_index != NO_IGNORE:
-        denominator = ((target != ignore_index).sum() * num_classes).to(ct).reshape(1)
-    else:
-        denominator = _const((float(numel),), x.device, ct)
-    inv_denominator = 1.0 / denominator if reduction == "mean" else one
+        stats = _const((0.0, 0.0, 1.0 / numel if reduction == "mean" and numel else 1.0), x.device, ct)
     consts = _const(
         (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon)),
         x.device,
@@ -437,7 +544,7 @@ def sigmoid_forward(
             dense[1] if dense[1] is not None else x,
             dense[2] if dense[2] is not None else x,
             consts,
-            inv_denominator,
+            stats,
             out,
             out,
             grad if compute_grad else out,
@@ -460,8 +567,9 @@ def sigmoid_forward(
         )
     if loss is not None:
         return loss, grad
-    total = partial.sum() if numel else torch.zeros((), dtype=ct, device=x.device)
-    return (total if reduction == "sum" else total / denominator.reshape(())), grad
+    if not numel:
+        return torch.full((), float("nan") if reduction == "mean" else 0.0, dtype=ct, device=x.device), grad
+    return partial.sum(), grad  # "mean": the elements already carry 1/denominator
 
 
 @triton.jit
