@@ -27,12 +27,21 @@ static void poly_terms(double u, const double *eps, int n_eps, double gamma, dou
     *dpoly = d;
 }
 
-/* Softmax PolyLoss for class-index targets; x is (R, C) row-major.  loss: (R,) per row, scaled by
- * validity and 1/norm.  g: (R, C) gradient for grad_output = 1 of the reduced loss (grad_scale = 1/mean
- * denominator or 1), or NULL. */
+/* Softmax PolyLoss for class-index targets; x is (R, C) row-major.  loss: (R,) per row, scaled by validity,
+ * 1/norm and (mean) 1/denominator; *total: their sum (sequential, deterministic).  g: (R, C) gradient for
+ * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
+ * weights) and the class sums are computed here too: a few O(N + C) loops instead of torch ops. */
 int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float *w, const float *norm,
                    const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t R, int64_t C,
-                   double a_sum, double w_sum, double grad_scale, float *loss, float *g, int nthreads) {
+                   int mean, float *loss, double *total, float *g, int nthreads) {
+    double a_sum = 0.0, w_sum = 0.0, den = 0.0;
+    for (int64_t c = 0; c < C; c++) {
+        a_sum += a ? a[c] : 1.0;
+        w_sum += w ? w[c] : 1.0;
+    }
+    for (int64_t r = 0; r < R; r++)
+        if (y[r] != ignore_index) den += w ? w[y[r]] : 1.0;
+    const double grad_scale = mean ? 1.0 / den : 1.0;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < R; r++) {
         const float *xr = x + r * C;
@@ -77,7 +86,7 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
         const double x_t = xr[t];
         const double lse = (double)m + log((double)s_all);
         const double p1 = exp(x_t - lse);
-        const double u1 = (double)s_rest / (double)s_all;
+        const double u1 = gamma == 0.0 ? fmax(1.0 - p1, 0.0) : (double)s_rest / (double)s_all;
         const double ce1 = u1 < 0.5 ? -log1p(-u1) : lse - x_t;
         const double a_y = a ? a[t] : 1.0, w_y = w ? w[t] : 1.0;
         double ce_a, u, w_poly;
@@ -96,7 +105,7 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
         double dl_du = w_poly * dpoly;
         if (gamma != 0.0) dl_du += gamma * (u > 0.0 ? ce_a / u : a_y);
         const double scale = norm ? 1.0 / norm[r] : 1.0;
-        loss[r] = (float)(mod * (ce_a + w_poly * poly) * scale);
+        loss[r] = (float)(mod * (ce_a + w_poly * poly) * scale * grad_scale);
         if (gr) {
             const double k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale * grad_scale;
             const double k2 = mod * (ls / C) * scale * grad_scale;
@@ -113,6 +122,9 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
             gr[t] = (float)((double)gr[t] - k1);
         }
     }
+    double sum = 0.0;
+    for (int64_t r = 0; r < R; r++) sum += loss[r];
+    *total = (mean && den == 0.0) ? NAN : sum; /* a mean over nothing is nan, as in torch */
     return 0;
 }
 

@@ -107,8 +107,8 @@ def library() -> ctypes.CDLL | None:
     if lib is not None:
         lib.pf_softmax_f32.restype = ctypes.c_int
         lib.pf_softmax_f32.argtypes = [_f32p, _i64p, _f32p, _f32p, _f32p, _f64p, ctypes.c_int, ctypes.c_double,
-                                       ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
-                                       ctypes.c_double, ctypes.c_double, _f32p, _f32p, ctypes.c_int]  # fmt: skip
+                                       ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                       _f32p, _f64p, _f32p, ctypes.c_int]  # fmt: skip
         lib.pf_sigmoid_f32.restype = ctypes.c_int
         lib.pf_sigmoid_f32.argtypes = [_f32p, _f32p, _i64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _f32p,
                                        ctypes.c_int, _f32p, ctypes.c_int, _f32p, ctypes.c_int, ctypes.c_double, _f64p,
@@ -148,29 +148,18 @@ def softmax_forward(
     rows, num_classes = x.shape
     class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
     a, w = _f32(class_weight), _f32(weight)
-    valid = None if ignore_index == NO_IGNORE else y != ignore_index
-    denominator = 1.0
-    if reduction == "mean":
-        if weight is not None:
-            y0 = y if valid is None else torch.where(valid, y, 0)
-            denominator = float((weight[y0] if valid is None else weight[y0] * valid).sum())
-        else:
-            denominator = float(rows if valid is None else valid.sum())
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, (rows,)))
     loss = torch.empty(rows, dtype=torch.float32)
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
-    a_sum = float(a.sum()) if a is not None else float(num_classes)
-    w_sum = float(w.sum()) if w is not None else float(num_classes)
+    total = ctypes.c_double()
     lib.pf_softmax_f32(
         _ptr(x), _ptr(y, _i64p), _ptr(a), _ptr(w), _ptr(norm), _eps_array(epsilon), len(epsilon), float(gamma),
-        float(label_smoothing), int(ignore_index), rows, num_classes, a_sum, w_sum,
-        1.0 / denominator if denominator else float("inf"), _ptr(loss), _ptr(grad if compute_grad else None),
-        torch.get_num_threads(),
+        float(label_smoothing), int(ignore_index), rows, num_classes, int(reduction == "mean"), _ptr(loss),
+        ctypes.byref(total), _ptr(grad if compute_grad else None), torch.get_num_threads(),
     )  # fmt: skip
     if reduction == "none":
         return loss, grad
-    total = loss.sum()
-    return (total if reduction == "sum" else total / denominator), grad
+    return torch.tensor(total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
 
 
 def _vector_mode(v: torch.Tensor | None, rows_view: bool) -> tuple[int, torch.Tensor | None]:
