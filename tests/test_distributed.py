@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
 
@@ -16,6 +13,7 @@ import torch
 
 import polyfocal
 from polyfocal.distributed import all_reduce_normalizer
+from process_helpers import free_port, run_process_group
 
 
 def test_without_process_group_returns_the_local_count_clamped():
@@ -68,33 +66,11 @@ WORKER = textwrap.dedent(
 )
 
 
-def run_process_group(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run in a new session; on timeout the whole group (torchrun's agent and workers) is killed."""
-    if "lo" in {name for _, name in socket.if_nameindex()}:  # keep gloo on the loopback interface
-        kwargs["env"] = {**kwargs.get("env", os.environ), "GLOO_SOCKET_IFNAME": "lo"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_single_process_sigmoid_focal_loss(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), str(script), str(tmp_path)]
+    cmd += ["--master_port", str(free_port()), str(script), str(tmp_path)]
     proc = run_process_group(cmd, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +23,7 @@ from polyfocal.experiments import data as pdata
 from polyfocal.experiments.losses import build_loss, parse_loss_spec
 from polyfocal.experiments.report import loss_curves, paired_difference, t_quantile
 from polyfocal.experiments.runner import TrainConfig, evaluate, run_experiment, run_path
+from process_helpers import free_port, run_process_group
 
 TINY = ["--epochs", "2", "--seeds", "2", "--no-progress", "--no-plots"]
 
@@ -364,28 +363,6 @@ def test_cli_import_is_light():
 # ---------------------------------------------------------------- torchrun: 2 gloo processes on localhost
 
 
-def run_process_group(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run in a new session; on timeout the whole group (torchrun's agent and workers) is killed."""
-    if "lo" in {name for _, name in socket.if_nameindex()}:  # keep gloo on the loopback interface
-        kwargs["env"] = {**kwargs.get("env", os.environ), "GLOO_SOCKET_IFNAME": "lo"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _strip(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("train_seconds", "world_size")}
 
@@ -399,7 +376,7 @@ def test_torchrun_two_gloo_processes_equal_single_process(tmp_path, mode):
     base += ["--no-progress", "--no-plots"]
     assert main([*base, "--out", str(tmp_path / "single")]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), "-m", "polyfocal", *base, "--out", str(tmp_path / "multi")]
+    cmd += ["--master_port", str(free_port()), "-m", "polyfocal", *base, "--out", str(tmp_path / "multi")]
     cmd += ["--ddp"] if mode == "ddp" else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = run_process_group(cmd, cwd=tmp_path, env=env, timeout=240)

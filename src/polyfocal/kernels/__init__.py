@@ -106,8 +106,12 @@ def _impl(x: Tensor) -> ModuleType:
     if name == "native" or (name == "auto" and x.device.type == "cpu" and _native.available()):
         if not _native.available():
             raise RuntimeError("expected the native CPU kernels to build for backend 'native', got no library")
-        return _native
+        return _native  # the ops fall back to torch for what it does not cover (_native.supports)
     return _torch_impl
+
+
+def _cpu_fallback(impl: ModuleType, x: Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> ModuleType:
+    return _torch_impl if impl is _native and not _native.supports(x, is_index, epsilon, softmax) else impl
 
 
 # --------------------------------------------------------------------------------------------- ops
@@ -131,7 +135,8 @@ def softmax_poly(
     gradient for ``grad_output = 1`` when ``compute_grad`` (else an empty tensor).  ``alpha``/``weight``
     are ``(C,)`` in the compute dtype, ``normalizer`` is ``None`` or of the target's shape; ``ignore_index``
     is :data:`NO_IGNORE` for none."""
-    return _impl(x).softmax_forward(
+    impl = _cpu_fallback(_impl(x), x, True, epsilon, softmax=True)
+    return impl.softmax_forward(
         x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
     )
 
@@ -155,7 +160,8 @@ def sigmoid_poly(
     """Sigmoid PolyLoss of ``x`` (at least 1-D) for dense targets of ``x``'s shape or, with ``is_index``,
     class indices ``(N, *)`` (index ``C`` = background), and its gradient as in :func:`softmax_poly`.
     ``weight``, ``pos_weight`` and ``normalizer`` are ``None`` or of ``x``'s shape (broadcast views)."""
-    return _impl(x).sigmoid_forward(
+    impl = _cpu_fallback(_impl(x), x, is_index, epsilon, softmax=False)
+    return impl.sigmoid_forward(
         x,
         target,
         is_index,

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import torch
 
-from . import _torch_impl
 from ._torch_impl import NO_IGNORE
 
-__all__ = ["available", "library", "sigmoid_forward", "softmax_forward"]
+__all__ = ["available", "library", "sigmoid_forward", "softmax_forward", "supports"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
@@ -134,15 +133,20 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
+def supports(x: torch.Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> bool:
+    """Whether these kernels cover the call (else the op uses the torch implementation)."""
+    if x.dtype != torch.float32 or len(epsilon) > _MAX_EPS or not available():
+        return False
+    if softmax:
+        return x.ndim == 2 and x.shape[1] > 0
+    return not is_index or x.ndim == 2
+
+
 def softmax_forward(
     x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
 ):
     """Same contract as :func:`._torch_impl.softmax_forward`."""
     lib = library()
-    if lib is None or x.dtype != torch.float32 or x.ndim != 2 or len(epsilon) > _MAX_EPS or x.shape[1] == 0:
-        return _torch_impl.softmax_forward(
-            x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
-        )
     x = x.contiguous()
     y = target.contiguous()
     rows, num_classes = x.shape
@@ -188,22 +192,6 @@ def sigmoid_forward(
 ):
     """Same contract as :func:`._torch_impl.sigmoid_forward`."""
     lib = library()
-    if lib is None or x.dtype != torch.float32 or len(epsilon) > _MAX_EPS or (is_index and x.ndim != 2):
-        return _torch_impl.sigmoid_forward(
-            x,
-            target,
-            is_index,
-            weight,
-            pos_weight,
-            normalizer,
-            alpha,
-            epsilon,
-            gamma,
-            ignore_index,
-            label_smoothing,
-            reduction,
-            compute_grad,
-        )
     x = x.contiguous()
     rows_view = x.ndim == 2 and (is_index or any(v is not None and v.stride(0) == 0 for v in (weight, pos_weight)))
     n, length = (x.shape[0], x.shape[1]) if rows_view else (1, x.numel())
