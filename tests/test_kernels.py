@@ -277,3 +277,12 @@ def test_many_rows_mean_denominator_across_programs(backend):
     t = torch.randint(0, 5, (2500,), generator=gen)
     t[::5] = -100
     _check(backend, x, t, activation="sigmoid", gamma=2.0, alpha=0.25)
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
+def test_native_kernels_only_take_cpu_float32():
+    """Forcing backend "native" must never hand a non-CPU pointer (or another dtype) to the C code."""
+    assert _native.supports(torch.empty(4, 3), False, [1.0], softmax=True)
+    assert not _native.supports(torch.empty(4, 3, device="meta"), False, [1.0], softmax=True)
+    assert not _native.supports(torch.empty(4, 3, dtype=torch.float64), False, [1.0], softmax=False)
+    assert not _native.supports(torch.empty(4, 3, 2), True, [], softmax=True)

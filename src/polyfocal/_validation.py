@@ -172,11 +172,9 @@ def check_target(
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
     num_classes = input.shape[class_dim]
-    if not check_range:
-        pass
-    elif activation == "softmax":
+    if check_range and activation == "softmax":
         check_index_range(target, 0, num_classes - 1, ignore_index, f"C={num_classes} classes")
-    else:
+    elif check_range:
         check_index_range(
             target, 0, num_classes, ignore_index, f"C={num_classes} classes, index {num_classes} = background"
         )

@@ -19,8 +19,9 @@ backward (``create_graph=True``) differentiates the composite implementation ins
 ``torch.autograd.gradgradcheck`` works.  The ops have fake (meta) kernels, so the losses trace into
 ``torch.compile(..., fullgraph=True)`` graphs as single nodes.
 
-The backend is chosen per call: CUDA tensors use Triton when it is importable, everything else the torch
-implementation.  :func:`backend` overrides the choice (tests run the Triton kernels on CPU through
+The backend is chosen per call: CUDA tensors use Triton when it is importable, CPU tensors the native C
+kernels where they build and cover the call, everything else the torch implementation.  :func:`backend`
+overrides the choice (tests run the Triton kernels on CPU through
 ``TRITON_INTERPRET=1``; benchmarks compare against ``"composite"``).
 """
 
@@ -35,6 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .._validation import compute_dtype
 from . import _native, _torch_impl
 from ._torch_impl import NO_IGNORE
 
@@ -94,7 +96,7 @@ def checks_indices_on_device(x: Tensor) -> bool:
     device-side assertion in their preparation launch), so the caller can skip its own range check.
 
     Only the class-index paths reach the kernels with indices; probability targets have no range to check."""
-    return x.is_cuda and _state["backend"] != "composite" and _impl(x) is not _torch_impl and _impl(x) is not _native
+    return _uses_triton(x)
 
 
 def _impl(x: Tensor) -> ModuleType:
@@ -108,6 +110,11 @@ def _impl(x: Tensor) -> ModuleType:
             raise RuntimeError("expected the native CPU kernels to build for backend 'native', got no library")
         return _native  # the ops fall back to torch for what it does not cover (_native.supports)
     return _torch_impl
+
+
+def _uses_triton(x: Tensor) -> bool:
+    """Whether calls on the CUDA tensor ``x`` run the Triton kernels."""
+    return x.is_cuda and triton_available() and _impl(x) is _triton_module[0]
 
 
 def _cpu_fallback(impl: ModuleType, x: Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> ModuleType:
@@ -178,12 +185,8 @@ def sigmoid_poly(
     )
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
 def _fake_outputs(x: Tensor, loss_shape, reduction: str, compute_grad: bool) -> tuple[Tensor, Tensor]:
-    loss = x.new_empty(loss_shape if reduction == "none" else (), dtype=_compute_dtype(x))
+    loss = x.new_empty(loss_shape if reduction == "none" else (), dtype=compute_dtype(x))
     return loss, (torch.empty_like(x) if compute_grad else x.new_empty(0))
 
 
@@ -256,7 +259,7 @@ def _scale_by_grad_output(grad: Tensor, grad_loss: Tensor, reduction: str, expan
     ``torch.compile``) always multiplies."""
     if reduction == "none":
         return grad.mul_(grad_loss.unsqueeze(1) if expand_class_dim else grad_loss)
-    if grad.is_cuda and _impl(grad) is not _torch_impl:
+    if _uses_triton(grad):
         return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
     if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
         return grad if float(grad_loss) == 1.0 else grad.mul_(grad_loss)  # a host read is free on CPU

@@ -135,7 +135,7 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def supports(x: torch.Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> bool:
     """Whether these kernels cover the call (else the op uses the torch implementation)."""
-    if x.dtype != torch.float32 or len(epsilon) > _MAX_EPS or not available():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or len(epsilon) > _MAX_EPS or not available():
         return False
     if softmax:
         return x.ndim == 2 and x.shape[1] > 0

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import compute_dtype
+
 __all__ = ["NO_IGNORE", "sigmoid_forward", "sigmoid_terms", "softmax_forward", "softmax_row_terms"]
 
 NO_IGNORE = -(2**63)  # ignore_index for "nothing is ignored" (an int64 no class index can equal)
-REDUCTIONS = ("none", "mean", "sum")
 _BLOCK_ELEMENTS = 1 << 18  # sigmoid block: 256K elements (1 MiB in fp32) per temporary
 
 
@@ -154,7 +155,7 @@ def softmax_forward(
 
     The gradient is for ``grad_output = 1`` of the reduced loss (per row for ``"none"``); it has ``x``'s
     dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
-    ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    ct = compute_dtype(x)
     xc = x.to(ct)
     num_classes = x.shape[1]
     valid = None if ignore_index == NO_IGNORE else target != ignore_index
@@ -301,7 +302,7 @@ def sigmoid_forward(
     ``target`` is dense (``x``'s shape, float/int/bool) or, with ``is_index``, class indices ``(N, *)``
     for ``x`` ``(N, C, *)`` where index ``C`` is background.  ``weight``, ``pos_weight`` and ``normalizer``
     are ``None`` or broadcast to ``x``'s shape.  Returns ``(loss, grad)`` like :func:`softmax_forward`."""
-    ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    ct = compute_dtype(x)
     n = x.shape[0]  # x has at least one dimension
     per_row = x.numel() // n if n else 1
     valid = y = classes = None

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validation import compute_dtype
+
 __all__ = ["scale_unless_one_", "sigmoid_forward", "softmax_forward"]
 
 
@@ -326,15 +328,11 @@ def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def softmax_forward(
     x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
 ):
     """Same contract as :func:`._torch_impl.softmax_forward`."""
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
     n, num_classes = x.shape[0], x.shape[1]
@@ -501,7 +499,7 @@ def sigmoid_forward(
     compute_grad,
 ):
     """Same contract as :func:`._torch_impl.sigmoid_forward`."""
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
     numel = x.numel()
