@@ -38,6 +38,12 @@ def _logsumexp(v: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(empty, NEG_INF, out).squeeze(dim)
 
 
+def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))`` as ``max + log1p(exp(-|a - b|))``: torch.logaddexp's double backward divides
+    inf by inf (NaN) once ``|a - b|`` passes ~88 in float32; this form's derivatives stay finite."""
+    return torch.maximum(a, b) + torch.log1p(torch.exp(-(a - b).abs()))
+
+
 def _combine(
     ce: torch.Tensor,
     log_1m_pt: torch.Tensor | None,
@@ -174,14 +180,23 @@ def sigmoid_poly_loss(
     if label_smoothing > 0.0:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
         hard = False
-    ce = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+    if pos_weight is not None and pos_weight.requires_grad:  # torch's BCE refuses a gradient for pos_weight
+        ce = (1.0 - t) * F.softplus(x) + pos_weight * t * F.softplus(-x)
+    else:
+        ce = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
     if alpha is not None:
         ce = (alpha * t + (1.0 - alpha) * (1.0 - t)) * ce
     log_1m_pt = None
     if _needs_pt(gamma, epsilon):
+        hard_part = F.logsigmoid(torch.where(t > 0.5, -x, x))
         if hard:
-            log_1m_pt = F.logsigmoid(torch.where(t > 0.5, -x, x))
+            log_1m_pt = hard_part
         else:
-            log_1m_pt = torch.logaddexp(_safe_log(t) + F.logsigmoid(-x), _safe_log(1.0 - t) + F.logsigmoid(x))
+            # Exactly 0/1 float targets take the hard formula: logaddexp with a -inf argument has a finite first
+            # derivative but a NaN second one.  The soft branch sees t = 1/2 there, so no -inf reaches it.
+            exact = (t == 0.0) | (t == 1.0)
+            ts = torch.where(exact, 0.5, t)
+            soft = _logaddexp(torch.log(ts) + F.logsigmoid(-x), torch.log1p(-ts) + F.logsigmoid(x))
+            log_1m_pt = torch.where(exact, hard_part, soft)
     loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=None, modulator_grad=modulator_grad)
     return loss if weight is None else loss * weight

@@ -23,6 +23,35 @@ def _is_real_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _zero_dim_real(value: object, name: str) -> float | None:
+    """A 0-dim tensor or array of any framework (torch, numpy, ...) holding a real number, as a float;
+    ``None`` if ``value`` is not one.  A tensor that requires grad is refused: its gradient would be dropped."""
+    shape = getattr(value, "shape", None)
+    if shape is None or tuple(shape) != () or not hasattr(value, "__float__"):
+        return None
+    dtype = str(getattr(value, "dtype", ""))
+    if "bool" in dtype or "complex" in dtype:
+        return None
+    if getattr(value, "requires_grad", False):
+        raise TypeError(
+            f"expected {name} to be a number or a tensor without requires_grad (polyfocal computes no gradient "
+            f"with respect to {name}), got a tensor that requires grad"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _real(value: object, name: str) -> float | None:
+    """``value`` as a float if it is a real number (not bool) or a 0-dim real tensor/array, else ``None``."""
+    if _is_real_number(value):
+        return value  # type: ignore[return-value]  # kept as given: a SymFloat under torch.compile stays symbolic
+    return _zero_dim_real(value, name)
+
+
+def _finite(value: float) -> bool:
+    """``math.isfinite`` as comparisons, which torch.compile can trace on a symbolic float."""
+    return -math.inf < value < math.inf
+
+
 def check_reduction(reduction: object) -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"expected reduction to be one of 'none', 'mean', 'sum', got {reduction!r}")
@@ -36,34 +65,38 @@ def check_activation(activation: object) -> str:
 
 
 def check_gamma(gamma: object) -> float:
-    if not _is_real_number(gamma):
+    value = _real(gamma, "gamma")
+    if value is None:
         raise TypeError(f"expected gamma to be a real number >= 0, got {_describe(gamma)}")
-    value = float(gamma)  # type: ignore[arg-type]
-    if not math.isfinite(value) or value < 0:
+    value = float(value)
+    if not _finite(value) or value < 0:
         raise ValueError(f"expected gamma to be a finite number >= 0, got {gamma!r}")
     return value
 
 
 def check_epsilon(epsilon: object, *, allow_sequence: bool = True) -> tuple[float, ...]:
     """Return the Poly-N coefficients ``(eps_1, ..., eps_N)``; a number means Poly-1."""
-    if _is_real_number(epsilon):
-        values: tuple[float, ...] = (float(epsilon),)  # type: ignore[arg-type]
+    single = _real(epsilon, "epsilon")
+    if single is not None:
+        values: tuple[float, ...] = (float(single),)
     elif allow_sequence and isinstance(epsilon, Sequence) and not isinstance(epsilon, str):
-        if not all(_is_real_number(e) for e in epsilon):
+        items = [_real(e, "epsilon") for e in epsilon]
+        if any(e is None for e in items):
             raise TypeError(f"expected epsilon to be a sequence of real numbers, got {epsilon!r}")
-        values = tuple(float(e) for e in epsilon)
+        values = tuple(float(e) for e in items)  # type: ignore[arg-type]
     else:
         kind = "a real number or a sequence of real numbers" if allow_sequence else "a real number"
         raise TypeError(f"expected epsilon to be {kind}, got {_describe(epsilon)}")
-    if not all(math.isfinite(e) for e in values):
+    if not all(_finite(e) for e in values):
         raise ValueError(f"expected finite epsilon values, got {epsilon!r}")
     return values
 
 
 def check_label_smoothing(label_smoothing: object) -> float:
-    if not _is_real_number(label_smoothing):
+    value = _real(label_smoothing, "label_smoothing")
+    if value is None:
         raise TypeError(f"expected label_smoothing to be a number in [0, 1], got {_describe(label_smoothing)}")
-    value = float(label_smoothing)  # type: ignore[arg-type]
+    value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"expected label_smoothing in [0, 1], got {label_smoothing!r}")
     return value
@@ -73,19 +106,26 @@ def check_ignore_index(ignore_index: object) -> int | None:
     if ignore_index is None:
         return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"expected ignore_index to be an int or None, got {_describe(ignore_index)}")
-    return int(ignore_index)
+        if tuple(getattr(ignore_index, "shape", (0,))) == () and "int" in str(getattr(ignore_index, "dtype", "")):
+            ignore_index = int(ignore_index)  # type: ignore[call-overload]  # a 0-dim integer tensor or array
+        else:
+            raise TypeError(f"expected ignore_index to be an int or None, got {_describe(ignore_index)}")
+    value = int(ignore_index)
+    if not -(2**63) < value < 2**63:  # -2**63 is reserved by the kernels for "nothing ignored"
+        raise ValueError(f"expected ignore_index in the int64 range (-2**63, 2**63), got {value}")
+    return value
 
 
 def check_sigmoid_alpha(alpha: object) -> float | None:
     if alpha is None:
         return None
-    if not _is_real_number(alpha):
+    value = _real(alpha, "alpha")
+    if value is None:
         raise TypeError(
             "expected alpha to be a number in [0, 1] or None for activation='sigmoid' "
             f"(per-class alpha is for activation='softmax'), got {_describe(alpha)}"
         )
-    value = float(alpha)  # type: ignore[arg-type]
+    value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"expected alpha in [0, 1] or None (None disables the alpha balance), got {alpha!r}")
     return value

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._params import _describe, _is_real_number
+from ._params import _describe, _is_real_number, _real
 
 
 def check_logits(input: object) -> torch.Tensor:
@@ -54,15 +54,14 @@ def per_class_tensor(
     if isinstance(value, torch.Tensor):
         if not (value.dtype.is_floating_point or value.dtype in _INT_DTYPES):
             raise TypeError(f"expected {name} to be a real-valued tensor, got dtype {value.dtype}")
-        tensor = value
-        if tensor.device.type == "cpu" and bool((tensor < 0).any()):  # a (C,) vector: cheap to check on CPU
-            raise ValueError(f"expected non-negative {name} values, got {tensor.tolist()!r}")
+        _check_device(value, name, device)
+        tensor = value  # values are not checked (as torch's weight): a data-dependent check would sync / break graphs
     elif isinstance(value, Sequence) and not isinstance(value, str):
         if not all(_is_real_number(v) for v in value):
             raise TypeError(f"expected {name} to be a sequence of real numbers, got {value!r}")
+        if name == "alpha" and any(v < 0 for v in value):  # free for a Python sequence; weight may be negative
+            raise ValueError(f"expected non-negative alpha values, got {list(value)!r}")
         tensor = torch.tensor([float(v) for v in value], dtype=torch.float64)
-        if (tensor < 0).any():
-            raise ValueError(f"expected non-negative {name} values, got {list(value)!r}")
     else:
         raise TypeError(f"expected {name} to be a sequence or 1-D tensor of length C, got {_describe(value)}")
     if tensor.ndim != 1 or tensor.shape[0] != num_classes:
@@ -75,20 +74,28 @@ def per_class_tensor(
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def _check_device(value: torch.Tensor, name: str, device: torch.device) -> None:
+    """A tensor argument lives on the input's device, or on the CPU (then it is copied over, as a Python list is)."""
+    if value.device != device and value.device.type != "cpu":
+        raise ValueError(f"expected {name} on the input's device {device} (or the CPU), got a tensor on {value.device}")
+
+
 def broadcast_tensor(
     value: object, name: str, shape: torch.Size, *, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor | None:
     """A tensor that must broadcast to ``shape`` without changing it (weight, pos_weight, normalizer)."""
     if value is None:
         return None
-    if _is_real_number(value):
-        if name == "normalizer" and not float(value) > 0:  # type: ignore[arg-type]
+    number = None if isinstance(value, torch.Tensor) else _real(value, name)
+    if number is not None:
+        if name == "normalizer" and not float(number) > 0:
             raise ValueError(f"expected a positive normalizer, got {value!r}")
-        return torch.full((), float(value), device=device, dtype=dtype)  # type: ignore[arg-type]  # no H2D copy
+        return torch.full((), float(number), device=device, dtype=dtype)  # no H2D copy
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"expected {name} to be a number or a tensor, got {_describe(value)}")
     if value.dtype.is_complex or value.dtype == torch.bool:
         raise TypeError(f"expected {name} to be a real-valued tensor, got dtype {value.dtype}")
+    _check_device(value, name, device)
     try:
         result = torch.broadcast_shapes(value.shape, shape)
     except RuntimeError:
@@ -110,26 +117,37 @@ class Targets:
 
 
 def _data_checks_enabled(tensor: torch.Tensor) -> bool:
+    """Data checks need data: not on meta tensors, nor on a target that a functorch transform (vmap) batches."""
     if tensor.device.type == "meta":
         return False
-    compiling = getattr(torch.compiler, "is_compiling", None)
-    return not (compiling is not None and compiling())
+    return torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
-def check_index_range(target: torch.Tensor, low: int, high: int, ignore_index: int | None, what: str) -> None:
-    """Raise IndexError if a class index (other than ``ignore_index``) lies outside ``[low, high]``."""
+def index_range_message(num_classes: int, ignore_index: int | None, *, background: bool) -> str:
+    """The start of every class-index range error (host checks, native kernels, device assertions)."""
+    high, what = (num_classes, f"C={num_classes} classes, index {num_classes} = background") if background else (
+        num_classes - 1,
+        f"C={num_classes} classes",
+    )
+    ignore = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+    return f"expected class indices in [0, {high}] ({what}){ignore}"
+
+
+def check_index_range(target: torch.Tensor, num_classes: int, ignore_index: int | None, *, background: bool) -> None:
+    """Raise IndexError if a class index (other than ``ignore_index``) lies outside ``[0, C - 1]`` (or ``[0, C]``
+    with the ``background`` index ``C``).  Queued as a device-side assertion (no host sync) off the CPU."""
     if target.numel() == 0 or not _data_checks_enabled(target):
         return
-    bad = (target < low) | (target > high)
+    high = num_classes if background else num_classes - 1
+    bad = (target < 0) | (target > high)
     if ignore_index is not None:
         bad &= target != ignore_index
-    ignore = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
-    message = f"expected class indices in [{low}, {high}] ({what}){ignore}"
-    if target.device.type == "cpu":
+    message = index_range_message(num_classes, ignore_index, background=background)
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             offending = int(target[bad][0])
             raise IndexError(f"{message}, got {offending}")
-    else:  # no host sync on accelerators: a device-side assertion instead
+    else:  # no host sync on accelerators, and traceable under torch.compile: an asynchronous assertion instead
         torch._assert_async(~bad.any(), f"{message}, got an index outside that range")
 
 
@@ -171,11 +189,6 @@ def check_target(
             f"expected class-index target of shape {tuple(index_shape)} (the input's shape "
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
-    num_classes = input.shape[class_dim]
-    if check_range and activation == "softmax":
-        check_index_range(target, 0, num_classes - 1, ignore_index, f"C={num_classes} classes")
-    elif check_range:
-        check_index_range(
-            target, 0, num_classes, ignore_index, f"C={num_classes} classes, index {num_classes} = background"
-        )
+    if check_range:
+        check_index_range(target, input.shape[class_dim], ignore_index, background=activation == "sigmoid")
     return Targets(target, is_index=True)

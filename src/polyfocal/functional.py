@@ -84,7 +84,15 @@ def _poly_loss(
     ignore = check_ignore_index(ignore_index)
     ct = compute_dtype(input)
     device = input.device
-    device_checked = modulator_grad and kernels.checks_indices_on_device(input)
+    # The fused kernels compute only the input gradient: a gradient for any other tensor (soft targets, alpha,
+    # weight, pos_weight, normalizer), functorch transforms (torch.func.grad / vmap / jvp) and the
+    # clcarwin shim's detached modulator use the composite autograd formulas instead.
+    fused = (
+        modulator_grad
+        and kernels.current_backend() != "composite"
+        and torch._C._functorch.maybe_current_level() is None
+        and not _needs_other_grads(target, alpha, weight, pos_weight, normalizer)
+    )
 
     if activation == "softmax":
         if input.ndim == 0:
@@ -100,11 +108,11 @@ def _poly_loss(
         alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
         weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
         targets = check_target(
-            input, target, activation=activation, ignore_index=ignore, check_range=not device_checked
+            input, target, activation=activation, ignore_index=ignore, check_range=not fused
         )
         loss_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
-        if targets.is_index and modulator_grad and kernels.current_backend() != "composite":
+        if targets.is_index and fused:
             x, y = input, targets.values.long()
             if norm is not None:
                 norm = torch.broadcast_to(norm, loss_shape)
@@ -136,10 +144,10 @@ def _poly_loss(
         weight_t = broadcast_tensor(weight, "weight", input.shape, device=device, dtype=ct)
         pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", input.shape, device=device, dtype=ct)
         targets = check_target(
-            input, target, activation=activation, ignore_index=ignore, check_range=not device_checked
+            input, target, activation=activation, ignore_index=ignore, check_range=not fused
         )
         norm = broadcast_tensor(normalizer, "normalizer", input.shape, device=device, dtype=ct)
-        if modulator_grad and kernels.current_backend() != "composite":
+        if fused:
             x, t = input, targets.values
             if targets.is_index:
                 t = t.long()
@@ -205,6 +213,11 @@ def _poly_loss(
         return loss
     total = loss.sum()
     return total if reduction == "sum" else total / denominator
+
+
+def _needs_other_grads(*values: object) -> bool:
+    """Whether a tensor argument other than the input wants a gradient (then autograd computes every gradient)."""
+    return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
 
 
 def _ignore(ignore_index: int | None) -> int:
@@ -529,3 +542,15 @@ def poly1_focal_loss(
         normalizer=normalizer,
         reduction=reduction,
     )
+
+
+def _refuse_torchscript() -> None:
+    raise TypeError(
+        "expected torch.compile or eager mode, got torch.jit.script: polyfocal's losses are Python functions with "
+        "keyword-only arguments and custom ops that TorchScript cannot compile; use torch.compile(model) (fullgraph "
+        "works), or torch.jit.trace a model that returns logits and apply the loss outside it"
+    )
+
+
+for _public in (cross_entropy, poly1_cross_entropy, poly1_focal_loss, poly_loss, sigmoid_focal_loss, softmax_focal_loss):
+    _public.__prepare_scriptable__ = _refuse_torchscript  # type: ignore[attr-defined]  # read by torch.jit.script

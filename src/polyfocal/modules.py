@@ -77,6 +77,10 @@ class _PolyFamilyLoss(nn.Module):
                 "or polyfocal.class_balanced_alpha(counts)"
             )
 
+    def __prepare_scriptable__(self) -> nn.Module:  # called by torch.jit.script: refuse it with a clear message
+        PF._refuse_torchscript()
+        return self
+
     def extra_repr(self) -> str:
         parts = []
         for name in self._names:

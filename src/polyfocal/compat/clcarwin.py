@@ -51,7 +51,7 @@ class FocalLoss(nn.Module):
             got = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
             raise ValueError(f"expected input of shape [N, C] or [N, C, d1, ...], got {got}")
         num_classes = input.shape[1]
-        logits = input.reshape(input.shape[0], num_classes, -1).transpose(1, 2).reshape(-1, num_classes)
+        logits = (input.flatten(2) if input.ndim > 2 else input.unsqueeze(2)).transpose(1, 2).reshape(-1, num_classes)
         if not isinstance(target, torch.Tensor) or target.numel() != logits.shape[0]:
             got = f"{target.numel()} elements" if isinstance(target, torch.Tensor) else type(target).__name__
             raise ValueError(f"expected a target with one class index per prediction ({logits.shape[0]}), got {got}")

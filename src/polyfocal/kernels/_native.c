@@ -15,6 +15,7 @@ __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) float logf(float);
 
 #define BLK 256
+#define SUM_BLK 1024
 
 /* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and Cephes' degree-6 polynomial (max relative
  * error ~2 ulp), inlined so the row loops vectorise with no call; values below -87.3 (results under
@@ -53,16 +54,24 @@ static void poly_terms(double u, const double *eps, int n_eps, double gamma, dou
  * 1/norm and (mean) 1/denominator; *total: their sum (sequential, deterministic).  g: (R, C) gradient for
  * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
  * weights) and the class sums are computed here too: a few O(N + C) loops instead of torch ops. */
+/* Returns 0, or 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written). */
 int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float *w, const float *norm,
                    const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t R, int64_t C,
-                   int mean, float *loss, double *total, float *g, int nthreads) {
+                   int mean, float *loss, double *total, float *g, int nthreads, int64_t *bad) {
     double a_sum = 0.0, w_sum = 0.0, den = 0.0;
+    for (int64_t r = 0; r < R; r++) { /* the index check: before any memory is touched through an index */
+        const int64_t t = y[r];
+        if (t == ignore_index) continue;
+        if (t < 0 || t >= C) {
+            *bad = t;
+            return 1;
+        }
+        den += w ? w[t] : 1.0;
+    }
     for (int64_t c = 0; c < C; c++) {
         a_sum += a ? a[c] : 1.0;
         w_sum += w ? w[c] : 1.0;
     }
-    for (int64_t r = 0; r < R; r++)
-        if (y[r] != ignore_index) den += w ? w[y[r]] : 1.0;
     const double grad_scale = mean ? 1.0 / den : 1.0;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < R; r++) {
@@ -78,37 +87,48 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
 #pragma omp simd reduction(max : m)
         for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
         if (m == -INFINITY) m = 0.0f;
-        float s_all = 0.0f, s_rest = 0.0f, x_a = 0.0f;
-        /* the reductions need "omp simd reduction" to vectorise without -ffast-math */
-        if (gr) {
-#pragma omp simd reduction(+ : s_all, s_rest)
-            for (int64_t c = 0; c < C; c++) {
-                const float e = exp_nonpos(xr[c] - m);
-                gr[c] = e;
-                s_all += e;
-                s_rest += (c == t) ? 0.0f : e;
-            }
-        } else {
-#pragma omp simd reduction(+ : s_all, s_rest)
-            for (int64_t c = 0; c < C; c++) {
-                const float e = exp_nonpos(xr[c] - m);
-                s_all += e;
-                s_rest += (c == t) ? 0.0f : e;
-            }
-        }
-        if (ls > 0.0) {
-            if (a) {
-#pragma omp simd reduction(+ : x_a)
-                for (int64_t c = 0; c < C; c++) x_a += a[c] * xr[c];
+        /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
+         * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
+         * vectorise without -ffast-math. */
+        double s_all = 0.0, s_rest = 0.0, x_a = 0.0;
+        for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
+            const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
+            float b_all = 0.0f, b_rest = 0.0f;
+            if (gr) {
+#pragma omp simd reduction(+ : b_all, b_rest)
+                for (int64_t c = c0; c < c1; c++) {
+                    const float e = exp_nonpos(xr[c] - m);
+                    gr[c] = e;
+                    b_all += e;
+                    b_rest += (c == t) ? 0.0f : e;
+                }
             } else {
-#pragma omp simd reduction(+ : x_a)
-                for (int64_t c = 0; c < C; c++) x_a += xr[c];
+#pragma omp simd reduction(+ : b_all, b_rest)
+                for (int64_t c = c0; c < c1; c++) {
+                    const float e = exp_nonpos(xr[c] - m);
+                    b_all += e;
+                    b_rest += (c == t) ? 0.0f : e;
+                }
+            }
+            s_all += b_all;
+            s_rest += b_rest;
+            if (ls > 0.0) {
+                float b_a = 0.0f;
+                if (a) {
+#pragma omp simd reduction(+ : b_a)
+                    for (int64_t c = c0; c < c1; c++) b_a += a[c] * xr[c];
+                } else {
+#pragma omp simd reduction(+ : b_a)
+                    for (int64_t c = c0; c < c1; c++) b_a += xr[c];
+                }
+                x_a += b_a;
             }
         }
         const double x_t = xr[t];
-        const double lse = (double)m + log((double)s_all);
+        const double lse = (double)m + log(s_all);
         const double p1 = exp(x_t - lse);
-        const double u1 = gamma == 0.0 ? fmax(1.0 - p1, 0.0) : (double)s_rest / (double)s_all;
+        const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
+        const double u1 = gamma == 0.0 ? (d1 < 0.0 ? 0.0 : d1) : s_rest / s_all;
         const double ce1 = u1 < 0.5 ? -log1p(-u1) : lse - x_t;
         const double a_y = a ? a[t] : 1.0, w_y = w ? w[t] : 1.0;
         double ce_a, u, w_poly;
@@ -156,9 +176,28 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
  * or full.  loss: (N, L) element losses, or NULL to write per-thread partial sums to partial[nthreads]. */
 int pf_sigmoid_f32(const float *x, const float *t, const int64_t *y, int64_t ignore_index, int64_t N, int64_t L,
                    const float *w, int w_mode, const float *pw, int pw_mode, const float *norm, int has_alpha,
-                   double alpha, const double *eps, int n_eps, double gamma, double ls, double grad_scale,
-                   float *loss, double *partial, float *g, int nthreads) {
+                   double alpha, const double *eps, int n_eps, double gamma, double ls, int mean, float *loss,
+                   double *partial, float *g, int nthreads, double *den_out, int64_t *bad) {
     const int64_t numel = N * L;
+    /* The mean denominator (non-ignored elements) and, for class indices, the range check [0, L] (L = background):
+     * returns 1 with *bad = the first offending index, before anything is written. */
+    double den = (double)numel;
+    if (y) {
+        int64_t valid_rows = 0;
+        for (int64_t r = 0; r < N; r++) {
+            const int64_t yv = y[r];
+            if (yv == ignore_index) continue;
+            if (yv < 0 || yv > L) {
+                *bad = yv;
+                return 1;
+            }
+            valid_rows++;
+        }
+        den = (double)valid_rows * (double)L;
+    }
+    *den_out = den;
+    /* all ignored: the mean is nan (0/0, computed by the caller) and the gradient 0, as in torch */
+    const double grad_scale = mean ? (den > 0.0 ? 1.0 / den : 0.0) : 1.0;
     const int64_t chunks = (numel + BLK - 1) / BLK;
     const int walk = (y != NULL) || w_mode == 1 || pw_mode == 1; /* needs the (row, column) of each element */
     const float gm = (float)gamma, al = (float)alpha, lsf = (float)ls, gs = (float)grad_scale;

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .._validation import index_range_message
 from ._torch_impl import NO_IGNORE
 
 __all__ = ["available", "library", "sigmoid_forward", "softmax_forward", "supports"]
@@ -107,12 +108,12 @@ def library() -> ctypes.CDLL | None:
         lib.pf_softmax_f32.restype = ctypes.c_int
         lib.pf_softmax_f32.argtypes = [_f32p, _i64p, _f32p, _f32p, _f32p, _f64p, ctypes.c_int, ctypes.c_double,
                                        ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                       _f32p, _f64p, _f32p, ctypes.c_int]  # fmt: skip
+                                       _f32p, _f64p, _f32p, ctypes.c_int, _i64p]  # fmt: skip
         lib.pf_sigmoid_f32.restype = ctypes.c_int
         lib.pf_sigmoid_f32.argtypes = [_f32p, _f32p, _i64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _f32p,
                                        ctypes.c_int, _f32p, ctypes.c_int, _f32p, ctypes.c_int, ctypes.c_double, _f64p,
-                                       ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double, _f32p, _f64p,
-                                       _f32p, ctypes.c_int]  # fmt: skip
+                                       ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, _f32p, _f64p,
+                                       _f32p, ctypes.c_int, _f64p, _i64p]  # fmt: skip
     _state["lib"] = lib
     return lib
 
@@ -155,12 +156,14 @@ def softmax_forward(
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, (rows,)))
     loss = torch.empty(rows, dtype=torch.float32)
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
-    total = ctypes.c_double()
-    lib.pf_softmax_f32(
+    total, bad = ctypes.c_double(), ctypes.c_int64()
+    status = lib.pf_softmax_f32(
         _ptr(x), _ptr(y, _i64p), _ptr(a), _ptr(w), _ptr(norm), _eps_array(epsilon), len(epsilon), float(gamma),
         float(label_smoothing), int(ignore_index), rows, num_classes, int(reduction == "mean"), _ptr(loss),
-        ctypes.byref(total), _ptr(grad if compute_grad else None), torch.get_num_threads(),
+        ctypes.byref(total), _ptr(grad if compute_grad else None), torch.get_num_threads(), ctypes.byref(bad),
     )  # fmt: skip
+    if status:
+        raise _index_error(bad.value, num_classes, ignore_index, background=False)
     if reduction == "none":
         return loss, grad
     return torch.tensor(total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
@@ -198,26 +201,28 @@ def sigmoid_forward(
     w_mode, w = _vector_mode(weight, rows_view)
     pw_mode, pw = _vector_mode(pos_weight, rows_view)
     norm = _f32(normalizer)
-    if is_index:
-        y, t = target.contiguous(), None
-        valid_rows = n if ignore_index == NO_IGNORE else int((y != ignore_index).sum())
-        denominator = float(valid_rows * length)
-    else:
-        y, t = None, _f32(target)
-        denominator = float(x.numel())
+    y, t = (target.contiguous(), None) if is_index else (None, _f32(target))
     threads = torch.get_num_threads()
     loss = torch.empty(x.shape, dtype=torch.float32) if reduction == "none" else None
     partial = torch.zeros(threads, dtype=torch.float64) if loss is None else None
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
-    scale = (1.0 / denominator if denominator else float("inf")) if reduction == "mean" else 1.0
+    denominator, bad = ctypes.c_double(float(x.numel())), ctypes.c_int64()
     if x.numel():
-        lib.pf_sigmoid_f32(
+        status = lib.pf_sigmoid_f32(
             _ptr(x), _ptr(t), _ptr(y, _i64p), int(ignore_index), n, length, _ptr(w), w_mode, _ptr(pw), pw_mode,
             _ptr(norm), int(alpha is not None), 0.0 if alpha is None else float(alpha), _eps_array(epsilon),
-            len(epsilon), float(gamma), float(label_smoothing), scale, _ptr(loss), _ptr(partial, _f64p),
-            _ptr(grad if compute_grad else None), threads,
+            len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"), _ptr(loss),
+            _ptr(partial, _f64p), _ptr(grad if compute_grad else None), threads, ctypes.byref(denominator),
+            ctypes.byref(bad),
         )  # fmt: skip
+        if status:
+            raise _index_error(bad.value, length, ignore_index, background=True)
     if loss is not None:
         return loss, grad
     total = partial.sum().to(torch.float32)
-    return (total if reduction == "sum" else total / denominator), grad
+    return (total if reduction == "sum" else total / denominator.value), grad
+
+
+def _index_error(offending: int, num_classes: int, ignore_index: int, *, background: bool) -> IndexError:
+    ignore = None if ignore_index == NO_IGNORE else ignore_index
+    return IndexError(f"{index_range_message(num_classes, ignore, background=background)}, got {offending}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import compute_dtype
+from .._validation import check_index_range, compute_dtype
 
 __all__ = ["NO_IGNORE", "sigmoid_forward", "sigmoid_terms", "softmax_forward", "softmax_row_terms"]
 
@@ -156,8 +156,9 @@ def softmax_forward(
     The gradient is for ``grad_output = 1`` of the reduced loss (per row for ``"none"``); it has ``x``'s
     dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
     ct = compute_dtype(x)
-    xc = x.to(ct)
     num_classes = x.shape[1]
+    check_index_range(target, num_classes, _ignore_or_none(ignore_index), background=False)
+    xc = x.to(ct)
     valid = None if ignore_index == NO_IGNORE else target != ignore_index
     y = target if valid is None else torch.where(valid, target, 0)
     y1 = y.unsqueeze(1)
@@ -226,9 +227,13 @@ def _row_scale(valid, normalizer, reduction: str, denominator, dtype: torch.dtyp
         scale = 1.0 / normalizer
     if reduction == "mean":
         scale = scale / denominator
-    if valid is not None:
-        scale = valid.to(dtype) * scale
+    if valid is not None:  # ignored rows get 0, also where 1/denominator is inf (all ignored: torch's gradient 0)
+        scale = torch.where(valid, scale, 0.0).to(dtype)
     return scale
+
+
+def _ignore_or_none(ignore_index: int) -> int | None:
+    return None if ignore_index == NO_IGNORE else ignore_index
 
 
 def sigmoid_terms(
@@ -308,13 +313,18 @@ def sigmoid_forward(
     valid = y = classes = None
     if is_index:
         num_classes = x.shape[1]
+        check_index_range(target, num_classes, _ignore_or_none(ignore_index), background=True)
         valid = None if ignore_index == NO_IGNORE else target != ignore_index
         y = target if valid is None else torch.where(valid, target, num_classes)
         classes = torch.arange(num_classes, device=x.device).view((1, num_classes) + (1,) * (x.ndim - 2))
         denominator = (valid.sum() * num_classes).to(ct) if valid is not None else float(x.numel())
     else:
         denominator = float(x.numel())
-    grad_scale = 1.0 / denominator if reduction == "mean" else 1.0
+    grad_scale: torch.Tensor | float = 1.0
+    if reduction == "mean":  # all ignored: the mean is nan (0/0) and the gradient 0, as in torch
+        grad_scale = 1.0 / denominator if isinstance(denominator, float) and denominator else 0.0
+        if isinstance(denominator, torch.Tensor):
+            grad_scale = torch.where(denominator > 0, 1.0 / denominator, 0.0)
     loss_out = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     sums = []

@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import compute_dtype
+from .._validation import check_index_range, compute_dtype, index_range_message
+from ._torch_impl import NO_IGNORE
 
 __all__ = ["scale_unless_one_", "sigmoid_forward", "softmax_forward"]
 
@@ -182,6 +183,7 @@ def _softmax_poly_kernel(
     tl.store(loss_ptr + rows, (loss * scale).to(loss_ptr.dtype.element_ty), mask=row_ok)
 
     if COMPUTE_GRAD:
+        scale = tl.where(valid, scale, 0.0)  # ignored rows: 0 even when 1/denominator is inf (all ignored)
         k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
         k2 = mod * (ls / C) * scale
         coef = k1 + k2 * a_sum
@@ -275,16 +277,18 @@ def _finish_prep_kernel(den_ptr, bad_ptr, stats_ptr, ok_ptr, P, PER_ROW, MEAN: t
     offs = tl.arange(0, BLOCK_P)
     den = tl.sum(tl.load(den_ptr + offs, mask=offs < P, other=0.0), axis=0)
     bad = tl.sum(tl.load(bad_ptr + offs, mask=offs < P, other=0), axis=0)
-    if MEAN:
+    if MEAN:  # all ignored: 1/0 = inf makes the loss nan (0 * inf); the kernels keep the gradient at 0
         tl.store(stats_ptr + 2, 1.0 / (den * PER_ROW))
     else:
         tl.store(stats_ptr + 2, den * 0.0 + 1.0)
     tl.store(ok_ptr, (bad == 0).to(tl.int32))
 
 
-def _prepare(target, class_weight, weight, *, num_classes, high, ignore_index, per_row, mean, ct, message):
+def _prepare(target, class_weight, weight, *, num_classes, high, ignore_index, per_row, mean, ct):
     """Stats ``[A, W, 1/denominator]`` on the device (two launches, deterministic: no atomics), and a queued
     device-side assertion on the index range."""
+    ignore = None if ignore_index == NO_IGNORE else ignore_index
+    message = f"{index_range_message(num_classes, ignore, background=high == num_classes)}, got one outside it"
     block = 1024
     rows = target.numel()
     programs = max(1, min(1024, triton.cdiv(rows, block)))
@@ -313,8 +317,10 @@ def _prepare(target, class_weight, weight, *, num_classes, high, ignore_index, p
     _finish_prep_kernel[(1,)](
         den, bad, stats, ok, programs, per_row, MEAN=mean, BLOCK_P=triton.next_power_of_2(programs)
     )
-    if target.is_cuda:  # the CPU interpreter path is checked by the caller before dispatch
+    if target.is_cuda:
         torch._assert_async(ok, message)
+    elif not bool(ok):  # Triton's CPU interpreter (tests): a host read is free; name the offending index
+        check_index_range(target, num_classes, ignore, background=high == num_classes)
     return stats
 
 
@@ -349,7 +355,6 @@ def softmax_forward(
         per_row=1,
         mean=reduction == "mean",
         ct=ct,
-        message=f"expected class indices in [0, {num_classes - 1}] (C={num_classes} classes) or ignore_index",
     )
     consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon)), x.device, ct)
     loss = torch.empty(target.shape, dtype=ct, device=x.device)
@@ -479,7 +484,7 @@ def _sigmoid_poly_kernel(
         dce = (1.0 - t) * p - pw * t * q
         ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
         g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
-        g = g * scale * inv
+        g = tl.where(scale != 0.0, g * scale * inv, 0.0)  # ignored: 0 even when 1/denominator is inf
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
@@ -516,8 +521,6 @@ def sigmoid_forward(
             per_row=num_classes,
             mean=reduction == "mean",
             ct=ct,
-            message=f"expected class indices in [0, {num_classes}] (C={num_classes} classes, index {num_classes} = "
-            "background) or ignore_index",
         )
     else:
         num_classes, inner = 1, 1
