@@ -61,8 +61,7 @@ def test_index_out_of_range_under_torch_compile_raises(backend, bad):
     y = torch.randint(0, 5, (8,))
     y[5] = bad
     fn = torch.compile(lambda v, t: polyfocal.cross_entropy(v, t), backend="aot_eager", fullgraph=True)
-    # the kernels name the index; the composite path's traced assertion says only that one is out of range
-    match = "expected class indices" if backend == "composite" else str(bad)
+    match = str(bad)
     with kernels.backend(backend), pytest.raises((IndexError, RuntimeError), match=match):
         fn(x, y).backward()
     sig = torch.compile(lambda v, t: polyfocal.sigmoid_focal_loss(v, t), backend="aot_eager", fullgraph=True)
@@ -320,6 +319,9 @@ def test_negative_alpha_sequence_is_still_refused_and_documented():
 
 @pytest.mark.parametrize("backend", ["auto", "composite"])
 def test_compile_with_class_weights_and_changing_hyperparameters(backend):
+    """Each distinct gamma / epsilon compiles its own graph, as a changing label_smoothing does for
+    F.cross_entropy (dynamo specialises floats that select code paths); 16 configurations need more than dynamo's
+    default 8 recompiles (README: torch.compile)."""
     torch._dynamo.reset()
 
     def fn(v, t, gamma, eps, weight, alpha):
@@ -329,7 +331,7 @@ def test_compile_with_class_weights_and_changing_hyperparameters(backend):
     x = torch.randn(8, 5, requires_grad=True)
     y = torch.randint(0, 5, (8,))
     w, a = torch.rand(5) + 0.5, torch.rand(5)
-    with kernels.backend(backend):
+    with kernels.backend(backend), torch._dynamo.config.patch(recompile_limit=64):
         for gamma, eps in [(2.0, 1.0), (1.5, 0.5), (0.5, 2.0), (0.0, 0.0)]:
             for weight, alpha in [(None, None), (w, None), (w, a), (-w, a)]:
                 ours = compiled(x, y, gamma, eps, weight, alpha)
@@ -410,5 +412,5 @@ def test_functorch_grad_vmap_jvp(activation):
 
 @pytest.mark.parametrize("target", [polyfocal.cross_entropy, polyfocal.sigmoid_focal_loss, polyfocal.PolyLoss()])
 def test_torchscript_is_refused_with_the_alternative(target):
-    with pytest.raises(TypeError, match="torch.compile"):
+    with pytest.raises(TypeError, match=r"torch\.compile"):
         torch.jit.script(target)

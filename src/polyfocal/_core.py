@@ -4,7 +4,9 @@ Per element, with ``p_t`` the predicted probability of the target::
 
     loss = (1 - p_t)^gamma * CE_alpha  +  w_t * sum_j eps_j * (1 - p_t)^(j + gamma)
 
-The arguments reaching this module are already validated (see :mod:`polyfocal.functional`).
+The arguments reaching this module are already validated (:mod:`polyfocal._args`).  :func:`softmax_loss` and
+:func:`sigmoid_loss` are the composite path (eager autograd formulas, every gradient including double backward)
+and own the reductions and ``"mean"`` denominators of both families; the fused kernels follow the same rules.
 
 Numerics: ``log(1 - p_t)`` is computed directly in log space, never as ``log(1 - exp(-CE))``:
 
@@ -21,6 +23,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ._args import SigmoidArgs, SoftmaxArgs
+from ._validation import check_index_range
 
 NEG_INF = float("-inf")
 
@@ -84,7 +89,7 @@ def softmax_poly_loss(
     is_index: bool,
     epsilon: tuple[float, ...],
     gamma: float,
-    alpha: torch.Tensor | None,
+    class_weight: torch.Tensor | None,
     weight: torch.Tensor | None,
     ignore_index: int | None,
     label_smoothing: float,
@@ -93,14 +98,13 @@ def softmax_poly_loss(
     """Per-element softmax PolyLoss and the denominator of ``reduction="mean"``.
 
     ``x`` is ``(N, C, *)`` in the compute dtype; ``target`` is ``(N, *)`` class indices or ``(N, C, *)``
-    probabilities.  ``alpha`` and ``weight`` are ``(C,)`` vectors in the compute dtype.
+    probabilities.  ``class_weight`` (alpha * weight) and ``weight`` are ``(C,)`` vectors in the compute dtype.
     The denominator follows ``F.cross_entropy``: the summed target weights of the non-ignored elements
     (their count without ``weight``) for class indices, the number of elements for probabilities.
     """
     num_classes = x.shape[1]
     shape = (1, num_classes) + (1,) * (x.ndim - 2)
     logp = torch.log_softmax(x, dim=1)
-    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
     need_pt = _needs_pt(gamma, epsilon)
     ls = label_smoothing
     valid: torch.Tensor | None = None
@@ -200,3 +204,70 @@ def sigmoid_poly_loss(
             log_1m_pt = torch.where(exact, hard_part, soft)
     loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=None, modulator_grad=modulator_grad)
     return loss if weight is None else loss * weight
+
+
+def _reduce(loss: torch.Tensor, normalizer: torch.Tensor | None, reduction: str, denominator) -> torch.Tensor:
+    if normalizer is not None:
+        loss = loss / normalizer
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total if reduction == "sum" else total / denominator
+
+
+def softmax_loss(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs) -> torch.Tensor:
+    """The softmax family on the composite path: ``x`` ``(N, C, *)``, ``target`` class indices ``(N, *)`` or
+    probabilities of ``x``'s shape; reduced as ``args.reduction`` says (``"none"``: shape ``(N, *)``)."""
+    is_index = not target.dtype.is_floating_point
+    if is_index:
+        check_index_range(target, x.shape[1], args.ignore_index, background=False)
+    xc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+    loss, denominator = softmax_poly_loss(
+        xc,
+        target,
+        is_index=is_index,
+        epsilon=args.epsilon,
+        gamma=args.gamma,
+        class_weight=args.class_weight,
+        weight=args.weight,
+        ignore_index=args.ignore_index,
+        label_smoothing=args.label_smoothing,
+        modulator_grad=not args.detach_modulator,
+    )
+    return _reduce(loss, args.normalizer, args.reduction, denominator)
+
+
+def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs) -> torch.Tensor:
+    """The sigmoid family on the composite path: ``x`` at least 1-D; dense targets of ``x``'s shape or, with
+    ``args.is_index``, class indices ``(N, *)`` (index ``C`` = background, ``ignore_index`` masks the row)."""
+    ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xc = x.to(ct)
+    valid = None
+    if args.is_index:
+        num_classes = x.shape[1]
+        check_index_range(target, num_classes, args.ignore_index, background=True)
+        y = target
+        if args.ignore_index is not None:
+            valid = (y != args.ignore_index).unsqueeze(1)
+            y = torch.where(y == args.ignore_index, num_classes, y)
+        t = index_to_multi_hot(y, num_classes, ct)
+    else:
+        t = target.to(ct)
+    loss = sigmoid_poly_loss(
+        xc,
+        t,
+        hard=args.is_index or not target.dtype.is_floating_point,
+        epsilon=args.epsilon,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        weight=args.weight,
+        pos_weight=args.pos_weight,
+        label_smoothing=args.label_smoothing,
+        modulator_grad=not args.detach_modulator,
+    )
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+        denominator = valid.sum() * loss.shape[1]
+    else:
+        denominator = loss.numel()
+    return _reduce(loss, args.normalizer, args.reduction, denominator)

@@ -125,9 +125,13 @@ def _data_checks_enabled(tensor: torch.Tensor) -> bool:
 
 def index_range_message(num_classes: int, ignore_index: int | None, *, background: bool) -> str:
     """The start of every class-index range error (host checks, native kernels, device assertions)."""
-    high, what = (num_classes, f"C={num_classes} classes, index {num_classes} = background") if background else (
-        num_classes - 1,
-        f"C={num_classes} classes",
+    high, what = (
+        (num_classes, f"C={num_classes} classes, index {num_classes} = background")
+        if background
+        else (
+            num_classes - 1,
+            f"C={num_classes} classes",
+        )
     )
     ignore = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
     return f"expected class indices in [0, {high}] ({what}){ignore}"
@@ -151,13 +155,11 @@ def check_index_range(target: torch.Tensor, num_classes: int, ignore_index: int 
         torch._assert_async(~bad.any(), f"{message}, got an index outside that range")
 
 
-def check_target(
-    input: torch.Tensor, target: object, *, activation: str, ignore_index: int | None, check_range: bool = True
-) -> Targets:
-    """Validate ``target`` against ``input`` (class dim 1, or 0 for an unbatched 1-D input).
+def check_target(input: torch.Tensor, target: object, *, activation: str) -> Targets:
+    """Validate ``target`` against ``input`` (class dim 1, or 0 for an unbatched 1-D input): type, dtype, shape.
 
-    ``check_range=False`` leaves the class-index range to the caller (the CUDA kernels assert it on the
-    device inside their own launch)."""
+    The class-index range is not checked here: every kernel checks it in its own pass over the targets (and the
+    composite path with :func:`check_index_range`), so a call costs no extra pass and compiled code is covered."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"expected target to be a torch.Tensor, got {_describe(target)}")
     if target.device != input.device:
@@ -189,6 +191,4 @@ def check_target(
             f"expected class-index target of shape {tuple(index_shape)} (the input's shape "
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
-    if check_range:
-        check_index_range(target, input.shape[class_dim], ignore_index, background=activation == "sigmoid")
     return Targets(target, is_index=True)

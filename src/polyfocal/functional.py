@@ -25,17 +25,8 @@ from typing import Literal, TypeAlias
 
 import torch
 
-from . import _core, kernels
-from ._params import (
-    check_activation,
-    check_epsilon,
-    check_gamma,
-    check_ignore_index,
-    check_label_smoothing,
-    check_reduction,
-    check_sigmoid_alpha,
-)
-from ._validation import broadcast_tensor, check_logits, check_target, compute_dtype, per_class_tensor
+from . import kernels
+from ._args import Hyper, hyper, prepare
 
 __all__ = [
     "cross_entropy",
@@ -53,179 +44,20 @@ ClassVector: TypeAlias = "Sequence[float] | torch.Tensor | None"
 Normalizer: TypeAlias = "float | torch.Tensor | None"
 
 
-def _poly_loss(
+def _apply(
     input: torch.Tensor,
     target: torch.Tensor,
+    h: Hyper,
     *,
-    activation: str,
-    epsilon: object = (),
-    gamma: object = 0.0,
     alpha: object = None,
     weight: object = None,
     pos_weight: object = None,
-    ignore_index: object = None,
-    label_smoothing: object = 0.0,
     normalizer: object = None,
-    reduction: object = "mean",
-    epsilon_sequence: bool = True,
-    modulator_grad: bool = True,
 ) -> torch.Tensor:
-    """Validate everything, then compute: the one entry point of the public functions and the shims.
-
-    The defaults are the plain loss (no poly term, no focusing, no weights, no ``ignore_index``); the
-    public functions pass every argument explicitly.  ``modulator_grad=False`` detaches ``(1 - p_t)^gamma``
-    (used by the clcarwin shim, whose listing computes ``p_t`` from ``.data``)."""
-    input = check_logits(input)
-    activation = check_activation(activation)
-    reduction = check_reduction(reduction)
-    gamma_ = check_gamma(gamma)
-    eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
-    ls = check_label_smoothing(label_smoothing)
-    ignore = check_ignore_index(ignore_index)
-    ct = compute_dtype(input)
-    device = input.device
-    # The fused kernels compute only the input gradient: a gradient for any other tensor (soft targets, alpha,
-    # weight, pos_weight, normalizer), functorch transforms (torch.func.grad / vmap / jvp) and the
-    # clcarwin shim's detached modulator use the composite autograd formulas instead.
-    fused = (
-        modulator_grad
-        and kernels.current_backend() != "composite"
-        and torch._C._functorch.maybe_current_level() is None
-        and not _needs_other_grads(target, alpha, weight, pos_weight, normalizer)
-    )
-
-    if activation == "softmax":
-        if input.ndim == 0:
-            raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
-        if pos_weight is not None:
-            raise ValueError(
-                "expected pos_weight=None for activation='softmax' (it is a sigmoid/BCE argument), got a value"
-            )
-        class_dim = 1 if input.ndim >= 2 else 0
-        num_classes = input.shape[class_dim]
-        if num_classes == 0:
-            raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(input.shape)}")
-        alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
-        weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
-        targets = check_target(
-            input, target, activation=activation, ignore_index=ignore, check_range=not fused
-        )
-        loss_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
-        norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
-        if targets.is_index and fused:
-            x, y = input, targets.values.long()
-            if norm is not None:
-                norm = torch.broadcast_to(norm, loss_shape)
-            if input.ndim == 1:
-                x, y, norm = x.unsqueeze(0), y.unsqueeze(0), None if norm is None else norm.unsqueeze(0)
-            loss, _ = kernels.softmax_poly(
-                x, y, alpha_t, weight_t, norm, list(eps), gamma_, _ignore(ignore), ls, reduction, _wants_grad(input)
-            )
-            return loss.squeeze(0) if reduction == "none" and input.ndim == 1 else loss
-        x, y = input.to(ct), targets.values
-        if input.ndim == 1:
-            x, y = x.unsqueeze(0), y.unsqueeze(0)
-        loss, denominator = _core.softmax_poly_loss(
-            x,
-            y,
-            is_index=targets.is_index,
-            epsilon=eps,
-            gamma=gamma_,
-            alpha=alpha_t,
-            weight=weight_t,
-            ignore_index=ignore,
-            label_smoothing=ls,
-            modulator_grad=modulator_grad,
-        )
-        if input.ndim == 1:
-            loss = loss.squeeze(0)
-    else:
-        alpha_s = check_sigmoid_alpha(alpha)
-        weight_t = broadcast_tensor(weight, "weight", input.shape, device=device, dtype=ct)
-        pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", input.shape, device=device, dtype=ct)
-        targets = check_target(
-            input, target, activation=activation, ignore_index=ignore, check_range=not fused
-        )
-        norm = broadcast_tensor(normalizer, "normalizer", input.shape, device=device, dtype=ct)
-        if fused:
-            x, t = input, targets.values
-            if targets.is_index:
-                t = t.long()
-                if input.ndim == 1:
-                    x, t = x.unsqueeze(0), t.unsqueeze(0)
-            elif input.ndim == 0:
-                x, t = x.reshape(1), t.reshape(1)
-            weight_t, pos_weight_t, norm = (
-                None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
-            )
-            loss, _ = kernels.sigmoid_poly(
-                x,
-                t,
-                targets.is_index,
-                weight_t,
-                pos_weight_t,
-                norm,
-                alpha_s,
-                list(eps),
-                gamma_,
-                _ignore(ignore),
-                ls,
-                reduction,
-                _wants_grad(input),
-            )
-            return loss.reshape(input.shape) if reduction == "none" else loss
-        x = input.to(ct)
-        valid = None
-        if targets.is_index:
-            y = targets.values
-            num_classes = input.shape[1] if input.ndim >= 2 else input.shape[0]
-            if input.ndim == 1:
-                x, y = x.unsqueeze(0), y.unsqueeze(0)
-            if ignore is not None:
-                valid = (y != ignore).unsqueeze(1)
-                y = torch.where(y == ignore, num_classes, y)
-            t = _core.index_to_multi_hot(y, num_classes, ct)
-        else:
-            t = targets.values.to(ct)
-        loss = _core.sigmoid_poly_loss(
-            x,
-            t,
-            hard=targets.is_index or not targets.values.dtype.is_floating_point,
-            epsilon=eps,
-            gamma=gamma_,
-            alpha=alpha_s,
-            weight=weight_t,  # validated against input.shape; broadcasts against the (1, C) unbatched view too
-            pos_weight=pos_weight_t,
-            label_smoothing=ls,
-            modulator_grad=modulator_grad,
-        )
-        if valid is not None:
-            loss = torch.where(valid, loss, 0.0)
-            denominator = valid.sum() * loss.shape[1]
-        else:
-            denominator = loss.numel()
-        if targets.is_index and input.ndim == 1:
-            loss = loss.squeeze(0)
-
-    if norm is not None:
-        loss = loss / norm
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    return total if reduction == "sum" else total / denominator
-
-
-def _needs_other_grads(*values: object) -> bool:
-    """Whether a tensor argument other than the input wants a gradient (then autograd computes every gradient)."""
-    return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
-
-
-def _ignore(ignore_index: int | None) -> int:
-    return kernels.NO_IGNORE if ignore_index is None else ignore_index
-
-
-def _wants_grad(input: torch.Tensor) -> bool:
-    return input.requires_grad and torch.is_grad_enabled()
+    """Stage 2 of the validation (tensors), then the loss: the one path of every public function and module."""
+    call = prepare(input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
+    out = kernels.loss(call.x, call.target, call.args)
+    return out.reshape(call.out_shape) if h.reduction == "none" else out
 
 
 def poly_loss(
@@ -242,6 +74,7 @@ def poly_loss(
     normalizer: Normalizer = None,
     pos_weight: torch.Tensor | None = None,
     reduction: Reduction = "mean",
+    detach_modulator: bool = False,
 ) -> torch.Tensor:
     r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
 
@@ -294,6 +127,9 @@ def poly_loss(
         normalizer: a positive number or a tensor broadcastable to the element loss; divides it.
         pos_weight: sigmoid only: weight of positive examples, broadcastable to the input.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        detach_modulator: treat :math:`(1-p_t)^\gamma` as a constant for autograd, as listings that compute
+            :math:`p_t` from ``logpt.data`` do (clcarwin's ``FocalLoss``); the gradient is then not the focal
+            loss's.  Default ``False``.
 
     Returns:
         The reduced loss (0-D) or, with ``reduction="none"``, the element loss: the input's shape without
@@ -311,20 +147,17 @@ def poly_loss(
         >>> torch.allclose(poly1, (F.cross_entropy(x, y, reduction="none") + 1 - p_t).mean())
         True
     """
-    return _poly_loss(
-        input,
-        target,
+    h = hyper(
         activation=activation,
         epsilon=epsilon,
         gamma=gamma,
         alpha=alpha,
-        weight=weight,
-        pos_weight=pos_weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        normalizer=normalizer,
         reduction=reduction,
+        detach_modulator=detach_modulator,
     )
+    return _apply(input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
 
 
 def cross_entropy(
@@ -352,19 +185,8 @@ def cross_entropy(
         ...                F.cross_entropy(x, y, w, label_smoothing=0.1))
         True
     """
-    return _poly_loss(
-        input,
-        target,
-        activation="softmax",
-        epsilon=(),
-        gamma=0.0,
-        alpha=None,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        normalizer=None,
-        reduction=reduction,
-    )
+    h = hyper(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+    return _apply(input, target, h, weight=weight)
 
 
 def poly1_cross_entropy(
@@ -393,20 +215,14 @@ def poly1_cross_entropy(
         >>> torch.allclose(polyfocal.poly1_cross_entropy(x, y, epsilon=0.0), polyfocal.cross_entropy(x, y))
         True
     """
-    return _poly_loss(
-        input,
-        target,
-        activation="softmax",
+    h = hyper(
         epsilon=epsilon,
         epsilon_sequence=False,
-        gamma=0.0,
-        alpha=alpha,
-        weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        normalizer=normalizer,
         reduction=reduction,
     )
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer)
 
 
 def softmax_focal_loss(
@@ -437,19 +253,14 @@ def softmax_focal_loss(
         ...                (1 - torch.exp(-ce)) ** 2 * ce)
         True
     """
-    return _poly_loss(
-        input,
-        target,
-        activation="softmax",
+    h = hyper(
         epsilon=epsilon,
         gamma=gamma,
-        alpha=alpha,
-        weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        normalizer=normalizer,
         reduction=reduction,
     )
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer)
 
 
 def sigmoid_focal_loss(
@@ -482,20 +293,16 @@ def sigmoid_focal_loss(
         ...                F.binary_cross_entropy_with_logits(x, t))
         True
     """
-    return _poly_loss(
-        input,
-        target,
+    h = hyper(
         activation="sigmoid",
         epsilon=epsilon,
         gamma=gamma,
         alpha=alpha,
-        weight=weight,
-        pos_weight=pos_weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        normalizer=normalizer,
         reduction=reduction,
     )
+    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
 
 
 def poly1_focal_loss(
@@ -527,21 +334,17 @@ def poly1_focal_loss(
         >>> torch.allclose(polyfocal.poly1_focal_loss(x, t, epsilon=1.0, reduction="none"), fl + (1 - p_t) ** 3)
         True
     """
-    return _poly_loss(
-        input,
-        target,
+    h = hyper(
         activation="sigmoid",
         epsilon=epsilon,
         epsilon_sequence=False,
         gamma=gamma,
         alpha=alpha,
-        weight=weight,
-        pos_weight=pos_weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        normalizer=normalizer,
         reduction=reduction,
     )
+    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
 
 
 def _refuse_torchscript() -> None:
@@ -552,5 +355,12 @@ def _refuse_torchscript() -> None:
     )
 
 
-for _public in (cross_entropy, poly1_cross_entropy, poly1_focal_loss, poly_loss, sigmoid_focal_loss, softmax_focal_loss):
+for _public in (
+    cross_entropy,
+    poly1_cross_entropy,
+    poly1_focal_loss,
+    poly_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+):
     _public.__prepare_scriptable__ = _refuse_torchscript  # type: ignore[attr-defined]  # read by torch.jit.script

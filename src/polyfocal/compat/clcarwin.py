@@ -60,12 +60,14 @@ class FocalLoss(nn.Module):
                 f"expected alpha with one weight per class (C={num_classes}), got {self.alpha.numel()} "
                 "(a number alpha means [alpha, 1-alpha], i.e. two classes)"
             )
-        return PF._poly_loss(
+        return PF.poly_loss(
             logits,
             target.reshape(-1),
             activation="softmax",
+            epsilon=0.0,  # the plain loss: no poly term, nothing ignored
+            ignore_index=None,
             gamma=self.gamma,
             alpha=self.alpha,
             reduction="mean" if self.size_average else "sum",
-            modulator_grad=False,
+            detach_modulator=True,
         )

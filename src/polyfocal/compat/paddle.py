@@ -42,10 +42,12 @@ def sigmoid_focal_loss(
         got = tuple(label.shape) if isinstance(label, torch.Tensor) else type(label).__name__
         want = tuple(logit.shape) if isinstance(logit, torch.Tensor) else "the logit's shape"
         raise ValueError(f"expected label of the logit's shape {want}, got {got}")
-    return PF._poly_loss(
+    return PF.poly_loss(
         logit,
         label,
         activation="sigmoid",
+        epsilon=0.0,  # the plain loss: no poly term, nothing ignored
+        ignore_index=None,
         gamma=gamma,
         alpha=alpha,
         normalizer=normalizer,

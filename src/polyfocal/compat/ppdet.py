@@ -37,10 +37,12 @@ class FocalLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         if isinstance(target, torch.Tensor) and target.dtype.is_floating_point:
             raise TypeError(f"expected integer class indices (num_classes = background), got {target.dtype}")
-        loss = PF._poly_loss(
+        loss = PF.poly_loss(
             pred,
             target,
             activation="sigmoid",
+            epsilon=0.0,  # the plain loss: no poly term, nothing ignored
+            ignore_index=None,
             gamma=self.gamma,
             alpha=self.alpha,
             reduction=reduction,

@@ -62,10 +62,12 @@ class focal_loss(nn.Module):
         if not isinstance(labels, torch.Tensor) or labels.shape != preds.shape[:-1]:
             got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise ValueError(f"expected labels of shape {tuple(preds.shape[:-1])}, got {got}")
-        return PF._poly_loss(
+        return PF.poly_loss(
             preds.reshape(-1, self.num_classes),
             labels.reshape(-1),
             activation="softmax",
+            epsilon=0.0,  # the plain loss: no poly term, nothing ignored
+            ignore_index=None,
             gamma=self.gamma,
             alpha=self.alpha,
             reduction="mean" if self.size_average else "sum",

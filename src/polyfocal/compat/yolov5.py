@@ -42,10 +42,12 @@ class FocalLoss(nn.Module):
             got = tuple(true.shape) if isinstance(true, torch.Tensor) else type(true).__name__
             want = tuple(pred.shape) if isinstance(pred, torch.Tensor) else "pred's shape"
             raise ValueError(f"expected targets of pred's shape {want}, got {got}")
-        return PF._poly_loss(
+        return PF.poly_loss(
             pred,
             true,
             activation="sigmoid",
+            epsilon=0.0,  # the plain loss: no poly term, nothing ignored
+            ignore_index=None,
             gamma=self.gamma,
             alpha=self.alpha,
             weight=self.loss_fcn.weight,

@@ -31,10 +31,20 @@ from pathlib import Path
 
 import torch
 
+from .._args import SigmoidArgs, SoftmaxArgs
 from .._validation import index_range_message
 from ._torch_impl import NO_IGNORE
 
-__all__ = ["available", "library", "sigmoid_forward", "softmax_forward", "supports"]
+__all__ = [
+    "available",
+    "library",
+    "sigmoid",
+    "sigmoid_forward",
+    "softmax",
+    "softmax_forward",
+    "supports",
+    "supports_call",
+]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
@@ -144,14 +154,13 @@ def supports(x: torch.Tensor, is_index: bool, epsilon: list[float], softmax: boo
 
 
 def softmax_forward(
-    x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
+    x, target, class_weight, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
 ):
-    """Same contract as :func:`._torch_impl.softmax_forward`."""
+    """:func:`softmax` with the arguments spelled out (``class_weight = alpha * weight``)."""
     lib = library()
     x = x.contiguous()
     y = target.contiguous()
     rows, num_classes = x.shape
-    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
     a, w = _f32(class_weight), _f32(weight)
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, (rows,)))
     loss = torch.empty(rows, dtype=torch.float32)
@@ -226,3 +235,29 @@ def sigmoid_forward(
 def _index_error(offending: int, num_classes: int, ignore_index: int, *, background: bool) -> IndexError:
     ignore = None if ignore_index == NO_IGNORE else ignore_index
     return IndexError(f"{index_range_message(num_classes, ignore, background=background)}, got {offending}")
+
+
+# ------------------------------------------------------------------ the backend protocol (kernels.KernelBackend)
+
+
+def supports_call(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
+    softmax_family = isinstance(args, SoftmaxArgs)
+    return supports(x, softmax_family or args.is_index, list(args.epsilon), softmax=softmax_family)
+
+
+def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
+    """Same contract as :func:`._torch_impl.softmax`."""
+    ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
+    return softmax_forward(
+        x, target, args.class_weight, args.weight, args.normalizer, list(args.epsilon), args.gamma, ignore,
+        args.label_smoothing, args.reduction, compute_grad,
+    )  # fmt: skip
+
+
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
+    """Same contract as :func:`._torch_impl.sigmoid`."""
+    ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
+    return sigmoid_forward(
+        x, target, args.is_index, args.weight, args.pos_weight, args.normalizer, args.alpha, list(args.epsilon),
+        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad,
+    )  # fmt: skip

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import torch
 
+from .._args import SigmoidArgs, SoftmaxArgs
 from .._validation import check_index_range, compute_dtype
 
-__all__ = ["NO_IGNORE", "sigmoid_forward", "sigmoid_terms", "softmax_forward", "softmax_row_terms"]
+__all__ = ["NO_IGNORE", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
 
-NO_IGNORE = -(2**63)  # ignore_index for "nothing is ignored" (an int64 no class index can equal)
+NO_IGNORE = -(2**63)  # the C and Triton kernels' ignore_index for "nothing is ignored" (no class index equals it)
 _BLOCK_ELEMENTS = 1 << 18  # sigmoid block: 256K elements (1 MiB in fp32) per temporary
 
 
@@ -138,18 +139,8 @@ def _exact_ce_of_tiny_rows(ce1, p_t, x, y, tiny: float) -> torch.Tensor:
     return torch.where(bad, torch.logsumexp(x, 1) - x.gather(1, y.unsqueeze(1)).squeeze(1), ce1)
 
 
-def softmax_forward(
-    x: torch.Tensor,
-    target: torch.Tensor,
-    alpha: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    normalizer: torch.Tensor | None,
-    epsilon: list[float],
-    gamma: float,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    compute_grad: bool,
+def softmax(
+    x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard-label softmax PolyLoss of ``x`` ``(N, C, *)`` and, if ``compute_grad``, d(loss)/dx.
 
@@ -157,9 +148,11 @@ def softmax_forward(
     dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
     ct = compute_dtype(x)
     num_classes = x.shape[1]
-    check_index_range(target, num_classes, _ignore_or_none(ignore_index), background=False)
+    check_index_range(target, num_classes, args.ignore_index, background=False)
+    class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
+    gamma, label_smoothing, reduction = args.gamma, args.label_smoothing, args.reduction
     xc = x.to(ct)
-    valid = None if ignore_index == NO_IGNORE else target != ignore_index
+    valid = None if args.ignore_index is None else target != args.ignore_index
     y = target if valid is None else torch.where(valid, target, 0)
     y1 = y.unsqueeze(1)
 
@@ -172,7 +165,6 @@ def softmax_forward(
     ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), -torch.log(p_t))
     ce1 = _exact_ce_of_tiny_rows(ce1, p_t, xc, y, torch.finfo(ct).tiny / torch.finfo(ct).eps)
 
-    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
     a_t = None if class_weight is None else class_weight[y]
     w_t = None if weight is None else weight[y]
     smooth = None
@@ -189,7 +181,7 @@ def softmax_forward(
         smooth,
         a_t,
         w_t,
-        epsilon=epsilon,
+        epsilon=list(args.epsilon),
         gamma=gamma,
         label_smoothing=label_smoothing,
         num_classes=num_classes,
@@ -230,10 +222,6 @@ def _row_scale(valid, normalizer, reduction: str, denominator, dtype: torch.dtyp
     if valid is not None:  # ignored rows get 0, also where 1/denominator is inf (all ignored: torch's gradient 0)
         scale = torch.where(valid, scale, 0.0).to(dtype)
     return scale
-
-
-def _ignore_or_none(ignore_index: int) -> int | None:
-    return None if ignore_index == NO_IGNORE else ignore_index
 
 
 def sigmoid_terms(
@@ -287,20 +275,8 @@ def sigmoid_terms(
     return loss, grad
 
 
-def sigmoid_forward(
-    x: torch.Tensor,
-    target: torch.Tensor,
-    is_index: bool,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    normalizer: torch.Tensor | None,
-    alpha: float | None,
-    epsilon: list[float],
-    gamma: float,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    compute_grad: bool,
+def sigmoid(
+    x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid PolyLoss of ``x`` and, if ``compute_grad``, d(loss)/dx, in blocks of rows along dim 0.
 
@@ -308,13 +284,15 @@ def sigmoid_forward(
     for ``x`` ``(N, C, *)`` where index ``C`` is background.  ``weight``, ``pos_weight`` and ``normalizer``
     are ``None`` or broadcast to ``x``'s shape.  Returns ``(loss, grad)`` like :func:`softmax_forward`."""
     ct = compute_dtype(x)
+    is_index, reduction, label_smoothing = args.is_index, args.reduction, args.label_smoothing
+    weight, pos_weight, normalizer = args.weight, args.pos_weight, args.normalizer
     n = x.shape[0]  # x has at least one dimension
     per_row = x.numel() // n if n else 1
     valid = y = classes = None
     if is_index:
         num_classes = x.shape[1]
-        check_index_range(target, num_classes, _ignore_or_none(ignore_index), background=True)
-        valid = None if ignore_index == NO_IGNORE else target != ignore_index
+        check_index_range(target, num_classes, args.ignore_index, background=True)
+        valid = None if args.ignore_index is None else target != args.ignore_index
         y = target if valid is None else torch.where(valid, target, num_classes)
         classes = torch.arange(num_classes, device=x.device).view((1, num_classes) + (1,) * (x.ndim - 2))
         denominator = (valid.sum() * num_classes).to(ct) if valid is not None else float(x.numel())
@@ -342,9 +320,9 @@ def sigmoid_forward(
             xb,
             tb,
             pos_weight=None if pos_weight is None else pos_weight[sl],
-            alpha=alpha,
-            epsilon=epsilon,
-            gamma=gamma,
+            alpha=args.alpha,
+            epsilon=list(args.epsilon),
+            gamma=args.gamma,
             need_grad=compute_grad,
         )
         factor = None
@@ -369,3 +347,8 @@ def sigmoid_forward(
         return loss_out, grad
     total = torch.stack(sums).sum() if sums else torch.zeros((), dtype=ct, device=x.device)
     return (total if reduction == "sum" else total / denominator), grad
+
+
+def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
+    """Every device, dtype and layout."""
+    return True

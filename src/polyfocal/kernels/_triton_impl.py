@@ -23,10 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._args import SigmoidArgs, SoftmaxArgs
 from .._validation import check_index_range, compute_dtype, index_range_message
 from ._torch_impl import NO_IGNORE
 
-__all__ = ["scale_unless_one_", "sigmoid_forward", "softmax_forward"]
+__all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports"]
 
 
 @triton.jit
@@ -334,17 +335,17 @@ def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def softmax_forward(
-    x, target, alpha, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
-):
-    """Same contract as :func:`._torch_impl.softmax_forward`."""
+def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
+    """Same contract as :func:`._torch_impl.softmax`."""
     ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
     n, num_classes = x.shape[0], x.shape[1]
     inner = x.numel() // (n * num_classes) if n * num_classes else 1
     rows = target.numel()
-    class_weight = alpha if weight is None else (weight if alpha is None else alpha * weight)
+    class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
+    epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
+    ignore_index = NO_IGNORE if args.ignore_index is None else args.ignore_index
     stats = _prepare(
         target,
         class_weight,
@@ -488,23 +489,18 @@ def _sigmoid_poly_kernel(
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
-def sigmoid_forward(
-    x,
-    target,
-    is_index,
-    weight,
-    pos_weight,
-    normalizer,
-    alpha,
-    epsilon,
-    gamma,
-    ignore_index,
-    label_smoothing,
-    reduction,
-    compute_grad,
-):
-    """Same contract as :func:`._torch_impl.sigmoid_forward`."""
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
+    """Same contract as :func:`._torch_impl.sigmoid`."""
     ct = compute_dtype(x)
+    is_index, weight, pos_weight, normalizer, alpha = (
+        args.is_index,
+        args.weight,
+        args.pos_weight,
+        args.normalizer,
+        args.alpha,
+    )
+    epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
+    ignore_index = NO_IGNORE if args.ignore_index is None else args.ignore_index
     x = x.contiguous()
     target = target.contiguous()
     numel = x.numel()
@@ -593,3 +589,9 @@ def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
             grad, grad_output.reshape(1), grad.numel(), BLOCK=block
         )
     return grad
+
+
+def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
+    """CUDA tensors (and, when forced with ``backend("triton")``, CPU tensors in Triton's interpreter); float32 math
+    for fp16/bf16 input, float64 for float64."""
+    return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)

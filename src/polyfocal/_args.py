@@ -1,0 +1,212 @@
+"""Validation in two named stages, each returning one frozen argument object.
+
+1. :func:`hyper` checks the scalar hyperparameters (no tensors needed): a :class:`Hyper`.  The modules build it
+   once, at construction (and again when an attribute is reassigned), so a module call skips this stage.
+2. :func:`prepare` checks the tensors against the input and returns a :class:`Call`: the input and target in
+   the canonical layout the backends take (softmax ``(N, C, *)`` with class dim 1; an unbatched ``(C,)`` input
+   becomes ``(1, C)``) and a :class:`SoftmaxArgs` or :class:`SigmoidArgs`.
+
+Backends receive ``(x, target, args)`` and nothing else; the only place the arguments are spelled out as a flat
+list is the ``torch.library`` op schema (:mod:`polyfocal.kernels._ops`), converted by one pair of functions.
+Every check runs before any loss computation and raises ``TypeError`` / ``ValueError`` / ``IndexError`` with a
+message ``"expected …, got …"``; the class-index range is checked by the kernels themselves (no extra pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._params import (
+    check_activation,
+    check_epsilon,
+    check_gamma,
+    check_ignore_index,
+    check_label_smoothing,
+    check_reduction,
+    check_sigmoid_alpha,
+)
+from ._validation import broadcast_tensor, check_logits, check_target, compute_dtype, per_class_tensor
+
+__all__ = ["Call", "Hyper", "SigmoidArgs", "SoftmaxArgs", "hyper", "prepare"]
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Validated scalar hyperparameters.  ``epsilon`` has its trailing zero terms dropped (``()`` = no poly
+    term); ``alpha`` is the sigmoid's number (softmax's per-class alpha is a tensor, see :class:`SoftmaxArgs`)."""
+
+    activation: str
+    epsilon: tuple[float, ...]
+    gamma: float
+    ignore_index: int | None
+    label_smoothing: float
+    reduction: str
+    alpha: float | None = None
+    detach_modulator: bool = False
+
+
+@dataclass(frozen=True)
+class SoftmaxArgs:
+    """Softmax family.  ``class_weight = alpha * weight`` (combined once; ``None`` when both are absent) enters
+    the CE term per class; ``weight`` alone gives the poly terms' ``w_t`` and the ``"mean"`` denominator
+    ``sum_i w[y_i]`` over non-ignored elements.  Vectors are ``(C,)`` in the compute dtype; ``normalizer`` is
+    ``None`` or broadcastable to the loss shape ``(N, *)``."""
+
+    class_weight: torch.Tensor | None
+    weight: torch.Tensor | None
+    normalizer: torch.Tensor | None
+    epsilon: tuple[float, ...]
+    gamma: float
+    ignore_index: int | None
+    label_smoothing: float
+    reduction: str
+    detach_modulator: bool = False
+
+
+@dataclass(frozen=True)
+class SigmoidArgs:
+    """Sigmoid family.  ``is_index``: the target is class indices ``(N, *)`` for ``x`` ``(N, C, *)`` with index
+    ``C`` = background (and ``ignore_index`` masking the whole row), else dense targets of ``x``'s shape.
+    ``weight``, ``pos_weight``, ``normalizer``: ``None`` or tensors broadcastable to ``x`` (not expanded)."""
+
+    is_index: bool
+    alpha: float | None
+    weight: torch.Tensor | None
+    pos_weight: torch.Tensor | None
+    normalizer: torch.Tensor | None
+    epsilon: tuple[float, ...]
+    gamma: float
+    ignore_index: int | None
+    label_smoothing: float
+    reduction: str
+    detach_modulator: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated call: canonical ``x`` and ``target``, the arguments, and how to shape ``"none"`` output."""
+
+    x: torch.Tensor
+    target: torch.Tensor
+    args: SoftmaxArgs | SigmoidArgs
+    out_shape: torch.Size
+
+
+def hyper(
+    *,
+    activation: object = "softmax",
+    epsilon: object = (),
+    gamma: object = 0.0,
+    alpha: object = None,
+    ignore_index: object = None,
+    label_smoothing: object = 0.0,
+    reduction: object = "mean",
+    epsilon_sequence: bool = True,
+    detach_modulator: bool = False,
+) -> Hyper:
+    """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
+    :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions)."""
+    activation = check_activation(activation)
+    eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
+    while eps and eps[-1] == 0.0:
+        eps = eps[:-1]
+    return Hyper(
+        activation=activation,
+        epsilon=eps,
+        gamma=check_gamma(gamma),
+        ignore_index=check_ignore_index(ignore_index),
+        label_smoothing=check_label_smoothing(label_smoothing),
+        reduction=check_reduction(reduction),
+        alpha=check_sigmoid_alpha(alpha) if activation == "sigmoid" else None,
+        detach_modulator=bool(detach_modulator),
+    )
+
+
+def prepare(
+    input: object,
+    target: object,
+    h: Hyper,
+    *,
+    alpha: object = None,
+    weight: object = None,
+    pos_weight: object = None,
+    normalizer: object = None,
+) -> Call:
+    """Stage 2: tensors against the input; returns the canonical :class:`Call`."""
+    x = check_logits(input)
+    ct = compute_dtype(x)
+    device = x.device
+    if h.activation == "softmax":
+        if x.ndim == 0:
+            raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
+        if pos_weight is not None:
+            raise ValueError(
+                "expected pos_weight=None for activation='softmax' (it is a sigmoid/BCE argument), got a value"
+            )
+        class_dim = 1 if x.ndim >= 2 else 0
+        num_classes = x.shape[class_dim]
+        if num_classes == 0:
+            raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(x.shape)}")
+        alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
+        weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
+        targets = check_target(x, target, activation="softmax")
+        loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
+        norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
+        y = targets.values
+        if x.ndim == 1:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+            norm = None if norm is None else norm.reshape(1)
+        elif norm is not None:
+            norm = torch.broadcast_to(norm, y.shape)  # a view
+        if targets.is_index and y.dtype != torch.int64:
+            y = y.long()
+        class_weight = alpha_t if weight_t is None else (weight_t if alpha_t is None else alpha_t * weight_t)
+        args: SoftmaxArgs | SigmoidArgs = SoftmaxArgs(
+            class_weight=class_weight,
+            weight=weight_t,
+            normalizer=norm,
+            epsilon=h.epsilon,
+            gamma=h.gamma,
+            ignore_index=h.ignore_index,
+            label_smoothing=h.label_smoothing,
+            reduction=h.reduction,
+            detach_modulator=h.detach_modulator,
+        )
+        return Call(x, y, args, loss_shape)
+
+    weight_t = broadcast_tensor(weight, "weight", x.shape, device=device, dtype=ct)
+    pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", x.shape, device=device, dtype=ct)
+    targets = check_target(x, target, activation="sigmoid")
+    norm = broadcast_tensor(normalizer, "normalizer", x.shape, device=device, dtype=ct)
+    out_shape = x.shape
+    y = targets.values
+    if targets.is_index:
+        if y.dtype != torch.int64:
+            y = y.long()
+        if x.ndim == 1:  # unbatched (C,) logits with a 0-D class index
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+            weight_t, pos_weight_t, norm = (
+                None if v is None else v.unsqueeze(0) for v in (weight_t, pos_weight_t, norm)
+            )
+    elif x.ndim == 0:
+        x, y = x.reshape(1), y.reshape(1)
+        weight_t, pos_weight_t, norm = (None if v is None else v.reshape(1) for v in (weight_t, pos_weight_t, norm))
+    weight_t, pos_weight_t, norm = (
+        None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
+    )
+    args = SigmoidArgs(
+        is_index=targets.is_index,
+        alpha=h.alpha,
+        weight=weight_t,
+        pos_weight=pos_weight_t,
+        normalizer=norm,
+        epsilon=h.epsilon,
+        gamma=h.gamma,
+        ignore_index=h.ignore_index,
+        label_smoothing=h.label_smoothing,
+        reduction=h.reduction,
+        detach_modulator=h.detach_modulator,
+    )
+    return Call(x, y, args, out_shape)

@@ -1,0 +1,217 @@
+"""Backend table, selection and the eager autograd path (see :mod:`polyfocal.kernels`)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from .. import _core
+from .._args import SigmoidArgs, SoftmaxArgs
+from . import _native, _torch_impl
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "Backend",
+    "BackendSpec",
+    "KernelBackend",
+    "backend",
+    "backward_input",
+    "composite",
+    "current_backend",
+    "fused",
+    "needs_composite",
+    "select",
+    "triton_available",
+]
+
+Backend = Literal["auto", "native", "torch", "triton", "composite"]
+Args = SoftmaxArgs | SigmoidArgs
+
+
+class KernelBackend(Protocol):
+    """What a backend module provides (see the module docstring)."""
+
+    def softmax(self, x: Tensor, target: Tensor, args: SoftmaxArgs, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
+
+    def sigmoid(self, x: Tensor, target: Tensor, args: SigmoidArgs, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
+
+    def supports(self, x: Tensor, target: Tensor, args: Args) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One row of the backend table.  ``module`` is imported lazily (Triton is optional)."""
+
+    name: str
+    available: Callable[[], bool]
+    supports: Callable[[Tensor, Tensor, Args], bool]
+    module: Callable[[], KernelBackend]
+
+
+_triton_module: list[ModuleType | None] = []
+
+
+def triton_available() -> bool:
+    """Whether :mod:`polyfocal.kernels._triton_impl` imports (Triton installed)."""
+    if not _triton_module:
+        try:
+            _triton_module.append(importlib.import_module("._triton_impl", __package__))
+        except ImportError:
+            _triton_module.append(None)
+    return _triton_module[0] is not None
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "triton": BackendSpec(
+        "triton",
+        triton_available,
+        lambda x, target, args: x.is_cuda and _triton_module[0].supports(x, target, args),  # type: ignore[union-attr]
+        lambda: _triton_module[0],  # type: ignore[return-value]
+    ),
+    "native": BackendSpec("native", _native.available, _native.supports_call, lambda: _native),  # type: ignore[arg-type,return-value]
+    "torch": BackendSpec("torch", lambda: True, _torch_impl.supports, lambda: _torch_impl),  # type: ignore[return-value]
+}
+AUTO_ORDER = ("triton", "native", "torch")
+_NAMES = ("auto", "composite", *BACKENDS)
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("polyfocal_backend", default="auto")
+
+
+def current_backend() -> str:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def backend(name: Backend) -> Iterator[None]:
+    """Force an implementation inside the ``with`` block (a context variable: per thread and per task).
+
+    ``"auto"`` (default): see :data:`AUTO_ORDER`; ``"native"``: the C kernels where they cover the call, else
+    torch (CPU only); ``"torch"``: the torch implementation on every device; ``"triton"``: Triton on every device
+    (CPU needs ``TRITON_INTERPRET=1``); ``"composite"``: no fused kernel, the eager formulas of ``_core``.
+    """
+    if name not in _NAMES:
+        raise ValueError(f"expected backend in {_NAMES}, got {name!r}")
+    token = _current.set(name)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def select(x: Tensor, target: Tensor, args: Args) -> str:
+    """The backend that runs this call: ``"composite"`` or a key of :data:`BACKENDS` (decided once per call)."""
+    name = _current.get()
+    if name == "composite":  # only reached inside the custom ops (torch.compile): their fused torch-ops kernel
+        return "torch"
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            spec = BACKENDS[candidate]
+            if spec.available() and spec.supports(x, target, args):
+                return candidate
+        return "torch"
+    spec = BACKENDS[name]
+    if not spec.available():
+        raise RuntimeError(f"expected backend {name!r} to be available (importable / built), got none")
+    if name == "native" and not spec.supports(x, target, args):
+        return "torch"  # the C kernels cover a subset; forcing "native" means "native where it can"
+    return name
+
+
+def forward(name: str, x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    impl = BACKENDS[name].module()
+    if isinstance(args, SoftmaxArgs):
+        return impl.softmax(x, target, args, compute_grad)
+    return impl.sigmoid(x, target, args, compute_grad)
+
+
+def composite(x: Tensor, target: Tensor, args: Args) -> Tensor:
+    """The loss through the composite autograd formulas of :mod:`polyfocal._core`."""
+    if isinstance(args, SoftmaxArgs):
+        return _core.softmax_loss(x, target, args)
+    return _core.sigmoid_loss(x, target, args)
+
+
+def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
+    """Whether this call takes the composite formulas (see the package docstring for the list).  Under tracing
+    the backend choice is left to the custom op, which reads it when it runs (dynamo cannot read a ContextVar)."""
+    if (
+        (not torch.compiler.is_compiling() and _current.get() == "composite")
+        or args.detach_modulator
+        or (isinstance(args, SoftmaxArgs) and target.dtype.is_floating_point)
+    ):
+        return True
+    if torch._C._functorch.maybe_current_level() is not None:  # torch.func.grad / vmap / jvp
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    others = (target, args.normalizer, args.weight)
+    if isinstance(args, SoftmaxArgs):
+        others += (args.class_weight,)
+    else:
+        others += (args.pos_weight,)
+    return any(v is not None and v.requires_grad for v in others)
+
+
+def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
+    """``grad *= grad_output`` in place (the buffer is ours to hand out), skipping the pass when it is 1.
+
+    The host read of ``grad_output`` is limited to real CPU tensors; on CUDA with Triton a device-side branch
+    skips the pass; tracing always multiplies."""
+    if args.reduction == "none":
+        return grad.mul_(grad_loss.unsqueeze(1) if isinstance(args, SoftmaxArgs) else grad_loss)
+    if grad.is_cuda and triton_available():
+        return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
+    if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
+        return grad if float(grad_loss) == 1.0 else grad.mul_(grad_loss)  # a host read is free on CPU
+    return grad.mul_(grad_loss)
+
+
+def backward_input(x: Tensor, target: Tensor, args: Args, name: str, grad: Tensor | None, grad_loss: Tensor) -> Tensor:
+    """The input gradient for ``grad_loss``: the forward's buffer (or a recomputed one), or -- under
+    ``create_graph=True`` -- the double-differentiable composite gradient."""
+    if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formulas
+        with torch.enable_grad():
+            (dx,) = torch.autograd.grad(composite(x, target, args), x, grad_loss, create_graph=True)
+        return dx
+    if grad is None:  # a second backward (retain_graph) recomputes the buffer handed out by the first
+        grad = forward(name, x.detach(), target, args, True)[1]
+    return scale_by_grad_output(grad, grad_loss, args)
+
+
+class _Fused(torch.autograd.Function):
+    """Eager path: the backend's forward computes the gradient buffer; the backward hands it out."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, args: Args, name: str) -> Tensor:  # type: ignore[override]
+        out, grad = forward(name, x, target, args, True)
+        ctx.save_for_backward(x)
+        ctx.target, ctx.args, ctx.name = target, args, name
+        ctx.set_materialize_grads(False)
+        # Not a saved tensor: the backward drops this reference before handing the buffer to autograd, so that
+        # AccumulateGrad can adopt it as x.grad instead of copying it (it copies a gradient that is still shared).
+        ctx.grad_buffer = grad
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor | None):  # type: ignore[override]
+        if grad_loss is None:
+            return None, None, None, None
+        (x,) = ctx.saved_tensors
+        grad, ctx.grad_buffer = ctx.grad_buffer, None  # handed out once
+        return backward_input(x, ctx.target, ctx.args, ctx.name, grad, grad_loss), None, None, None
+
+
+def fused(x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> Tensor:
+    """Eager fused call: no custom-op dispatch."""
+    name = select(x, target, args)
+    if not compute_grad:
+        return forward(name, x, target, args, False)[0]
+    return _Fused.apply(x, target, args, name)
