@@ -90,17 +90,49 @@ def test_bad_input_raises_clear_error(desc, call, exc, fragment):
     assert re.search(fragment, str(info.value)), str(info.value)
 
 
-def test_errors_are_raised_before_any_computation(monkeypatch):
-    """A bad hyperparameter is reported even when the core would fail or be expensive."""
-    calls = []
-    from polyfocal import _core
+def _record_backend_calls(monkeypatch) -> list[str]:
+    """Replace every implementation the loss path can dispatch to (each backend's softmax/sigmoid and the
+    composite formulas) by a recorder."""
+    from polyfocal import _core, kernels
 
-    monkeypatch.setattr(_core, "softmax_poly_loss", lambda *a, **k: calls.append(1))
-    with pytest.raises(IndexError):
-        polyfocal.poly_loss(X, torch.tensor([0, 3, 1, 1]))
-    with pytest.raises(ValueError):
-        polyfocal.poly_loss(X, Y, reduction="bad")
-    assert calls == []
+    calls: list[str] = []
+
+    def recorder(name):
+        def record(*args, **kwargs):
+            calls.append(name)
+            raise RuntimeError("recorded")
+
+        return record
+
+    modules = {"composite": _core}
+    for name, spec in kernels.BACKENDS.items():
+        if spec.available():
+            modules[name] = spec.module()
+    for name, module in modules.items():
+        for fn in ("softmax", "sigmoid", "softmax_loss", "sigmoid_loss"):
+            if hasattr(module, fn):
+                monkeypatch.setattr(module, fn, recorder(f"{name}.{fn}"))
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "native", "composite"])
+def test_errors_are_raised_before_any_computation(monkeypatch, backend):
+    """A bad argument is reported before the loss path dispatches to any implementation."""
+    from polyfocal import kernels
+
+    calls = _record_backend_calls(monkeypatch)
+    with kernels.backend(backend):
+        with pytest.raises(RuntimeError, match="recorded"):  # the recorders are on the path: this test can fail
+            polyfocal.poly_loss(X, Y)
+        with pytest.raises(RuntimeError, match="recorded"):
+            polyfocal.sigmoid_focal_loss(X, Y)
+        assert len(calls) == 2, calls
+        for desc, call, exc, _ in CASES:
+            if exc is IndexError:  # class-index ranges are checked by the kernels themselves (test_correctness)
+                continue
+            with pytest.raises(exc, match="expected"):
+                call()
+            assert len(calls) == 2, f"{desc}: dispatched to {calls[2:]} before the error"
 
 
 MODULE_CASES = [

@@ -20,6 +20,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_NATIVE = _native.available()
 BACKENDS = [
     "torch",
+    "composite",  # the eager formulas of _core: the same reference comparison runs on every backend
     pytest.param("native", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")),
     pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")),
 ]
@@ -286,3 +287,42 @@ def test_native_kernels_only_take_cpu_float32():
     assert not _native.supports(torch.empty(4, 3, device="meta"), False, [1.0], softmax=True)
     assert not _native.supports(torch.empty(4, 3, dtype=torch.float64), False, [1.0], softmax=False)
     assert not _native.supports(torch.empty(4, 3, 2), True, [], softmax=True)
+
+
+def test_backend_choice_is_per_thread():
+    """``backend()`` is a context variable: a thread forcing one backend does not change another thread's."""
+    import threading
+
+    from polyfocal.kernels import _dispatch
+
+    x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    entered, release = threading.Event(), threading.Event()
+    seen: dict[str, str] = {}
+
+    def forcing():
+        with kernels.backend("torch"):
+            seen["forcing"] = _dispatch.select(x, y, _args_of(x, y))
+            entered.set()
+            release.wait(10)
+
+    def other():
+        entered.wait(10)
+        seen["other"] = kernels.current_backend()
+        seen["other_select"] = _dispatch.select(x, y, _args_of(x, y))
+        release.set()
+
+    threads = [threading.Thread(target=forcing), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen["forcing"] == "torch"
+    assert seen["other"] == "auto"
+    assert seen["other_select"] == ("native" if HAS_NATIVE else "torch")
+    assert kernels.current_backend() == "auto"
+
+
+def _args_of(x, y):
+    from polyfocal import _args
+
+    return _args.prepare(x, y, _args.hyper()).args

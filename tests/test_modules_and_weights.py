@@ -114,3 +114,23 @@ def test_class_balanced_alpha_as_focal_alpha():
     alpha = polyfocal.class_balanced_alpha([500, 50, 5, 5], beta=0.99)
     loss = polyfocal.softmax_focal_loss(X, Y, alpha=alpha)
     assert torch.isfinite(loss)
+
+
+def test_modules_validate_hyperparameters_once_and_again_on_reassignment(monkeypatch):
+    from polyfocal import _args
+
+    crit = polyfocal.SoftmaxFocalLoss(gamma=2.0, epsilon=1.0)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    before = crit(x, y)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a module call re-validated its scalar hyperparameters")
+
+    monkeypatch.setattr(_args, "_hyper", fail)
+    monkeypatch.setattr(_args, "_hyper_cached", fail)
+    assert torch.equal(crit(x, y), before)
+    monkeypatch.undo()
+    crit.gamma = 0.5  # a schedule: validated again and used
+    assert torch.equal(crit(x, y), polyfocal.softmax_focal_loss(x, y, gamma=0.5, epsilon=1.0))
+    with pytest.raises(ValueError, match="expected gamma"):
+        crit.gamma = -1.0

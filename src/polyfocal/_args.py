@@ -14,6 +14,7 @@ message ``"expected …, got …"``; the class-index range is checked by the ker
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,9 @@ class Call:
     out_shape: torch.Size
 
 
+_PLAIN = (float, int, str, bool, type(None))
+
+
 def hyper(
     *,
     activation: object = "softmax",
@@ -107,7 +111,33 @@ def hyper(
     detach_modulator: bool = False,
 ) -> Hyper:
     """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
-    :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions)."""
+    :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions).
+
+    Calls with plain Python values (the usual case) are memoised: a repeated call costs one dictionary lookup."""
+    values = (activation, epsilon, gamma, alpha, ignore_index, label_smoothing, reduction)
+    if not torch.compiler.is_compiling() and all(
+        type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)) for v in values
+    ):
+        return _hyper_cached(*values, epsilon_sequence, detach_modulator)
+    return _hyper(*values, epsilon_sequence, detach_modulator)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
+def _hyper_cached(*values: object) -> Hyper:
+    return _hyper(*values)  # type: ignore[arg-type]
+
+
+def _hyper(
+    activation: object,
+    epsilon: object,
+    gamma: object,
+    alpha: object,
+    ignore_index: object,
+    label_smoothing: object,
+    reduction: object,
+    epsilon_sequence: bool,
+    detach_modulator: bool,
+) -> Hyper:
     activation = check_activation(activation)
     eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
     while eps and eps[-1] == 0.0:

@@ -2,7 +2,9 @@
 
 Tensor-valued hyperparameters (``alpha`` and ``weight`` sequences, ``pos_weight``) are registered as
 buffers, so ``.to(device)``, ``.half()`` and ``state_dict()`` treat them like ``nn.CrossEntropyLoss``'s
-``weight``.  Hyperparameters are validated at construction and again (cheaply) at every call.
+``weight``.  The scalar hyperparameters are validated once, at construction, into one frozen
+:class:`polyfocal._args.Hyper` (and again when one is reassigned, e.g. a gamma schedule setting ``loss.gamma``);
+a call runs only the tensor stage of the validation.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from . import functional as PF
+from ._args import hyper
 from ._params import (
     _is_real_number,
     check_activation,
@@ -57,10 +60,59 @@ class _PolyFamilyLoss(nn.Module):
                 setattr(self, name, value)
             self._names.append(name)
         self._names.append("reduction")
+        self._rebuild_hyper()
+
+    _epsilon_sequence = True
+    _HYPER_NAMES = frozenset(
+        ("activation", "epsilon", "gamma", "alpha", "ignore_index", "label_smoothing", "reduction")
+    )
+
+    def _rebuild_hyper(self) -> None:
+        """Stage 1 of the validation, once: the scalar hyperparameters as one :class:`polyfocal._args.Hyper`."""
+        alpha = getattr(self, "alpha", None)
+        object.__setattr__(
+            self,
+            "_hyper",
+            hyper(
+                activation=self.activation,
+                epsilon=getattr(self, "epsilon", ()),
+                gamma=getattr(self, "gamma", 0.0),
+                alpha=alpha if self.activation == "sigmoid" else None,
+                ignore_index=getattr(self, "ignore_index", None),
+                label_smoothing=getattr(self, "label_smoothing", 0.0),
+                reduction=self.reduction,
+                epsilon_sequence=self._epsilon_sequence,
+            ),
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._HYPER_NAMES and "_hyper" in self.__dict__:  # a schedule reassigns gamma: validate again
+            self._check(name, value, value if name == "activation" else self.activation)
+            super().__setattr__(name, value)
+            self._rebuild_hyper()
+        else:
+            super().__setattr__(name, value)
+
+    def _loss(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        """The function's computation with the stored, already validated hyperparameters (stage 2 only)."""
+        softmax = self.activation == "softmax"
+        return PF._apply(
+            input,
+            target,
+            self._hyper,
+            alpha=getattr(self, "alpha", None) if softmax else None,
+            weight=getattr(self, "weight", None),
+            pos_weight=getattr(self, "pos_weight", None),
+            normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
+        )
 
     @staticmethod
     def _check(name: str, value: object, activation: str) -> None:
-        if name == "gamma":
+        if name == "reduction":
+            check_reduction(value)
+        elif name == "activation":
+            check_activation(value)
+        elif name == "gamma":
             check_gamma(value)
         elif name == "epsilon":
             check_epsilon(value)
@@ -133,20 +185,7 @@ class PolyLoss(_PolyFamilyLoss):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return PF.poly_loss(
-            input,
-            target,
-            activation=self.activation,  # type: ignore[arg-type]
-            epsilon=self.epsilon,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            normalizer=self.normalizer if normalizer is None else normalizer,
-            pos_weight=self.pos_weight,
-            reduction=self.reduction,  # type: ignore[arg-type]
-        )
+        return self._loss(input, target, normalizer)
 
 
 class CrossEntropyLoss(_PolyFamilyLoss):
@@ -172,14 +211,7 @@ class CrossEntropyLoss(_PolyFamilyLoss):
         super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return PF.cross_entropy(
-            input,
-            target,
-            self.weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,  # type: ignore[arg-type]
-            label_smoothing=self.label_smoothing,
-        )
+        return self._loss(input, target)
 
 
 class Poly1CrossEntropyLoss(_PolyFamilyLoss):
@@ -193,6 +225,8 @@ class Poly1CrossEntropyLoss(_PolyFamilyLoss):
         >>> torch.equal(crit(x, y), polyfocal.poly1_cross_entropy(x, y, epsilon=2.0))
         True
     """
+
+    _epsilon_sequence = False
 
     def __init__(
         self,
@@ -217,17 +251,7 @@ class Poly1CrossEntropyLoss(_PolyFamilyLoss):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return PF.poly1_cross_entropy(
-            input,
-            target,
-            epsilon=self.epsilon,
-            alpha=self.alpha,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            normalizer=self.normalizer if normalizer is None else normalizer,
-            reduction=self.reduction,  # type: ignore[arg-type]
-        )
+        return self._loss(input, target, normalizer)
 
 
 class SoftmaxFocalLoss(_PolyFamilyLoss):
@@ -266,23 +290,11 @@ class SoftmaxFocalLoss(_PolyFamilyLoss):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return PF.softmax_focal_loss(
-            input,
-            target,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            epsilon=self.epsilon,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            normalizer=self.normalizer if normalizer is None else normalizer,
-            reduction=self.reduction,  # type: ignore[arg-type]
-        )
+        return self._loss(input, target, normalizer)
 
 
 class _SigmoidFamilyLoss(_PolyFamilyLoss):
     _activation = "sigmoid"
-    _function = staticmethod(PF.sigmoid_focal_loss)
 
     def __init__(
         self,
@@ -310,19 +322,7 @@ class _SigmoidFamilyLoss(_PolyFamilyLoss):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._function(
-            input,
-            target,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            epsilon=self.epsilon,
-            normalizer=self.normalizer if normalizer is None else normalizer,
-            weight=self.weight,
-            pos_weight=self.pos_weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-        )
+        return self._loss(input, target, normalizer)
 
 
 class SigmoidFocalLoss(_SigmoidFamilyLoss):
@@ -373,7 +373,7 @@ class Poly1FocalLoss(_SigmoidFamilyLoss):
         True
     """
 
-    _function = staticmethod(PF.poly1_focal_loss)
+    _epsilon_sequence = False
 
     def __init__(
         self,
