@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 
 import pytest
 import torch
@@ -326,3 +327,18 @@ def _args_of(x, y):
     from polyfocal import _args
 
     return _args.prepare(x, y, _args.hyper()).args
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_triton_takes_broadcast_weights_as_views():
+    """A (C,) weight broadcast to (N, C) reaches the Triton kernel as a zero-stride view, not a logits-sized copy."""
+    from polyfocal.kernels import _triton_impl
+
+    for shape, wshape in [((1000, 80), (80,)), ((4, 3, 5, 6), (3, 1, 1)), ((7, 9), (7, 1))]:
+        w = torch.rand(wshape)
+        view, strides = _triton_impl._view3(
+            torch.broadcast_to(w, shape), shape[0], shape[1], math.prod(shape[2:]), w.dtype
+        )
+        assert view.data_ptr() == w.data_ptr()  # no copy
+        assert view.untyped_storage().nbytes() == w.untyped_storage().nbytes()
+        assert 0 in strides

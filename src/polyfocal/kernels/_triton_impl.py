@@ -409,6 +409,15 @@ def _sigmoid_poly_kernel(
     C,
     S,
     ignore_index,
+    w_s0,  # strides of weight / pos_weight / normalizer viewed as (N, C, S): 0 along broadcast dimensions
+    w_s1,
+    w_s2,
+    pw_s0,
+    pw_s1,
+    pw_s2,
+    n_s0,
+    n_s1,
+    n_s2,
     IS_INDEX: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -431,10 +440,11 @@ def _sigmoid_poly_kernel(
     ls = tl.load(consts_ptr + 2)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
     scale = tl.where(ok, 1.0, 0.0).to(dt)
+    row = offs // (C * S)
+    cls = (offs // S) % C
+    sp = offs % S
     if IS_INDEX:
-        row = offs // (C * S)
-        cls = (offs // S) % C
-        y = tl.load(t_ptr + row * S + offs % S, mask=ok, other=0)
+        y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
         scale = tl.where(y != ignore_index, scale, 0.0)
         t = tl.where(cls == y, 1.0, 0.0).to(dt)
     else:
@@ -445,7 +455,7 @@ def _sigmoid_poly_kernel(
     relu_x = tl.maximum(x, 0.0)
     relu_neg = tl.maximum(-x, 0.0)
     if HAS_PW:
-        pw = tl.load(pw_ptr + offs, mask=ok, other=1.0).to(dt)
+        pw = tl.load(pw_ptr + row * pw_s0 + cls * pw_s1 + sp * pw_s2, mask=ok, other=1.0).to(dt)
     else:
         pw = tl.full([BLOCK], 1.0, dt)
     ce = (1.0 - t) * (relu_x + tail) + pw * t * (relu_neg + tail)
@@ -472,9 +482,9 @@ def _sigmoid_poly_kernel(
     if not GAMMA_ZERO:
         inner = inner + gamma * alpha_t * ce
     if HAS_W:
-        scale = scale * tl.load(w_ptr + offs, mask=ok, other=0.0).to(dt)
+        scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
     if HAS_NORM:
-        scale = scale / tl.load(norm_ptr + offs, mask=ok, other=1.0).to(dt)
+        scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
     inv = tl.load(stats_ptr + 2).to(dt)
     loss = loss * scale * inv
     if STORE_LOSS:
@@ -504,9 +514,10 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     x = x.contiguous()
     target = target.contiguous()
     numel = x.numel()
+    n = x.shape[0]
+    num_classes = x.shape[1] if x.ndim >= 2 else 1
+    inner = numel // (n * num_classes) if n * num_classes else 1
     if is_index:
-        n, num_classes = x.shape[0], x.shape[1]
-        inner = numel // (n * num_classes) if n * num_classes else 1
         stats = _prepare(
             target,
             None,
@@ -519,14 +530,15 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             ct=ct,
         )
     else:
-        num_classes, inner = 1, 1
         stats = _const((0.0, 0.0, 1.0 / numel if reduction == "mean" and numel else 1.0), x.device, ct)
     consts = _const(
         (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon)),
         x.device,
         ct,
     )
-    dense = [None if v is None else v.to(ct).contiguous() for v in (weight, pos_weight, normalizer)]
+    views = [_view3(v, n, num_classes, inner, ct) for v in (weight, pos_weight, normalizer)]
+    dense = [v for v, _ in views]
+    strides = [st for _, strides3 in views for st in strides3]
     block = 1024
     programs = triton.cdiv(numel, block)
     loss = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
@@ -549,6 +561,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             num_classes,
             inner,
             ignore_index,
+            *strides,
             IS_INDEX=is_index,
             HAS_ALPHA=alpha is not None,
             HAS_W=dense[0] is not None,
@@ -567,6 +580,19 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     if not numel:
         return torch.full((), float("nan") if reduction == "mean" else 0.0, dtype=ct, device=x.device), grad
     return partial.sum(), grad  # "mean": the elements already carry 1/denominator
+
+
+def _view3(v: torch.Tensor | None, n: int, c: int, s: int, ct: torch.dtype):
+    """``v`` (broadcast to the logits' shape, often with zero strides) as an ``(N, C, S)`` view and its strides,
+    without materialising the broadcast; a layout that cannot be viewed so is copied (then it is logits-sized)."""
+    if v is None:
+        return None, (0, 0, 0)
+    v = v.to(ct)  # prepare() already gives the compute dtype: a no-op
+    try:
+        v3 = v.view(n, c, s)
+    except RuntimeError:
+        v3 = v.contiguous().view(n, c, s)
+    return v3, v3.stride()
 
 
 @triton.jit
