@@ -115,9 +115,16 @@ def hyper(
 
     Calls with plain Python values (the usual case) are memoised: a repeated call costs one dictionary lookup."""
     values = (activation, epsilon, gamma, alpha, ignore_index, label_smoothing, reduction)
-    if not torch.compiler.is_compiling() and all(
-        type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)) for v in values
-    ):
+    plain = (
+        type(gamma) in _PLAIN
+        and type(alpha) in _PLAIN
+        and type(ignore_index) in _PLAIN
+        and type(label_smoothing) in _PLAIN
+        and type(activation) is str
+        and type(reduction) is str
+        and (type(epsilon) in _PLAIN or (type(epsilon) is tuple and all(type(e) in _PLAIN for e in epsilon)))
+    )
+    if plain and not torch.compiler.is_compiling():
         return _hyper_cached(*values, epsilon_sequence, detach_modulator)
     return _hyper(*values, epsilon_sequence, detach_modulator)
 
