@@ -1,12 +1,11 @@
-"""Argument checks shared by the public functions, the modules and the compatibility shims.
+"""Tensor argument checks shared by the validation stages (:mod:`polyfocal._args`) and the kernels.
 
-Every check runs before any loss computation and raises ``ValueError``, ``TypeError`` or
-``IndexError`` with a message of the form ``"expected …, got …"``.
+Every check runs before any loss computation and raises ``ValueError``, ``TypeError`` or ``IndexError`` with a
+message of the form ``"expected …, got …"``.
 
-Value checks on tensors (class-index ranges) need the data.  On CPU they run eagerly and raise a
-Python exception.  On an accelerator they are queued with :func:`torch._assert_async`, which raises a
-device-side assertion without a host synchronisation, so the hot path never calls ``.item()``.
-Under tracing (``torch.compile``/fake tensors) data-dependent checks are skipped.
+The class-index range needs the data: the kernels check it in their own pass (:func:`check_index_range` for the
+torch-ops and composite paths: eagerly on CPU, as a ``torch._assert_async`` device-side assertion elsewhere and
+under ``torch.compile``, so the hot path never synchronises with the host).
 """
 
 from __future__ import annotations
@@ -125,14 +124,10 @@ def _data_checks_enabled(tensor: torch.Tensor) -> bool:
 
 def index_range_message(num_classes: int, ignore_index: int | None, *, background: bool) -> str:
     """The start of every class-index range error (host checks, native kernels, device assertions)."""
-    high, what = (
-        (num_classes, f"C={num_classes} classes, index {num_classes} = background")
-        if background
-        else (
-            num_classes - 1,
-            f"C={num_classes} classes",
-        )
-    )
+    if background:
+        high, what = num_classes, f"C={num_classes} classes, index {num_classes} = background"
+    else:
+        high, what = num_classes - 1, f"C={num_classes} classes"
     ignore = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
     return f"expected class indices in [0, {high}] ({what}){ignore}"
 
