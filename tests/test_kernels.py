@@ -342,3 +342,21 @@ def test_triton_takes_broadcast_weights_as_views():
         assert view.data_ptr() == w.data_ptr()  # no copy
         assert view.untyped_storage().nbytes() == w.untyped_storage().nbytes()
         assert 0 in strides
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_triton_chunked_softmax_rows(label_smoothing):
+    """C > 4096 takes the online-softmax loop over class chunks (the row no longer fits one block)."""
+    gen = torch.Generator().manual_seed(13)
+    num_classes = 5000
+    x = torch.randn(3, num_classes, generator=gen, dtype=torch.float64) * 3
+    y = torch.tensor([17, -100, 4999])
+    kw = dict(
+        gamma=1.5,
+        epsilon=1.0,
+        alpha=torch.rand(num_classes, generator=gen, dtype=torch.float64),
+        weight=torch.rand(num_classes, generator=gen, dtype=torch.float64) + 0.5,
+        label_smoothing=label_smoothing,
+    )
+    _check("triton", x.float(), y, rtol=2e-5, atol=2e-7, **kw)
