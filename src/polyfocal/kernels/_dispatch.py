@@ -74,7 +74,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "triton": BackendSpec(
         "triton",
         triton_available,
-        lambda x, target, args: x.is_cuda and _triton_module[0].supports(x, target, args),  # type: ignore[union-attr]
+        lambda x, target, args: x.is_cuda and triton_available() and _triton_module[0].supports(x, target, args),  # type: ignore[union-attr]
         lambda: _triton_module[0],  # type: ignore[return-value]
     ),
     "native": BackendSpec("native", _native.available, _native.supports_call, lambda: _native),  # type: ignore[arg-type,return-value]
@@ -114,7 +114,7 @@ def select(x: Tensor, target: Tensor, args: Args) -> str:
     if name == "auto":
         for candidate in AUTO_ORDER:
             spec = BACKENDS[candidate]
-            if spec.available() and spec.supports(x, target, args):
+            if spec.supports(x, target, args) and spec.available():  # supports first: cheap device/dtype tests
                 return candidate
         return "torch"
     spec = BACKENDS[name]
