@@ -20,6 +20,7 @@ on ``(N, C)`` logits, up to 16 epsilon terms.  Everything else (float64, float16
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -114,16 +115,17 @@ def library() -> ctypes.CDLL | None:
             message = "polyfocal: building the native CPU kernels failed, using the torch implementation"
             warnings.warn(f"{message} ({detail.strip()[:300]})", stacklevel=2)
             lib = None
-    if lib is not None:
+    if lib is not None:  # tensor pointers travel as plain integers (c_void_p): no ctypes.cast per call
+        _p = ctypes.c_void_p
         lib.pf_softmax_f32.restype = ctypes.c_int
-        lib.pf_softmax_f32.argtypes = [_f32p, _i64p, _f32p, _f32p, _f32p, _f64p, ctypes.c_int, ctypes.c_double,
+        lib.pf_softmax_f32.argtypes = [_p, _p, _p, _p, _p, _f64p, ctypes.c_int, ctypes.c_double,
                                        ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                       _f32p, _f64p, _f32p, ctypes.c_int, _i64p]  # fmt: skip
+                                       _p, _f64p, _p, ctypes.c_int, _i64p]  # fmt: skip
         lib.pf_sigmoid_f32.restype = ctypes.c_int
-        lib.pf_sigmoid_f32.argtypes = [_f32p, _f32p, _i64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _f32p,
-                                       ctypes.c_int, _f32p, ctypes.c_int, _f32p, ctypes.c_int, ctypes.c_double, _f64p,
-                                       ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, _f32p, _f64p,
-                                       _f32p, ctypes.c_int, _f64p, _i64p]  # fmt: skip
+        lib.pf_sigmoid_f32.argtypes = [_p, _p, _p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _p,
+                                       ctypes.c_int, _p, ctypes.c_int, _p, ctypes.c_int, ctypes.c_double, _f64p,
+                                       ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, _p, _p,
+                                       _p, ctypes.c_int, _f64p, _i64p]  # fmt: skip
     _state["lib"] = lib
     return lib
 
@@ -132,11 +134,12 @@ def available() -> bool:
     return library() is not None
 
 
-def _ptr(t: torch.Tensor | None, kind=_f32p):
-    return None if t is None else ctypes.cast(t.data_ptr(), kind)
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
-def _eps_array(epsilon: list[float]):
+@functools.lru_cache(maxsize=256)
+def _eps_array(epsilon: tuple[float, ...]):
     return (ctypes.c_double * max(len(epsilon), 1))(*epsilon)
 
 
@@ -167,7 +170,7 @@ def softmax_forward(
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     total, bad = ctypes.c_double(), ctypes.c_int64()
     status = lib.pf_softmax_f32(
-        _ptr(x), _ptr(y, _i64p), _ptr(a), _ptr(w), _ptr(norm), _eps_array(epsilon), len(epsilon), float(gamma),
+        _ptr(x), _ptr(y), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)), len(epsilon), float(gamma),
         float(label_smoothing), int(ignore_index), rows, num_classes, int(reduction == "mean"), _ptr(loss),
         ctypes.byref(total), _ptr(grad if compute_grad else None), torch.get_num_threads(), ctypes.byref(bad),
     )  # fmt: skip
@@ -175,7 +178,7 @@ def softmax_forward(
         raise _index_error(bad.value, num_classes, ignore_index, background=False)
     if reduction == "none":
         return loss, grad
-    return torch.tensor(total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
+    return torch.full((), total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
 
 
 def _vector_mode(v: torch.Tensor | None, rows_view: bool) -> tuple[int, torch.Tensor | None]:
@@ -218,10 +221,10 @@ def sigmoid_forward(
     denominator, bad = ctypes.c_double(float(x.numel())), ctypes.c_int64()
     if x.numel():
         status = lib.pf_sigmoid_f32(
-            _ptr(x), _ptr(t), _ptr(y, _i64p), int(ignore_index), n, length, _ptr(w), w_mode, _ptr(pw), pw_mode,
-            _ptr(norm), int(alpha is not None), 0.0 if alpha is None else float(alpha), _eps_array(epsilon),
+            _ptr(x), _ptr(t), _ptr(y), int(ignore_index), n, length, _ptr(w), w_mode, _ptr(pw), pw_mode,
+            _ptr(norm), int(alpha is not None), 0.0 if alpha is None else float(alpha), _eps_array(tuple(epsilon)),
             len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"), _ptr(loss),
-            _ptr(partial, _f64p), _ptr(grad if compute_grad else None), threads, ctypes.byref(denominator),
+            _ptr(partial), _ptr(grad if compute_grad else None), threads, ctypes.byref(denominator),
             ctypes.byref(bad),
         )  # fmt: skip
         if status:
