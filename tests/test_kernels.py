@@ -282,12 +282,16 @@ def test_many_rows_mean_denominator_across_programs(backend):
 
 
 @pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
-def test_native_kernels_only_take_cpu_float32():
-    """Forcing backend "native" must never hand a non-CPU pointer (or another dtype) to the C code."""
+def test_native_kernels_only_take_cpu_tensors_of_their_dtypes():
+    """Forcing backend "native" must never hand a non-CPU pointer (or a dtype it does not read) to the C code."""
     assert _native.supports(torch.empty(4, 3), False, [1.0], softmax=True)
+    assert _native.supports(torch.empty(4, 3, 2), True, [], softmax=True)  # spatial softmax
+    for dtype in (torch.bfloat16, torch.float16):
+        assert _native.supports(torch.empty(4, 3, dtype=dtype), False, [1.0], softmax=True)
     assert not _native.supports(torch.empty(4, 3, device="meta"), False, [1.0], softmax=True)
     assert not _native.supports(torch.empty(4, 3, dtype=torch.float64), False, [1.0], softmax=False)
-    assert not _native.supports(torch.empty(4, 3, 2), True, [], softmax=True)
+    assert not _native.supports(torch.empty(4, 3, 2), True, [], softmax=False)  # sigmoid indices on a map
+    assert not _native.supports(torch.empty(4, 3), False, [1.0] * 17, softmax=True)
 
 
 def test_backend_choice_is_per_thread():
@@ -360,3 +364,87 @@ def test_triton_chunked_softmax_rows(label_smoothing):
         label_smoothing=label_smoothing,
     )
     _check("triton", x.float(), y, rtol=2e-5, atol=2e-7, **kw)
+
+
+# ------------------------------------------------------------- native kernels: dtypes, layouts, broadcast views
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["rows", "spatial", "channels_last", "class_last_3d"])
+@pytest.mark.parametrize(
+    "params",
+    [dict(epsilon=()), dict(gamma=2.0, epsilon=1.0, ignore_index=1), dict(gamma=0.5, label_smoothing=0.2,
+     alpha=[0.5, 1.0, 2.0, 0.25, 1.5], weight=[1.0, 0.5, 2.0, 1.0, 3.0], epsilon=(1.0, -0.5))],
+)  # fmt: skip
+def test_native_softmax_dtypes_and_layouts(dtype, layout, params):
+    """bf16/fp16 (float32 math, gradient in the input dtype), (N, C, H, W) maps with S not a multiple of the
+    tile, channels_last and class-last memory: the native kernel runs (the dispatch picks it) and matches the
+    float64 reference of the rounded input; the gradient keeps the input's memory layout."""
+    gen = torch.Generator().manual_seed(11)
+    shape = {"rows": (37, 5), "spatial": (3, 5, 7, 5), "channels_last": (2, 5, 4, 9), "class_last_3d": (3, 5, 19)}
+    x64 = (torch.randn(shape[layout], generator=gen, dtype=torch.float64) * 3).to(dtype).double()
+    y = torch.randint(0, 5, shape[layout][:1] + shape[layout][2:], generator=gen)
+    y.view(-1)[::6] = params.get("ignore_index", -100)
+    x = x64.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "class_last_3d":
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    scalars = {k: v for k, v in params.items() if k not in ("alpha", "weight")}
+    h = polyfocal._args.hyper(**scalars)
+    args = polyfocal._args.prepare(x, y, h, alpha=params.get("alpha"), weight=params.get("weight"))
+    assert kernels.select(args.x, args.target, args.args) == "native"
+    for reduction in ("none", "mean", "sum"):
+        loss, grad = _loss_and_grad(lambda v, r=reduction: polyfocal.poly_loss(v, y, reduction=r, **params), x)
+        ref, ref_grad = _loss_and_grad(lambda v, r=reduction: poly_loss_reference(v, y, reduction=r, **params), x64)
+        assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.stride() == x.stride()
+        torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
+        rtol = {torch.float32: 2e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}[dtype]
+        torch.testing.assert_close(grad.double(), ref_grad.to(dtype).double(), rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target_kind", ["same", "float32", "bool", "int64", "index"])
+def test_native_sigmoid_dtypes_and_broadcast_views(dtype, target_kind):
+    """Low-precision logits and targets read in place; (C,), (N, 1) and full weight / pos_weight / normalizer
+    views are addressed through their strides: values and gradients equal the float64 reference."""
+    gen = torch.Generator().manual_seed(12)
+    x64 = (torch.randn(300, 7, generator=gen, dtype=torch.float64) * 4).to(dtype).double()
+    if target_kind == "index":
+        t = torch.randint(0, 8, (300,), generator=gen)
+        t[::9] = -100
+        t64 = t
+    else:
+        t64 = (torch.rand(300, 7, generator=gen, dtype=torch.float64) < 0.3).double()
+        t = {"same": t64.to(dtype), "float32": t64.float(), "bool": t64.bool(), "int64": t64.long()}[target_kind]
+        t64 = t.double()
+    weight = torch.rand(7, generator=gen, dtype=torch.float64)
+    pos_weight = torch.rand(300, 1, generator=gen, dtype=torch.float64) + 0.5
+    normalizer = torch.rand(300, 7, generator=gen, dtype=torch.float64) + 0.5
+    kw = dict(activation="sigmoid", gamma=2.0, alpha=0.25, epsilon=1.0)
+    for extra in (dict(weight=weight), dict(pos_weight=pos_weight, normalizer=normalizer), {}):
+        for reduction in ("none", "mean"):
+            loss, grad = _loss_and_grad(
+                lambda v, e=extra, r=reduction: polyfocal.poly_loss(v, t, reduction=r, **kw, **e), x64.to(dtype)
+            )
+            ref, ref_grad = _loss_and_grad(
+                lambda v, e=extra, r=reduction: poly_loss_reference(v, t64, reduction=r, **kw, **e), x64
+            )
+            assert grad.dtype == dtype
+            torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
+            rtol = {torch.float32: 2e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}[dtype]
+            torch.testing.assert_close(grad.double(), ref_grad.to(dtype).double(), rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
+def test_native_sigmoid_reads_broadcast_views_without_expanding_them():
+    """The vectors reach the C kernel as zero-stride views of the caller's storage (no logits-sized copy)."""
+    w, pw = torch.rand(80), torch.rand(1000, 1)
+    for v, strides in ((torch.broadcast_to(w, (1000, 80)), (0, 1)), (torch.broadcast_to(pw, (1000, 80)), (1, 0))):
+        view, s0, s1 = _native._strided(v, 1000, 80)
+        assert (s0, s1) == strides and view.untyped_storage().nbytes() < 1000 * 80 * 4
+    spatial = torch.broadcast_to(torch.rand(80), (10, 100, 80))  # (N, A, C) detection layout
+    view, s0, s1 = _native._strided(spatial, 1000, 80)
+    assert (s0, s1) == (0, 1) and view.data_ptr() == spatial.data_ptr()

@@ -1,9 +1,15 @@
-/* polyfocal native CPU kernels (float32): loss and input gradient of the PolyLoss family in one pass.
+/* polyfocal native CPU kernels: loss and input gradient of the PolyLoss family in one pass.
  *
  * Same math as polyfocal/kernels/_torch_impl.py (softmax_row_terms, sigmoid_terms); see there for the
  * formulas.  Compiled on first use by polyfocal/kernels/_native.py with the system C compiler
  * (-O3 -march=native -fopenmp), vectorised through glibc's libmvec (expf/logf/log1pf declared SIMD below).
  * Per-row scalars are computed in double.  No Python or torch headers: plain pointers through ctypes.
+ *
+ * Input dtypes (codes DT_*): float32 is read and written in place; bfloat16 / float16 logits are converted to
+ * float32 one row (softmax) or one block of BLK elements (sigmoid) at a time in per-thread scratch, and the
+ * gradient is rounded back to the input dtype (round to nearest even) as it is stored: float32 math, no
+ * logits-sized float32 copy.  Softmax layouts: (N, C) rows, or (N, C, S) class-dim-1 maps (segmentation),
+ * processed in tiles of TS spatial positions transposed into scratch.
  */
 #include <math.h>
 #include <stdint.h>
@@ -16,6 +22,109 @@ __attribute__((simd("notinbranch"))) float logf(float);
 
 #define BLK 256
 #define SUM_BLK 1024
+#define TS 16 /* spatial positions per tile of the (N, C, S) softmax layout: SIMD lanes */
+
+enum { DT_F32 = 0, DT_BF16 = 1, DT_F16 = 2, DT_U8 = 3 };
+
+static inline float bf16_to_f32(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays a (quiet) NaN */
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    v.f = f;
+    const uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+    return (v.u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((v.u >> 16) | 0x40u) : (uint16_t)rounded;
+}
+
+#ifdef __FLT16_MAX__
+static inline float f16_to_f32(uint16_t h) {
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+static inline uint16_t f32_to_f16(float f) {
+    const _Float16 v = (_Float16)f;
+    uint16_t h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#else /* portable IEEE half conversions (compilers without _Float16) */
+static inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    if (e == 0x1fu) {
+        v.u = sign | 0x7f800000u | (m << 13);
+    } else if (e != 0) {
+        v.u = sign | ((e + 112u) << 23) | (m << 13);
+    } else {
+        v.f = (float)m * 5.9604644775390625e-8f; /* subnormal: m * 2^-24 */
+        v.u |= sign;
+    }
+    return v.f;
+}
+static inline uint16_t f32_to_f16(float f) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    v.f = f;
+    const uint32_t sign = (v.u >> 16) & 0x8000u, a = v.u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to inf */
+    if (a < 0x38800000u) {                                    /* subnormal or zero half */
+        const float s = fabsf(f) * 16777216.0f;               /* in units of 2^-24 */
+        return (uint16_t)(sign | (uint32_t)rintf(s));
+    }
+    const uint32_t mant = a + 0xc8000fffu + ((a >> 13) & 1u); /* rebias the exponent (-112 << 23) and round */
+    return (uint16_t)(sign | (mant >> 13));
+}
+#endif
+
+/* dst[0:len] = float(src[off : off + len]) for a dtype code */
+static inline void load_f32(float *dst, const void *src, int dt, int64_t off, int64_t len) {
+    if (dt == DT_F32) {
+        memcpy(dst, (const float *)src + off, (size_t)len * sizeof(float));
+    } else if (dt == DT_BF16) {
+        const uint16_t *s = (const uint16_t *)src + off;
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) dst[i] = bf16_to_f32(s[i]);
+    } else if (dt == DT_F16) {
+        const uint16_t *s = (const uint16_t *)src + off;
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) dst[i] = f16_to_f32(s[i]);
+    } else {
+        const uint8_t *s = (const uint8_t *)src + off;
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) dst[i] = (float)s[i];
+    }
+}
+
+/* dst[off : off + len] = src[0:len] rounded to the dtype (float32, bfloat16 or float16) */
+static inline void store_from_f32(void *dst, int dt, int64_t off, const float *src, int64_t len) {
+    if (dt == DT_F32) {
+        memcpy((float *)dst + off, src, (size_t)len * sizeof(float));
+    } else if (dt == DT_BF16) {
+        uint16_t *d = (uint16_t *)dst + off;
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) d[i] = f32_to_bf16(src[i]);
+    } else {
+        uint16_t *d = (uint16_t *)dst + off;
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) d[i] = f32_to_f16(src[i]);
+    }
+}
 
 /* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and Cephes' degree-6 polynomial (max relative
  * error ~2 ulp), inlined so the row loops vectorise with no call; values below -87.3 (results under
@@ -50,15 +159,232 @@ static void poly_terms(double u, const double *eps, int n_eps, double gamma, dou
     *dpoly = d;
 }
 
-/* Softmax PolyLoss for class-index targets; x is (R, C) row-major.  loss: (R,) per row, scaled by validity,
- * 1/norm and (mean) 1/denominator; *total: their sum (sequential, deterministic).  g: (R, C) gradient for
+typedef struct {
+    const float *a, *w; /* class_weight = alpha * weight, weight: (C,) or NULL */
+    const double *eps;
+    int n_eps;
+    double gamma, ls, a_sum, w_sum;
+    int64_t C;
+} sm_ctx;
+
+/* One row of the softmax PolyLoss for class index t: xr (C floats), gr (C floats, or NULL for no gradient).
+ * Returns the row loss times `scale` (validity, 1/norm and the mean's 1/denominator); the gradient carries it. */
+static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
+    const int64_t C = k->C;
+    const float *a = k->a, *w = k->w;
+    const double gamma = k->gamma, ls = k->ls;
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
+    if (m == -INFINITY) m = 0.0f;
+    /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
+     * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
+     * vectorise without -ffast-math. */
+    double s_all = 0.0, s_rest = 0.0, x_a = 0.0;
+    for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
+        const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
+        float b_all = 0.0f, b_rest = 0.0f;
+        if (gr) {
+#pragma omp simd reduction(+ : b_all, b_rest)
+            for (int64_t c = c0; c < c1; c++) {
+                const float e = exp_nonpos(xr[c] - m);
+                gr[c] = e;
+                b_all += e;
+                b_rest += (c == t) ? 0.0f : e;
+            }
+        } else {
+#pragma omp simd reduction(+ : b_all, b_rest)
+            for (int64_t c = c0; c < c1; c++) {
+                const float e = exp_nonpos(xr[c] - m);
+                b_all += e;
+                b_rest += (c == t) ? 0.0f : e;
+            }
+        }
+        s_all += b_all;
+        s_rest += b_rest;
+        if (ls > 0.0) {
+            float b_a = 0.0f;
+            if (a) {
+#pragma omp simd reduction(+ : b_a)
+                for (int64_t c = c0; c < c1; c++) b_a += a[c] * xr[c];
+            } else {
+#pragma omp simd reduction(+ : b_a)
+                for (int64_t c = c0; c < c1; c++) b_a += xr[c];
+            }
+            x_a += b_a;
+        }
+    }
+    const double x_t = xr[t];
+    const double lse = (double)m + log(s_all);
+    const double p1 = exp(x_t - lse);
+    const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
+    const double u1 = gamma == 0.0 ? (d1 < 0.0 ? 0.0 : d1) : s_rest / s_all;
+    const double ce1 = u1 < 0.5 ? -log1p(-u1) : lse - x_t;
+    const double a_y = a ? a[t] : 1.0, w_y = w ? w[t] : 1.0;
+    double ce_a, u, w_poly;
+    if (ls > 0.0) {
+        ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (k->a_sum * lse - x_a);
+        u = (1.0 - ls) * u1 + (ls - ls / C);
+        w_poly = (1.0 - ls) * w_y + (ls / C) * k->w_sum;
+    } else {
+        ce_a = a_y * ce1;
+        u = u1;
+        w_poly = w_y;
+    }
+    const double mod = gamma == 0.0 ? 1.0 : exp(gamma * log(u));
+    double poly = 0.0, dpoly = 0.0;
+    if (k->n_eps > 0) poly_terms(u, k->eps, k->n_eps, gamma, &poly, &dpoly);
+    double dl_du = w_poly * dpoly;
+    if (gamma != 0.0) dl_du += gamma * (u > 0.0 ? ce_a / u : a_y);
+    if (gr) {
+        const double k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale;
+        const double k2 = mod * (ls / C) * scale;
+        const float pc = (float)((k1 + k2 * k->a_sum) / s_all);
+        if (ls > 0.0) {
+            const float k2f = (float)k2;
+            if (a)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f * a[c];
+            else
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f;
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) gr[c] *= pc;
+        }
+        gr[t] = (float)((double)gr[t] - k1);
+    }
+    return (float)(mod * (ce_a + w_poly * poly) * scale);
+}
+
+/* One tile of the (N, C, S) layout: TS spatial positions of image n from s0 (ts of them valid), vectorised
+ * across the positions (the contiguous axis): the logits are converted into es (C x TS floats, class-major),
+ * which then holds the exponentials, and every per-position scalar is computed in float32 SIMD lanes (libmvec
+ * expf / logf).  Same formulas as sm_row. */
+static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
+                    const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
+                    void *g, float *es) {
+    const int64_t C = k->C, base = n * C * S + s0, r0 = n * S + s0;
+    const float *a = k->a, *w = k->w;
+    const float gm = (float)k->gamma, ls = (float)k->ls, inv_c = 1.0f / (float)C;
+    float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS];
+    int64_t tj[TS];
+    for (int64_t j = 0; j < TS; j++) {
+        const int64_t t = j < ts ? y[r0 + j] : ignore_index;
+        valid[j] = (t != ignore_index) ? 1.0f : 0.0f;
+        tj[j] = (t != ignore_index) ? t : 0;
+        m[j] = -INFINITY;
+        sa[j] = sr[j] = xt[j] = xa[j] = 0.0f;
+    }
+    for (int64_t c = 0; c < C; c++) { /* load (converted) and the per-position maximum */
+        float *ec = es + c * TS;
+        if (xdt == DT_F32) {
+            const float *xc = (const float *)x + base + c * S;
+            for (int64_t j = 0; j < ts; j++) ec[j] = xc[j];
+        } else {
+            load_f32(ec, x, xdt, base + c * S, ts);
+        }
+        for (int64_t j = ts; j < TS; j++) ec[j] = 0.0f;
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) m[j] = ec[j] > m[j] ? ec[j] : m[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < TS; j++) m[j] = m[j] == -INFINITY ? 0.0f : m[j];
+    for (int64_t c = 0; c < C; c++) {
+        float *ec = es + c * TS;
+        const float ac = a ? a[c] : 1.0f;
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) {
+            const float xv = ec[j], e = exp_nonpos(xv - m[j]);
+            const int hit = tj[j] == c;
+            xt[j] = hit ? xv : xt[j];
+            xa[j] += ac * xv;
+            sa[j] += e;
+            sr[j] += hit ? 0.0f : e;
+            ec[j] = e;
+        }
+    }
+    float u[TS], ce_a[TS], w_poly[TS], a_y[TS], p1[TS], mod[TS], poly[TS], dpoly[TS], scale[TS];
+    for (int64_t j = 0; j < TS; j++) { /* gathers and the normaliser: scalar */
+        a_y[j] = a ? a[tj[j]] : 1.0f;
+        w_poly[j] = w ? w[tj[j]] : 1.0f;
+        scale[j] = (j < ts && norm ? 1.0f / norm[r0 + j] : 1.0f) * (float)grad_scale;
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < TS; j++) {
+        const float lse = m[j] + logf(sa[j]);
+        p1[j] = expf(xt[j] - lse);
+        const float d1 = 1.0f - p1[j];
+        const float u1 = gm == 0.0f ? (d1 < 0.0f ? 0.0f : d1) : sr[j] / sa[j];
+        const float z = -u1, w1 = 1.0f + z; /* log1p(z) = log(1 + z) * z / ((1 + z) - 1), exact for tiny z */
+        const float l1p = w1 == 1.0f ? z : logf(w1) * (z / (w1 - 1.0f));
+        const float ce1 = u1 < 0.5f ? -l1p : lse - xt[j];
+        /* label smoothing by selects, not a branch (the loop vectorises); unselected lanes may hold NaN */
+        const int smooth = ls > 0.0f;
+        const float ce_s = (1.0f - ls) * a_y[j] * ce1 + ls * inv_c * ((float)k->a_sum * lse - xa[j]);
+        ce_a[j] = smooth ? ce_s : a_y[j] * ce1;
+        u[j] = smooth ? (1.0f - ls) * u1 + (ls - ls * inv_c) : u1;
+        w_poly[j] = smooth ? (1.0f - ls) * w_poly[j] + ls * inv_c * (float)k->w_sum : w_poly[j];
+        poly[j] = dpoly[j] = 0.0f;
+    }
+    if (gm == 0.0f) {
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) mod[j] = 1.0f;
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) mod[j] = expf(gm * logf(u[j]));
+    }
+    for (int jj = k->n_eps; jj >= 1; jj--) {
+        const float e = (float)k->eps[jj - 1], cf = e * ((float)jj + gm);
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) {
+            poly[j] = (poly[j] + e) * u[j];
+            dpoly[j] = dpoly[j] * u[j] + cf;
+        }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < TS; j++) {
+        float dl_du = w_poly[j] * dpoly[j];
+        if (gm != 0.0f) dl_du += gm * (u[j] > 0.0f ? ce_a[j] / u[j] : a_y[j]);
+        const float ok = valid[j], sc = scale[j];
+        const float l = mod[j] * (ce_a[j] + w_poly[j] * poly[j]) * sc;
+        xa[j] = ok != 0.0f ? l : 0.0f; /* the row loss (xa is free now) */
+        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * sc : 0.0f;
+        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * sc : 0.0f;
+        const float q = (k1[j] + k2[j] * (float)k->a_sum) / sa[j];
+        pc[j] = ok != 0.0f ? q : 0.0f;
+    }
+    for (int64_t j = 0; j < ts; j++) loss[r0 + j] = xa[j];
+    if (!g) return;
+    for (int64_t c = 0; c < C; c++) {
+        float *ec = es + c * TS;
+        const float ac = a ? a[c] : 1.0f;
+#pragma omp simd
+        for (int64_t j = 0; j < TS; j++) {
+            const float v = pc[j] * ec[j] - k2[j] * ac - (tj[j] == c ? k1[j] : 0.0f);
+            ec[j] = valid[j] != 0.0f ? v : 0.0f; /* ignored positions: 0, also for NaN logits */
+        }
+        if (xdt == DT_F32) {
+            float *gc = (float *)g + base + c * S;
+            for (int64_t j = 0; j < ts; j++) gc[j] = ec[j];
+        } else {
+            store_from_f32(g, xdt, base + c * S, ec, ts);
+        }
+    }
+}
+
+/* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
+ * R = N * S rows (n, s) in row-major order.  loss: (R,) per row, scaled by validity, 1/norm and (mean)
+ * 1/denominator; *total: their sum (sequential, deterministic).  g: gradient of x's layout and dtype for
  * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
- * weights) and the class sums are computed here too: a few O(N + C) loops instead of torch ops. */
-/* Returns 0, or 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written). */
-int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float *w, const float *norm,
-                   const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t R, int64_t C,
-                   int mean, float *loss, double *total, float *g, int nthreads, int64_t *bad) {
-    double a_sum = 0.0, w_sum = 0.0, den = 0.0;
+ * weights) and the class sums are computed here too: a few O(R + C) loops instead of torch ops.
+ * Returns 0; 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written);
+ * 2 when scratch memory could not be allocated. */
+int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const float *w, const float *norm,
+               const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t N, int64_t C,
+               int64_t S, int mean, float *loss, double *total, void *g, int nthreads, int64_t *bad) {
+    const int64_t R = N * S;
+    double den = 0.0;
     for (int64_t r = 0; r < R; r++) { /* the index check: before any memory is touched through an index */
         const int64_t t = y[r];
         if (t == ignore_index) continue;
@@ -68,116 +394,90 @@ int pf_softmax_f32(const float *x, const int64_t *y, const float *a, const float
         }
         den += w ? w[t] : 1.0;
     }
+    sm_ctx k = {a, w, eps, n_eps, gamma, ls, 0.0, 0.0, C};
     for (int64_t c = 0; c < C; c++) {
-        a_sum += a ? a[c] : 1.0;
-        w_sum += w ? w[c] : 1.0;
+        k.a_sum += a ? a[c] : 1.0;
+        k.w_sum += w ? w[c] : 1.0;
     }
     const double grad_scale = mean ? 1.0 / den : 1.0;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = x + r * C;
-        float *gr = g ? g + r * C : NULL;
-        const int64_t t = y[r];
-        if (t == ignore_index) {
-            loss[r] = 0.0f;
-            if (gr) memset(gr, 0, (size_t)C * sizeof(float));
-            continue;
-        }
-        float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
-        if (m == -INFINITY) m = 0.0f;
-        /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
-         * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
-         * vectorise without -ffast-math. */
-        double s_all = 0.0, s_rest = 0.0, x_a = 0.0;
-        for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
-            const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
-            float b_all = 0.0f, b_rest = 0.0f;
-            if (gr) {
-#pragma omp simd reduction(+ : b_all, b_rest)
-                for (int64_t c = c0; c < c1; c++) {
-                    const float e = exp_nonpos(xr[c] - m);
-                    gr[c] = e;
-                    b_all += e;
-                    b_rest += (c == t) ? 0.0f : e;
-                }
-            } else {
-#pragma omp simd reduction(+ : b_all, b_rest)
-                for (int64_t c = c0; c < c1; c++) {
-                    const float e = exp_nonpos(xr[c] - m);
-                    b_all += e;
-                    b_rest += (c == t) ? 0.0f : e;
-                }
+    const int parallel = R * C >= 16384 && nthreads > 1;
+    int failed = 0;
+    if (S == 1 && xdt == DT_F32) {
+        const float *xf = (const float *)x;
+        float *gf = (float *)g;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (parallel)
+        for (int64_t r = 0; r < R; r++) {
+            float *gr = gf ? gf + r * C : NULL;
+            if (y[r] == ignore_index) {
+                loss[r] = 0.0f;
+                if (gr) memset(gr, 0, (size_t)C * sizeof(float));
+                continue;
             }
-            s_all += b_all;
-            s_rest += b_rest;
-            if (ls > 0.0) {
-                float b_a = 0.0f;
-                if (a) {
-#pragma omp simd reduction(+ : b_a)
-                    for (int64_t c = c0; c < c1; c++) b_a += a[c] * xr[c];
-                } else {
-#pragma omp simd reduction(+ : b_a)
-                    for (int64_t c = c0; c < c1; c++) b_a += xr[c];
+            loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
+        }
+    } else if (S == 1) { /* bfloat16 / float16 rows through per-thread float32 scratch */
+#pragma omp parallel num_threads(nthreads) if (parallel)
+        {
+            float *xs = (float *)malloc((size_t)(2 * C) * sizeof(float));
+            float *gs = xs ? xs + C : NULL;
+            if (!xs) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                if (!xs) continue;
+                if (y[r] == ignore_index) {
+                    loss[r] = 0.0f;
+                    if (g) {
+                        memset(gs, 0, (size_t)C * sizeof(float));
+                        store_from_f32(g, xdt, r * C, gs, C);
+                    }
+                    continue;
                 }
-                x_a += b_a;
+                load_f32(xs, x, xdt, r * C, C);
+                loss[r] = sm_row(&k, xs, g ? gs : NULL, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
+                if (g) store_from_f32(g, xdt, r * C, gs, C);
             }
+            free(xs);
         }
-        const double x_t = xr[t];
-        const double lse = (double)m + log(s_all);
-        const double p1 = exp(x_t - lse);
-        const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
-        const double u1 = gamma == 0.0 ? (d1 < 0.0 ? 0.0 : d1) : s_rest / s_all;
-        const double ce1 = u1 < 0.5 ? -log1p(-u1) : lse - x_t;
-        const double a_y = a ? a[t] : 1.0, w_y = w ? w[t] : 1.0;
-        double ce_a, u, w_poly;
-        if (ls > 0.0) {
-            ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a);
-            u = (1.0 - ls) * u1 + (ls - ls / C);
-            w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum;
-        } else {
-            ce_a = a_y * ce1;
-            u = u1;
-            w_poly = w_y;
-        }
-        const double mod = gamma == 0.0 ? 1.0 : exp(gamma * log(u));
-        double poly = 0.0, dpoly = 0.0;
-        if (n_eps > 0) poly_terms(u, eps, n_eps, gamma, &poly, &dpoly);
-        double dl_du = w_poly * dpoly;
-        if (gamma != 0.0) dl_du += gamma * (u > 0.0 ? ce_a / u : a_y);
-        const double scale = norm ? 1.0 / norm[r] : 1.0;
-        loss[r] = (float)(mod * (ce_a + w_poly * poly) * scale * grad_scale);
-        if (gr) {
-            const double k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale * grad_scale;
-            const double k2 = mod * (ls / C) * scale * grad_scale;
-            const float pc = (float)((k1 + k2 * a_sum) / s_all);
-            if (ls > 0.0) {
-                const float k2f = (float)k2;
-                if (a)
-                    for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f * a[c];
-                else
-                    for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f;
-            } else {
-                for (int64_t c = 0; c < C; c++) gr[c] *= pc;
+    } else { /* (N, C, S): tiles of TS positions, vectorised across the positions */
+        const int64_t tiles = (S + TS - 1) / TS;
+#pragma omp parallel num_threads(nthreads) if (parallel)
+        {
+            float *es = (float *)malloc((size_t)(TS * C) * sizeof(float));
+            if (!es) {
+#pragma omp atomic write
+                failed = 1;
             }
-            gr[t] = (float)((double)gr[t] - k1);
+#pragma omp for schedule(static)
+            for (int64_t item = 0; item < N * tiles; item++) {
+                if (!es) continue;
+                const int64_t n = item / tiles, s0 = (item % tiles) * TS;
+                const int64_t ts = (S - s0) < TS ? (S - s0) : TS;
+                sm_tile(&k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es);
+            }
+            free(es);
         }
     }
+    if (failed) return 2;
     double sum = 0.0;
     for (int64_t r = 0; r < R; r++) sum += loss[r];
     *total = (mean && den == 0.0) ? NAN : sum; /* a mean over nothing is nan, as in torch */
     return 0;
 }
 
-/* Sigmoid PolyLoss, element-wise over x viewed as (N, L), processed in flat blocks of BLK elements.
- * Targets: dense float t (N, L), or class indices y (N,) with L = C classes per row (index C = background,
- * ignore_index masks the row).  w / pw: NULL, per-class (length L, mode 1) or full (N, L, mode 2); norm: NULL
- * or full.  loss: (N, L) element losses, or NULL to write per-thread partial sums to partial[nthreads]. */
-int pf_sigmoid_f32(const float *x, const float *t, const int64_t *y, int64_t ignore_index, int64_t N, int64_t L,
-                   const float *w, int w_mode, const float *pw, int pw_mode, const float *norm, int has_alpha,
-                   double alpha, const double *eps, int n_eps, double gamma, double ls, int mean, float *loss,
-                   double *partial, float *g, int nthreads, double *den_out, int64_t *bad) {
+/* Sigmoid PolyLoss, element-wise over x (dtype xdt) viewed as (N, L), processed in flat blocks of BLK elements.
+ * Targets: dense t (N, L) contiguous in the dtype tdt (float32 / bfloat16 / float16 / uint8), or class indices
+ * y (N,) with L = C classes per row (index C = background, ignore_index masks the row).  w / pw / norm: NULL
+ * or float32 arrays addressed as v[row * s0 + col * s1] (a broadcast view has a zero stride: nothing is
+ * expanded).  loss: (N, L) element losses, or NULL to write per-thread partial sums to partial[nthreads].
+ * g: the gradient in x's dtype, or NULL. */
+int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y, int64_t ignore_index, int64_t N,
+               int64_t L, const float *w, int64_t ws0, int64_t ws1, const float *pw, int64_t ps0, int64_t ps1,
+               const float *norm, int64_t ns0, int64_t ns1, int has_alpha, double alpha, const double *eps,
+               int n_eps, double gamma, double ls, int mean, float *loss, double *partial, void *g, int nthreads,
+               double *den_out, int64_t *bad) {
     const int64_t numel = N * L;
     /* The mean denominator (non-ignored elements) and, for class indices, the range check [0, L] (L = background):
      * returns 1 with *bad = the first offending index, before anything is written. */
@@ -199,23 +499,32 @@ int pf_sigmoid_f32(const float *x, const float *t, const int64_t *y, int64_t ign
     /* all ignored: the mean is nan (0/0, computed by the caller) and the gradient 0, as in torch */
     const double grad_scale = mean ? (den > 0.0 ? 1.0 / den : 0.0) : 1.0;
     const int64_t chunks = (numel + BLK - 1) / BLK;
-    const int walk = (y != NULL) || w_mode == 1 || pw_mode == 1; /* needs the (row, column) of each element */
+    /* flat: every vector is absent or a contiguous (N, L) array; else walk the blocks' row segments */
+    const int flat_w = !w || (ws0 == L && ws1 == 1), flat_pw = !pw || (ps0 == L && ps1 == 1);
+    const int flat_n = !norm || (ns0 == L && ns1 == 1);
+    const int walk = (y != NULL) || !flat_w || !flat_pw || !flat_n;
     const float gm = (float)gamma, al = (float)alpha, lsf = (float)ls, gs = (float)grad_scale;
     float epsf[16], coef[16];
     for (int j = 0; j < n_eps && j < 16; j++) {
         epsf[j] = (float)eps[j];
         coef[j] = (float)(eps[j] * (j + 1 + gamma));
     }
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (numel >= 16384 && nthreads > 1)
     {
         double acc = 0.0;
         float tt[BLK], ce[BLK], u[BLK], p[BLK], q[BLK], mod[BLK], at[BLK], fac[BLK], pw_t[BLK], poly[BLK], dpoly[BLK];
+        float xs[BLK], gb[BLK];
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < chunks; k++) {
             const int64_t base = k * BLK;
             const int64_t len = (numel - base) < BLK ? (numel - base) : BLK;
-            const float *xb = x + base;
-            if (walk) { /* row segments of the block: each has one target index and one validity */
+            const float *xb = (const float *)x + base;
+            if (xdt != DT_F32) {
+                load_f32(xs, x, xdt, base, len);
+                xb = xs;
+            }
+            if (t) load_f32(tt, t, tdt, base, len);
+            if (walk) { /* row segments of the block: each has one row index (one target index, one validity) */
                 int64_t i = 0, row = base / L, col = base % L;
                 while (i < len) {
                     const int64_t seg = (L - col) < (len - i) ? (L - col) : (len - i);
@@ -223,44 +532,51 @@ int pf_sigmoid_f32(const float *x, const float *t, const int64_t *y, int64_t ign
                     if (y) {
                         const int64_t yv = y[row];
                         const float f = (yv == ignore_index) ? 0.0f : 1.0f;
-                        for (int64_t k = 0; k < seg; k++) {
-                            ts[k] = 0.0f;
-                            fs[k] = f;
+                        for (int64_t j = 0; j < seg; j++) {
+                            ts[j] = 0.0f;
+                            fs[j] = f;
                         }
                         if (yv >= col && yv < col + seg) ts[yv - col] = 1.0f;
                     } else {
-                        for (int64_t k = 0; k < seg; k++) {
-                            ts[k] = t[base + i + k];
-                            fs[k] = 1.0f;
-                        }
+                        for (int64_t j = 0; j < seg; j++) fs[j] = 1.0f;
                     }
-                    if (w_mode == 1)
-                        for (int64_t k = 0; k < seg; k++) fs[k] *= w[col + k];
-                    for (int64_t k = 0; k < seg; k++) ps[k] = pw_mode == 1 ? pw[col + k] : 1.0f;
+                    if (w) {
+                        const float *wr = w + row * ws0 + col * ws1;
+                        for (int64_t j = 0; j < seg; j++) fs[j] *= wr[j * ws1];
+                    }
+                    if (norm) {
+                        const float *nr = norm + row * ns0 + col * ns1;
+                        for (int64_t j = 0; j < seg; j++) fs[j] /= nr[j * ns1];
+                    }
+                    if (pw) {
+                        const float *pr = pw + row * ps0 + col * ps1;
+                        for (int64_t j = 0; j < seg; j++) ps[j] = pr[j * ps1];
+                    } else {
+                        for (int64_t j = 0; j < seg; j++) ps[j] = 1.0f;
+                    }
                     i += seg;
                     row++;
                     col = 0;
                 }
             } else {
-                #pragma omp simd
+#pragma omp simd
                 for (int64_t i = 0; i < len; i++) {
-                    tt[i] = t[base + i];
                     fac[i] = 1.0f;
                     pw_t[i] = 1.0f;
                 }
+                if (w)
+#pragma omp simd
+                    for (int64_t i = 0; i < len; i++) fac[i] *= w[base + i];
+                if (norm)
+#pragma omp simd
+                    for (int64_t i = 0; i < len; i++) fac[i] /= norm[base + i];
+                if (pw)
+#pragma omp simd
+                    for (int64_t i = 0; i < len; i++) pw_t[i] = pw[base + i];
             }
             if (ls > 0.0)
-                #pragma omp simd
+#pragma omp simd
                 for (int64_t i = 0; i < len; i++) tt[i] = tt[i] * (1.0f - lsf) + 0.5f * lsf;
-            if (w_mode == 2)
-                #pragma omp simd
-                for (int64_t i = 0; i < len; i++) fac[i] *= w[base + i];
-            if (norm)
-                #pragma omp simd
-                for (int64_t i = 0; i < len; i++) fac[i] /= norm[base + i];
-            if (pw_mode == 2)
-                #pragma omp simd
-                for (int64_t i = 0; i < len; i++) pw_t[i] = pw[base + i];
             /* one libm call per loop (GCC vectorises these through libmvec); e = exp(-|x|) gives everything:
              * log1p(e), and sigmoid(x), sigmoid(-x) as 1/(1+e), e/(1+e) */
             #pragma omp simd
@@ -325,8 +641,9 @@ int pf_sigmoid_f32(const float *x, const float *t, const int64_t *y, int64_t ign
                     const float dce = (1.0f - ti) * p[i] - pw_t[i] * ti * q[i];
                     const float ratio = u[i] > 0.0f ? p[i] * q[i] / u[i] : 1.0f;
                     const float inner = u[i] * dpoly[i] + gm * at[i] * ce[i];
-                    g[base + i] = mod[i] * (at[i] * dce + (1.0f - 2.0f * ti) * ratio * inner) * fac[i] * gs;
+                    gb[i] = mod[i] * (at[i] * dce + (1.0f - 2.0f * ti) * ratio * inner) * fac[i] * gs;
                 }
+                store_from_f32(g, xdt, base, gb, len);
             }
         }
         if (partial) partial[omp_get_thread_num()] = acc;

@@ -12,9 +12,12 @@ the gradient once.  The C file has no Python or torch headers, so it compiles in
 * no compiler, a failed build or ``POLYFOCAL_NATIVE=0``: the torch implementation is used instead (same
   results, slower), with one warning when a build fails.
 
-The kernels cover float32 input: softmax with ``(N, C)`` logits, sigmoid with dense targets or class indices
-on ``(N, C)`` logits, up to 16 epsilon terms.  Everything else (float64, float16/bfloat16, spatial
-``(N, C, d1, ...)`` softmax/index layouts) goes to the torch implementation.
+The kernels cover float32, bfloat16 and float16 input (float32 math; the gradient is written in the input
+dtype, with no float32 copy of the logits): softmax with class-index targets on ``(N, C)`` or ``(N, C, d1, ...)``
+logits, contiguous or class-last in memory (channels_last); sigmoid with dense targets of any shape (float32,
+bfloat16, float16, bool/uint8 read in place) or class indices on ``(N, C)`` logits; up to 16 epsilon terms.
+``weight`` / ``pos_weight`` / ``normalizer`` broadcast views are read through their strides, not expanded.
+Everything else (float64, sigmoid class indices on spatial layouts) goes to the torch implementation.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -53,7 +57,6 @@ _LIBS = ["-lmvec", "-lm"]
 _MAX_EPS = 16
 _state: dict[str, object] = {}
 
-_f32p = ctypes.POINTER(ctypes.c_float)
 _f64p = ctypes.POINTER(ctypes.c_double)
 _i64p = ctypes.POINTER(ctypes.c_int64)
 
@@ -116,16 +119,13 @@ def library() -> ctypes.CDLL | None:
             warnings.warn(f"{message} ({detail.strip()[:300]})", stacklevel=2)
             lib = None
     if lib is not None:  # tensor pointers travel as plain integers (c_void_p): no ctypes.cast per call
-        _p = ctypes.c_void_p
-        lib.pf_softmax_f32.restype = ctypes.c_int
-        lib.pf_softmax_f32.argtypes = [_p, _p, _p, _p, _p, _f64p, ctypes.c_int, ctypes.c_double,
-                                       ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                       _p, _f64p, _p, ctypes.c_int, _i64p]  # fmt: skip
-        lib.pf_sigmoid_f32.restype = ctypes.c_int
-        lib.pf_sigmoid_f32.argtypes = [_p, _p, _p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _p,
-                                       ctypes.c_int, _p, ctypes.c_int, _p, ctypes.c_int, ctypes.c_double, _f64p,
-                                       ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, _p, _p,
-                                       _p, ctypes.c_int, _f64p, _i64p]  # fmt: skip
+        _p, _i, _i64, _d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+        lib.pf_softmax.restype = ctypes.c_int
+        lib.pf_softmax.argtypes = [_p, _i, _p, _p, _p, _p, _f64p, _i, _d, _d, _i64, _i64, _i64, _i64, _i, _p, _f64p,
+                                   _p, _i, _i64p]  # fmt: skip
+        lib.pf_sigmoid.restype = ctypes.c_int
+        lib.pf_sigmoid.argtypes = [_p, _i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _i64, _p, _i64,
+                                   _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _f64p, _i64p]  # fmt: skip
     _state["lib"] = lib
     return lib
 
@@ -143,17 +143,36 @@ def _eps_array(epsilon: tuple[float, ...]):
     return (ctypes.c_double * max(len(epsilon), 1))(*epsilon)
 
 
+# dtype codes of the C kernels (DT_* in _native.c): logits and gradient, dense sigmoid targets
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_TARGET_DTYPES = {**_DTYPES, torch.uint8: 3, torch.bool: 3}
+
+
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
 def supports(x: torch.Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> bool:
-    """Whether these kernels cover the call (else the op uses the torch implementation)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or len(epsilon) > _MAX_EPS or not available():
+    """Whether these kernels cover the call (else the op uses the torch implementation): CPU float32, bfloat16
+    or float16 logits; softmax with class dim 1 of any rank; sigmoid dense of any shape, or class indices on
+    ``(N, C)``."""
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or len(epsilon) > _MAX_EPS or not available():
         return False
     if softmax:
-        return x.ndim == 2 and x.shape[1] > 0
+        return x.ndim >= 2 and x.shape[1] > 0
     return not is_index or x.ndim == 2
+
+
+def _softmax_layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` as the kernel reads it and the number S of spatial positions it takes per (n, c): a contiguous
+    ``(N, C, *)`` tensor gives S = prod(*); a class-last memory layout (channels_last, or ``movedim(1, -1)``
+    of a contiguous tensor) is read as ``(N * prod(*), C)`` rows, S = 1.  Anything else is made contiguous."""
+    if x.ndim == 2 or x.is_contiguous():
+        return x, math.prod(x.shape[2:])
+    if x.movedim(1, -1).is_contiguous():
+        return x, 1
+    x = x.contiguous()
+    return x, math.prod(x.shape[2:])
 
 
 def softmax_forward(
@@ -161,33 +180,43 @@ def softmax_forward(
 ):
     """:func:`softmax` with the arguments spelled out (``class_weight = alpha * weight``)."""
     lib = library()
-    x = x.contiguous()
-    y = target.contiguous()
-    rows, num_classes = x.shape
+    x, spatial = _softmax_layout(x)
+    y = target if target.is_contiguous() else target.contiguous()
+    rows, num_classes = y.numel(), x.shape[1]
     a, w = _f32(class_weight), _f32(weight)
-    norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, (rows,)))
-    loss = torch.empty(rows, dtype=torch.float32)
-    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, target.shape))
+    loss = torch.empty(target.shape, dtype=torch.float32)
+    grad = torch.empty_like(x) if compute_grad else None  # x's memory layout: channels_last stays channels_last
     total, bad = ctypes.c_double(), ctypes.c_int64()
-    status = lib.pf_softmax_f32(
-        _ptr(x), _ptr(y), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)), len(epsilon), float(gamma),
-        float(label_smoothing), int(ignore_index), rows, num_classes, int(reduction == "mean"), _ptr(loss),
-        ctypes.byref(total), _ptr(grad if compute_grad else None), torch.get_num_threads(), ctypes.byref(bad),
+    status = lib.pf_softmax(
+        x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)),
+        len(epsilon), float(gamma), float(label_smoothing), int(ignore_index), rows if spatial == 1 else x.shape[0],
+        num_classes, spatial, int(reduction == "mean"), loss.data_ptr(), ctypes.byref(total), _ptr(grad),
+        torch.get_num_threads(), ctypes.byref(bad),
     )  # fmt: skip
-    if status:
+    if status == 1:
         raise _index_error(bad.value, num_classes, ignore_index, background=False)
+    if status:
+        raise MemoryError("polyfocal: the native softmax kernel could not allocate its scratch rows")
+    grad = x.new_empty(0) if grad is None else grad
     if reduction == "none":
         return loss, grad
     return torch.full((), total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
 
 
-def _vector_mode(v: torch.Tensor | None, rows_view: bool) -> tuple[int, torch.Tensor | None]:
-    """0: none; 1: per-class (a view of an (N, C) input broadcast along rows); 2: a full array of x's shape."""
+def _strided(v: torch.Tensor | None, n: int, length: int) -> tuple[torch.Tensor | None, int, int]:
+    """A float32 vector broadcast to x's shape as the kernel addresses it: ``v[row * s0 + col * s1]`` over x
+    viewed as ``(n, length)``.  Broadcast views keep their zero strides (no logits-sized copy) wherever they
+    fold into that 2-D view; other layouts are made contiguous."""
     if v is None:
-        return 0, None
-    if rows_view and v.stride(0) == 0:
-        return 1, _f32(v[0])
-    return 2, _f32(v)
+        return None, 0, 0
+    if v.dtype != torch.float32:
+        v = v.to(torch.float32)
+    try:
+        v2 = v.view(n, length)
+    except RuntimeError:
+        v2 = v.contiguous().view(n, length)
+    return v2, v2.stride(0), v2.stride(1)
 
 
 def sigmoid_forward(
@@ -207,28 +236,36 @@ def sigmoid_forward(
 ):
     """Same contract as :func:`._torch_impl.sigmoid_forward`."""
     lib = library()
-    x = x.contiguous()
-    rows_view = x.ndim == 2 and (is_index or any(v is not None and v.stride(0) == 0 for v in (weight, pos_weight)))
-    n, length = (x.shape[0], x.shape[1]) if rows_view else (1, x.numel())
-    w_mode, w = _vector_mode(weight, rows_view)
-    pw_mode, pw = _vector_mode(pos_weight, rows_view)
-    norm = _f32(normalizer)
-    y, t = (target.contiguous(), None) if is_index else (None, _f32(target))
+    x = x if x.is_contiguous() else x.contiguous()
+    length = x.shape[-1] if x.ndim else 1
+    n = x.numel() // length if length else 0
+    w, ws0, ws1 = _strided(weight, n, length)
+    pw, ps0, ps1 = _strided(pos_weight, n, length)
+    norm, ns0, ns1 = _strided(normalizer, n, length)
+    if is_index:
+        y, t, t_code = (target if target.is_contiguous() else target.contiguous()), None, 0
+    else:
+        y, t = None, target
+        if t.dtype not in _TARGET_DTYPES:  # int 0/1 targets: one byte per element
+            t = t.to(torch.uint8 if not t.dtype.is_floating_point else torch.float32)
+        t = t if t.is_contiguous() else t.contiguous()
+        t_code = _TARGET_DTYPES[t.dtype]
     threads = torch.get_num_threads()
     loss = torch.empty(x.shape, dtype=torch.float32) if reduction == "none" else None
     partial = torch.zeros(threads, dtype=torch.float64) if loss is None else None
-    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    grad = torch.empty_like(x) if compute_grad else None
     denominator, bad = ctypes.c_double(float(x.numel())), ctypes.c_int64()
     if x.numel():
-        status = lib.pf_sigmoid_f32(
-            _ptr(x), _ptr(t), _ptr(y), int(ignore_index), n, length, _ptr(w), w_mode, _ptr(pw), pw_mode,
-            _ptr(norm), int(alpha is not None), 0.0 if alpha is None else float(alpha), _eps_array(tuple(epsilon)),
-            len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"), _ptr(loss),
-            _ptr(partial), _ptr(grad if compute_grad else None), threads, ctypes.byref(denominator),
-            ctypes.byref(bad),
+        status = lib.pf_sigmoid(
+            x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), int(ignore_index), n, length, _ptr(w), ws0,
+            ws1, _ptr(pw), ps0, ps1, _ptr(norm), ns0, ns1, int(alpha is not None),
+            0.0 if alpha is None else float(alpha), _eps_array(tuple(epsilon)), len(epsilon), float(gamma),
+            float(label_smoothing), int(reduction == "mean"), _ptr(loss), _ptr(partial), _ptr(grad), threads,
+            ctypes.byref(denominator), ctypes.byref(bad),
         )  # fmt: skip
         if status:
             raise _index_error(bad.value, length, ignore_index, background=True)
+    grad = x.new_empty(0) if grad is None else grad
     if loss is not None:
         return loss, grad
     total = partial.sum().to(torch.float32)
