@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -356,6 +358,22 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def simd_level(device: str = "cpu") -> str:
+    """The CPU's vector level as torch's own kernels use it (``torch.backends.cpu.get_cpu_capability()``, e.g.
+    ``AVX512``, ``AVX2``) and whether the CPU has AVX-512 at all: ratios to torch's losses depend on both (our
+    native kernels are compiled with ``-march=native``, torch's with its dispatch level)."""
+    if device != "cpu":
+        return "-"
+    torch_level = torch.backends.cpu.get_cpu_capability()
+    flags = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^flags\s*:\s*(.+)$", f.read(), re.M)
+        flags = m.group(1) if m else ""
+    cpu = "AVX-512" if " avx512f" in f" {flags}" else "AVX2" if " avx2" in f" {flags}" else platform.machine()
+    return f"torch {torch_level}, CPU {cpu}"
+
+
 def peak_bandwidth_for(name: str) -> float | None:
     """Peak HBM bandwidth in GB/s from a small table by device name, or ``None``.
 
@@ -468,6 +486,7 @@ def run_bench(
     meta = {
         "device": device,
         "device_name": name,
+        "simd": simd_level(device),
         **_versions(),
         "threads": threads,
         "dtype": dtype_name,
@@ -489,7 +508,7 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["meta"]
     shapes = ", ".join(f"{f} {n}x{c}" for f, (n, c) in m["shapes"].items())
     lines = [
-        f"polyfocal bench on {m['device']} ({m['device_name']}), {m['threads']} threads",
+        f"polyfocal bench on {m['device']} ({m['device_name']}; {m.get('simd', '-')}), {m['threads']} threads",
         f"polyfocal {m['polyfocal']}, torch {m['torch']}, python {m['python']}, triton {m['triton'] or '-'}",
         f"{m['dtype']}, {shapes}; forward+backward, median of {m['repeats']} interleaved rounds "
         f"after {m['warmup']} warm-up; memory: {m['memory']}",
@@ -511,6 +530,272 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- the --matrix mode
+
+# (family, shape, dtype): the shapes, layouts and dtypes people train with (issue 12's table)
+MATRIX_CELLS: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    ("softmax", (8, 10), "float32"),
+    ("softmax", (64, 100), "float32"),
+    ("softmax", (256, 1000), "float32"),
+    ("softmax", (16384, 1000), "float32"),
+    ("softmax", (16384, 1000), "bfloat16"),
+    ("softmax", (8, 21, 96, 96), "float32"),
+    ("softmax", (2, 150, 96, 96), "float32"),
+    ("sigmoid", (8, 80), "float32"),
+    ("sigmoid", (512, 80), "float32"),
+    ("sigmoid", (100000, 80), "float32"),
+    ("sigmoid", (100000, 80), "bfloat16"),
+)
+# row name -> (family, description, fn(x, target)); the first row of a family is torch's own loss
+MATRIX_ROWS: dict[str, tuple[str, str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "torch-ce": ("softmax", "F.cross_entropy", lambda x, y: F.cross_entropy(x, y)),
+    "ce": ("softmax", "polyfocal.cross_entropy", lambda x, y: pf.cross_entropy(x, y)),
+    "focal": ("softmax", "softmax_focal_loss(gamma=2)", lambda x, y: pf.softmax_focal_loss(x, y, gamma=2.0)),
+    "poly1": ("softmax", "poly1_cross_entropy(epsilon=1)", lambda x, y: pf.poly1_cross_entropy(x, y, epsilon=1.0)),
+    "torch-bce": ("sigmoid", "F.binary_cross_entropy_with_logits", F.binary_cross_entropy_with_logits),
+    "bce": (
+        "sigmoid",
+        "poly_loss(activation='sigmoid', epsilon=0) = BCE",
+        lambda x, t: pf.poly_loss(x, t, activation="sigmoid", epsilon=0.0),
+    ),
+    "sigmoid-focal": ("sigmoid", "sigmoid_focal_loss(gamma=2, alpha=.25)", lambda x, t: pf.sigmoid_focal_loss(x, t)),
+    "sigmoid-poly1-focal": (
+        "sigmoid",
+        "poly1_focal_loss(epsilon=1, gamma=2, alpha=.25)",
+        lambda x, t: pf.poly1_focal_loss(x, t, epsilon=1.0, gamma=2.0, alpha=0.25),
+    ),
+}
+MATRIX_BASELINE = {"softmax": "torch-ce", "sigmoid": "torch-bce"}
+
+
+def matrix_inputs(family: str, shape: Sequence[int], dtype: str, device: str = "cpu"):
+    """A cell's leaf logits and targets (fixed seed): class indices ``(N, *)`` for softmax, dense 0/1 targets
+    with ~1% positives in the logits' dtype for sigmoid."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(shape), generator=g).to(device=device, dtype=DTYPES[dtype]).requires_grad_()
+    if family == "softmax":
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(device)
+    else:
+        target = (torch.rand(tuple(shape), generator=g) < 0.01).to(device=device, dtype=DTYPES[dtype])
+    return x, target
+
+
+def _matrix_memory_child(spec: dict[str, Any]) -> float:
+    """In a fresh process: extra peak RSS of one forward+backward of a matrix row, in logits' bytes."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, see the module doc
+    torch.set_num_threads(1)
+    fn = MATRIX_ROWS[spec["row"]][2]
+    small = [min(d, 8) for d in spec["shape"]]
+    fn(*matrix_inputs(spec["family"], small, spec["dtype"])).backward()  # warm-up: lazy initialisations
+    x, target = matrix_inputs(spec["family"], spec["shape"], spec["dtype"])
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    fn(x, target).backward()
+    peak = _status_kib("VmHWM")
+    return (peak - base) * 1024 / (x.numel() * x.element_size())
+
+
+def _matrix_memory_zygote(specs_json: str) -> None:
+    """Child-process entry for the matrix: one forked grandchild per spec, sequentially (the cells are large)."""
+    specs, results = json.loads(specs_json), []
+    torch.set_num_threads(1)
+    for spec in specs:  # imports and registrations once, before any fork
+        MATRIX_ROWS[spec["row"]][2](*matrix_inputs(spec["family"], [2] * len(spec["shape"]), spec["dtype"])).backward()
+    gc.collect()
+    for spec in specs:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (grandchild)
+            code = 1
+            try:
+                os.close(r)
+                os.write(w, json.dumps(_matrix_memory_child(spec)).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(r) as f:
+            data = f.read()
+        results.append(json.loads(data) if status == 0 and data else None)
+    print(json.dumps(results))
+
+
+def _matrix_cpu_memory(specs: list[dict[str, Any]]) -> list[float | None]:
+    import subprocess
+
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = "import sys, polyfocal.bench as b; b._matrix_memory_zygote(sys.argv[1])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(specs)], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return [None] * len(specs)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _time_rows(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], budget_s: float, rng: random.Random):
+    """Interleaved medians: each round runs every callable once (in a reshuffled order), with as many rounds as
+    fit ``budget_s`` (at least 5, at most 400) after one warm-up round."""
+    for f in fns.values():
+        f()
+    sync()
+    t0 = time.perf_counter()
+    for f in fns.values():
+        f()
+    sync()
+    per_round = max(time.perf_counter() - t0, 1e-6)
+    rounds = int(min(400, max(5, budget_s / per_round)))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for k in order:
+            sync()
+            t = time.perf_counter()
+            fns[k]()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}, rounds
+
+
+def run_matrix(
+    *,
+    device: str = "cpu",
+    threads: Sequence[int] = (1, 2),
+    budget_s: float = 1.0,
+    memory: bool = True,
+    cells: Sequence[tuple[str, tuple[int, ...], str]] = MATRIX_CELLS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The benchmark matrix: every cell x row, forward+backward, ratio to torch's own loss on the same input
+    (medians of one interleaved run per cell and thread count), and the extra peak memory of each row."""
+    if device not in ("cpu", "cuda"):
+        raise CLIError(f"--device: expected cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available to torch")
+    if not threads or any(t < 1 for t in threads):
+        raise CLIError(f"--threads: expected positive thread counts, got {list(threads)}")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    thread_counts = list(threads) if device == "cpu" else [torch.get_num_threads()]
+    previous = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        for t in thread_counts:
+            torch.set_num_threads(t)
+            for family, shape, dtype in cells:
+                x, target = matrix_inputs(family, shape, dtype, device)
+                names = [n for n, (fam, _, _) in MATRIX_ROWS.items() if fam == family]
+
+                def call(fn=None, x=x, target=target):
+                    x.grad = None
+                    fn(x, target).backward()
+
+                fns = {n: functools.partial(call, MATRIX_ROWS[n][2]) for n in names}
+                medians, rounds = _time_rows(fns, sync, budget_s, rng)
+                x.grad = None
+                base = medians[MATRIX_BASELINE[family]]
+                for n in names:
+                    rows.append({
+                        "cell": f"{family} {'x'.join(map(str, shape))} {dtype}", "family": family,
+                        "shape": list(shape), "dtype": dtype, "threads": t, "row": n,
+                        "median_us": medians[n] * 1e6, "ratio": medians[n] / base, "rounds": rounds,
+                        "extra_peak_memory": None,
+                    })  # fmt: skip
+                del x, target
+    finally:
+        torch.set_num_threads(previous)
+    timing_s = time.perf_counter() - start
+    note = "skipped (--no-memory)"
+    if memory and device == "cuda":
+        for r in rows:
+            x, target = matrix_inputs(r["family"], r["shape"], r["dtype"], device)
+            fn = MATRIX_ROWS[r["row"]][2]
+            fn(x, target).backward()
+            x.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            fn(x, target).backward()
+            torch.cuda.synchronize()
+            r["extra_peak_memory"] = (torch.cuda.max_memory_allocated() - before) / (x.numel() * x.element_size())
+        note = "torch.cuda.max_memory_allocated - memory_allocated before"
+    elif memory and not os.access("/proc/self/clear_refs", os.W_OK):
+        note = "skipped: /proc/self/clear_refs is not writable"
+    elif memory:  # once per (cell, row): memory does not depend on the thread count; cells under 1 MiB of
+        # logits are below what page-granular RSS can resolve (one 4 KiB page is 12x an 8x10 float32 input)
+        first = [r for r in rows if r["threads"] == thread_counts[0] and _logits_bytes(r) >= 1 << 20]
+        specs = [{"family": r["family"], "shape": r["shape"], "dtype": r["dtype"], "row": r["row"]} for r in first]
+        for r, m in zip(first, _matrix_cpu_memory(specs), strict=True):
+            for other in rows:
+                if (other["cell"], other["row"]) == (r["cell"], r["row"]):
+                    other["extra_peak_memory"] = m
+        note = "VmHWM - VmRSS after clear_refs=5, one fresh forked child per cell and row, 1 thread; '-' under 1 MiB"
+    meta = {
+        "mode": "matrix",
+        "device": device,
+        "device_name": _device_name(device),
+        "simd": simd_level(device),
+        **_versions(),
+        "threads": thread_counts,
+        "budget_s": budget_s,
+        "memory": note,
+        "wall_s": {"timing": round(timing_s, 2), "memory": round(time.perf_counter() - start - timing_s, 2)},
+        "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return {"meta": meta, "results": rows}
+
+
+def _logits_bytes(row: dict[str, Any]) -> int:
+    return math.prod(row["shape"]) * DTYPES[row["dtype"]].itemsize
+
+
+def format_matrix(result: dict[str, Any]) -> str:
+    """The matrix as text: one line per cell and thread count (each row's ratio to torch's own loss and its
+    extra peak memory in logits' bytes), then the worst polyfocal cell."""
+    m = result["meta"]
+    lines = [
+        f"polyfocal bench --matrix on {m['device']} ({m['device_name']}; {m['simd']})",
+        f"polyfocal {m['polyfocal']}, torch {m['torch']}, python {m['python']}, triton {m['triton'] or '-'}",
+        "forward+backward; ratio = median / median of torch's own loss on the same input, one interleaved run "
+        f"per cell; memory: {m['memory']}",
+        "",
+    ]
+    table = [["cell", "threads", "torch us", "rows: ratio (peak mem x logits)"]]
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in result["results"]:
+        cells.setdefault((r["cell"], r["threads"]), []).append(r)
+    worst = None
+    for (cell, t), rs in cells.items():
+        base = next(r for r in rs if r["row"] == MATRIX_BASELINE[r["family"]])
+        parts = []
+        for r in rs:
+            mem = "-" if r["extra_peak_memory"] is None else f"{r['extra_peak_memory']:.2f}"
+            if r is base:
+                parts.append(f"{r['row']} ({mem})")
+                continue
+            parts.append(f"{r['row']} {r['ratio']:.2f}x ({mem})")
+            if worst is None or r["ratio"] > worst["ratio"]:
+                worst = r
+        table.append([cell, str(t), f"{base['median_us']:.0f}", "  ".join(parts)])
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        lines.append("  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3]]))
+    if worst is not None:
+        lines += ["", f"worst cell: {worst['cell']}, {worst['threads']} thread(s), {worst['row']}: "
+                  f"{worst['ratio']:.2f}x torch's own loss"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def _shape(text: str, flag: str) -> tuple[int, int]:
     parts = text.replace("x", ",").split(",")
     try:
@@ -526,6 +811,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand: validate, run, print the table, write ``--json`` (only after a full run)."""
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise CLIError(f"--json: directory of {args.json!r} does not exist")
+    if args.matrix:
+        result = run_matrix(
+            device=args.device,
+            threads=_threads(args.threads_list),
+            budget_s=args.budget,
+            memory=not args.no_memory,
+        )
+        print(format_matrix(result))
+        _write_json(result, args.json)
+        return 0
     result = run_bench(
         device=args.device,
         variants=None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()],
@@ -540,12 +835,27 @@ def run_from_args(args: argparse.Namespace) -> int:
         peak_bandwidth=args.peak_bandwidth,
     )
     print(format_table(result))
-    if args.json is not None:
-        tmp = Path(f"{args.json}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
-        print(f"wrote {args.json}")
+    _write_json(result, args.json)
     return 0
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        counts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise CLIError(f"--matrix-threads: expected comma-separated positive integers, got {text!r}") from None
+    if not counts or any(c < 1 for c in counts):
+        raise CLIError(f"--matrix-threads: expected comma-separated positive integers, got {text!r}")
+    return counts
+
+
+def _write_json(result: dict[str, Any], path: str | None) -> None:
+    if path is None:
+        return
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
 
 
 def register(subparsers: Any) -> None:
@@ -567,6 +877,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--peak-bandwidth", type=float, metavar="GB/s", help="peak HBM bandwidth for the %% column")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument(
+        "--matrix",
+        action="store_true",
+        help="the benchmark matrix: small classifiers, segmentation maps, bf16, detection shapes; CE / focal / "
+        "Poly-1 rows, each as a ratio to torch's own loss; worst cell last",
+    )
+    p.add_argument("--matrix-threads", dest="threads_list", default="1,2", metavar="T,T", help="default 1,2")
+    p.add_argument("--budget", type=float, default=1.0, metavar="S", help="matrix: seconds of rounds per cell")
     p.set_defaults(func=run_from_args)
 
 

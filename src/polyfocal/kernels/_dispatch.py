@@ -204,8 +204,17 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor | None):  # type: ignore[override]
         if grad_loss is None:
             return None, None, None, None
-        (x,) = ctx.saved_tensors
         grad, ctx.grad_buffer = ctx.grad_buffer, None  # handed out once
+        if (  # the common case first, in a few attribute tests: a CPU buffer, reduced loss, grad_output == 1
+            grad is not None
+            and grad.device.type == "cpu"
+            and ctx.args.reduction != "none"
+            and not torch.is_grad_enabled()
+            and type(grad_loss) is torch.Tensor
+            and float(grad_loss) == 1.0
+        ):
+            return grad, None, None, None
+        (x,) = ctx.saved_tensors
         return backward_input(x, ctx.target, ctx.args, ctx.name, grad, grad_loss), None, None, None
 
 

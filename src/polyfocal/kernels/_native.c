@@ -375,14 +375,15 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
 
 /* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
  * R = N * S rows (n, s) in row-major order.  loss: (R,) per row, scaled by validity, 1/norm and (mean)
- * 1/denominator; *total: their sum (sequential, deterministic).  g: gradient of x's layout and dtype for
+ * 1/denominator, or NULL for a reduced loss (then a scratch buffer holds the rows); *out: their sum (summed in
+ * row order: deterministic), written as the 0-D float32 result.  g: gradient of x's layout and dtype for
  * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
  * weights) and the class sums are computed here too: a few O(R + C) loops instead of torch ops.
  * Returns 0; 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written);
  * 2 when scratch memory could not be allocated. */
 int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const float *w, const float *norm,
                const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t N, int64_t C,
-               int64_t S, int mean, float *loss, double *total, void *g, int nthreads, int64_t *bad) {
+               int64_t S, int mean, float *loss_out, float *out, void *g, int nthreads, int64_t *bad) {
     const int64_t R = N * S;
     double den = 0.0;
     for (int64_t r = 0; r < R; r++) { /* the index check: before any memory is touched through an index */
@@ -401,6 +402,9 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     }
     const double grad_scale = mean ? 1.0 / den : 1.0;
     const int parallel = R * C >= 16384 && nthreads > 1;
+    float stack_rows[256];
+    float *loss = loss_out ? loss_out : (R <= 256 ? stack_rows : (float *)malloc((size_t)R * sizeof(float)));
+    if (!loss) return 2;
     int failed = 0;
     if (S == 1 && xdt == DT_F32) {
         const float *xf = (const float *)x;
@@ -460,10 +464,11 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
             free(es);
         }
     }
-    if (failed) return 2;
     double sum = 0.0;
     for (int64_t r = 0; r < R; r++) sum += loss[r];
-    *total = (mean && den == 0.0) ? NAN : sum; /* a mean over nothing is nan, as in torch */
+    if (loss != loss_out && loss != stack_rows) free(loss);
+    if (failed) return 2;
+    if (out) *out = (mean && den == 0.0) ? NAN : (float)sum; /* a mean over nothing is nan, as in torch */
     return 0;
 }
 
@@ -471,13 +476,14 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
  * Targets: dense t (N, L) contiguous in the dtype tdt (float32 / bfloat16 / float16 / uint8), or class indices
  * y (N,) with L = C classes per row (index C = background, ignore_index masks the row).  w / pw / norm: NULL
  * or float32 arrays addressed as v[row * s0 + col * s1] (a broadcast view has a zero stride: nothing is
- * expanded).  loss: (N, L) element losses, or NULL to write per-thread partial sums to partial[nthreads].
+ * expanded).  loss: (N, L) element losses, or NULL for a reduced loss: *out = the sum (or the mean) of the
+ * elements, from per-thread partial sums added in thread order (deterministic for a thread count).
  * g: the gradient in x's dtype, or NULL. */
 int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y, int64_t ignore_index, int64_t N,
                int64_t L, const float *w, int64_t ws0, int64_t ws1, const float *pw, int64_t ps0, int64_t ps1,
                const float *norm, int64_t ns0, int64_t ns1, int has_alpha, double alpha, const double *eps,
-               int n_eps, double gamma, double ls, int mean, float *loss, double *partial, void *g, int nthreads,
-               double *den_out, int64_t *bad) {
+               int n_eps, double gamma, double ls, int mean, float *loss, float *out, void *g, int nthreads,
+               int64_t *bad) {
     const int64_t numel = N * L;
     /* The mean denominator (non-ignored elements) and, for class indices, the range check [0, L] (L = background):
      * returns 1 with *bad = the first offending index, before anything is written. */
@@ -495,7 +501,8 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
         }
         den = (double)valid_rows * (double)L;
     }
-    *den_out = den;
+    double partial[256] = {0.0};
+    if (nthreads > 256) nthreads = 256;
     /* all ignored: the mean is nan (0/0, computed by the caller) and the gradient 0, as in torch */
     const double grad_scale = mean ? (den > 0.0 ? 1.0 / den : 0.0) : 1.0;
     const int64_t chunks = (numel + BLK - 1) / BLK;
@@ -646,7 +653,12 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                 store_from_f32(g, xdt, base, gb, len);
             }
         }
-        if (partial) partial[omp_get_thread_num()] = acc;
+        partial[omp_get_thread_num()] = acc;
+    }
+    if (out) {
+        double total = 0.0;
+        for (int i = 0; i < nthreads; i++) total += partial[i];
+        *out = (float)(mean ? (den > 0.0 ? total / den : NAN) : total);
     }
     return 0;
 }

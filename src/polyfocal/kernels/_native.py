@@ -121,11 +121,11 @@ def library() -> ctypes.CDLL | None:
     if lib is not None:  # tensor pointers travel as plain integers (c_void_p): no ctypes.cast per call
         _p, _i, _i64, _d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
         lib.pf_softmax.restype = ctypes.c_int
-        lib.pf_softmax.argtypes = [_p, _i, _p, _p, _p, _p, _f64p, _i, _d, _d, _i64, _i64, _i64, _i64, _i, _p, _f64p,
-                                   _p, _i, _i64p]  # fmt: skip
+        lib.pf_softmax.argtypes = [_p, _i, _p, _p, _p, _p, _f64p, _i, _d, _d, _i64, _i64, _i64, _i64, _i, _p, _p, _p,
+                                   _i, _i64p]  # fmt: skip
         lib.pf_sigmoid.restype = ctypes.c_int
         lib.pf_sigmoid.argtypes = [_p, _i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _i64, _p, _i64,
-                                   _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _f64p, _i64p]  # fmt: skip
+                                   _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _i64p]  # fmt: skip
     _state["lib"] = lib
     return lib
 
@@ -185,23 +185,21 @@ def softmax_forward(
     rows, num_classes = y.numel(), x.shape[1]
     a, w = _f32(class_weight), _f32(weight)
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, target.shape))
-    loss = torch.empty(target.shape, dtype=torch.float32)
+    none = reduction == "none"
+    out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
     grad = torch.empty_like(x) if compute_grad else None  # x's memory layout: channels_last stays channels_last
-    total, bad = ctypes.c_double(), ctypes.c_int64()
+    bad = ctypes.c_int64()
     status = lib.pf_softmax(
         x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)),
         len(epsilon), float(gamma), float(label_smoothing), int(ignore_index), rows if spatial == 1 else x.shape[0],
-        num_classes, spatial, int(reduction == "mean"), loss.data_ptr(), ctypes.byref(total), _ptr(grad),
-        torch.get_num_threads(), ctypes.byref(bad),
+        num_classes, spatial, int(reduction == "mean"), out.data_ptr() if none else None,
+        None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad),
     )  # fmt: skip
     if status == 1:
         raise _index_error(bad.value, num_classes, ignore_index, background=False)
     if status:
         raise MemoryError("polyfocal: the native softmax kernel could not allocate its scratch rows")
-    grad = x.new_empty(0) if grad is None else grad
-    if reduction == "none":
-        return loss, grad
-    return torch.full((), total.value, dtype=torch.float32), grad  # "mean": the rows carry 1/denominator
+    return out, x.new_empty(0) if grad is None else grad  # "mean": the rows carry 1/denominator
 
 
 def _strided(v: torch.Tensor | None, n: int, length: int) -> tuple[torch.Tensor | None, int, int]:
@@ -250,26 +248,24 @@ def sigmoid_forward(
             t = t.to(torch.uint8 if not t.dtype.is_floating_point else torch.float32)
         t = t if t.is_contiguous() else t.contiguous()
         t_code = _TARGET_DTYPES[t.dtype]
-    threads = torch.get_num_threads()
-    loss = torch.empty(x.shape, dtype=torch.float32) if reduction == "none" else None
-    partial = torch.zeros(threads, dtype=torch.float64) if loss is None else None
+    none = reduction == "none"
+    out = torch.empty(x.shape if none else (), dtype=torch.float32)  # the element losses, or the 0-D result
     grad = torch.empty_like(x) if compute_grad else None
-    denominator, bad = ctypes.c_double(float(x.numel())), ctypes.c_int64()
-    if x.numel():
-        status = lib.pf_sigmoid(
-            x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), int(ignore_index), n, length, _ptr(w), ws0,
-            ws1, _ptr(pw), ps0, ps1, _ptr(norm), ns0, ns1, int(alpha is not None),
-            0.0 if alpha is None else float(alpha), _eps_array(tuple(epsilon)), len(epsilon), float(gamma),
-            float(label_smoothing), int(reduction == "mean"), _ptr(loss), _ptr(partial), _ptr(grad), threads,
-            ctypes.byref(denominator), ctypes.byref(bad),
-        )  # fmt: skip
-        if status:
-            raise _index_error(bad.value, length, ignore_index, background=True)
-    grad = x.new_empty(0) if grad is None else grad
-    if loss is not None:
-        return loss, grad
-    total = partial.sum().to(torch.float32)
-    return (total if reduction == "sum" else total / denominator.value), grad
+    if not x.numel():
+        if not none:
+            out.fill_(float("nan") if reduction == "mean" else 0.0)  # a mean over nothing is nan, as in torch
+        return out, x.new_empty(0) if grad is None else grad
+    bad = ctypes.c_int64()
+    status = lib.pf_sigmoid(
+        x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), int(ignore_index), n, length, _ptr(w), ws0, ws1,
+        _ptr(pw), ps0, ps1, _ptr(norm), ns0, ns1, int(alpha is not None), 0.0 if alpha is None else float(alpha),
+        _eps_array(tuple(epsilon)), len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"),
+        out.data_ptr() if none else None, None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(),
+        ctypes.byref(bad),
+    )  # fmt: skip
+    if status:
+        raise _index_error(bad.value, length, ignore_index, background=True)
+    return out, x.new_empty(0) if grad is None else grad
 
 
 def _index_error(offending: int, num_classes: int, ignore_index: int, *, background: bool) -> IndexError:
