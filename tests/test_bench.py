@@ -183,3 +183,53 @@ def test_table_and_bandwidth_columns():
     assert lines[5].split()[:2] == ["torch-softmax", "softmax"] and lines[7].split()[-2:] == ["1000", "30%"]
     assert bench.peak_bandwidth_for("NVIDIA H200") == 4800.0
     assert bench.peak_bandwidth_for("NVIDIA A100-SXM4-80GB") == 2039.0
+
+
+# ------------------------------------------------------------------------------------------------- --matrix
+
+TINY_CELLS = [("softmax", (8, 10), "float32"), ("softmax", (2, 5, 3, 3), "bfloat16"), ("sigmoid", (6, 4), "bfloat16")]
+
+
+def test_matrix_rows_ratios_and_worst_cell():
+    result = bench.run_matrix(threads=[1], budget_s=0.01, memory=False, cells=TINY_CELLS)
+    rows = result["results"]
+    assert len(rows) == 12 and result["meta"]["simd"].startswith("torch ")
+    for r in rows:
+        base = next(b for b in rows if b["cell"] == r["cell"] and b["row"] == bench.MATRIX_BASELINE[r["family"]])
+        assert r["ratio"] == pytest.approx(r["median_us"] / base["median_us"])
+        assert r["rounds"] >= 5 and r["extra_peak_memory"] is None
+    text = bench.format_matrix(result).splitlines()
+    worst = max((r for r in rows if not r["row"].startswith("torch-")), key=lambda r: r["ratio"])
+    assert text[-1].startswith(f"worst cell: {worst['cell']}, 1 thread(s), {worst['row']}:")
+    assert sum(line.startswith(("softmax ", "sigmoid ")) for line in text) == 3
+
+
+def test_matrix_rows_compute_their_named_losses():
+    """Each polyfocal row computes the same number as its torch formula on the cell's inputs."""
+    x, y = bench.matrix_inputs("softmax", (4, 6, 3), "float32")
+    ce = F.cross_entropy(x, y, reduction="none")
+    p_t = torch.exp(-ce)
+    expected = {"ce": ce.mean(), "focal": ((1 - p_t) ** 2 * ce).mean(), "poly1": (ce + 1 - p_t).mean()}
+    for name, value in expected.items():
+        torch.testing.assert_close(bench.MATRIX_ROWS[name][2](x, y), value)
+    x, t = bench.matrix_inputs("sigmoid", (50, 7), "float32")
+    torch.testing.assert_close(bench.MATRIX_ROWS["bce"][2](x, t), F.binary_cross_entropy_with_logits(x, t))
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs a writable /proc/self/clear_refs")
+def test_matrix_memory_sees_cross_entropy_temporaries(tmp_path, capsys):
+    """A 1 MiB cell is measured: F.cross_entropy keeps ~3 logits-sized buffers, polyfocal only the gradient."""
+    out = tmp_path / "m.json"
+    cells = [("softmax", (512, 512), "float32"), ("softmax", (8, 10), "float32")]
+    result = bench.run_matrix(threads=[1], budget_s=0.01, cells=cells)
+    mem = {r["row"]: r["extra_peak_memory"] for r in result["results"] if r["shape"] == [512, 512]}
+    assert mem["torch-ce"] > 2.5 and all(0.9 < mem[n] < 1.3 for n in ("ce", "focal", "poly1"))
+    assert all(r["extra_peak_memory"] is None for r in result["results"] if r["shape"] == [8, 10])
+    bench._write_json(result, str(out))
+    assert json.loads(out.read_text())["meta"]["mode"] == "matrix"
+
+
+@pytest.mark.parametrize("value", ["0", "a,b", ""])
+def test_matrix_threads_are_checked(value, capsys):
+    assert _main(["--matrix", "--matrix-threads", value]) == 2
+    assert "--matrix-threads" in capsys.readouterr().err
