@@ -93,7 +93,7 @@ static inline uint16_t f32_to_f16(float f) {
 #endif
 
 /* dst[0:len] = float(src[off : off + len]) for a dtype code */
-static inline void load_f32(float *dst, const void *src, int dt, int64_t off, int64_t len) {
+__attribute__((noinline)) static void load_f32(float *dst, const void *src, int dt, int64_t off, int64_t len) {
     if (dt == DT_F32) {
         memcpy(dst, (const float *)src + off, (size_t)len * sizeof(float));
     } else if (dt == DT_BF16) {
@@ -112,7 +112,7 @@ static inline void load_f32(float *dst, const void *src, int dt, int64_t off, in
 }
 
 /* dst[off : off + len] = src[0:len] rounded to the dtype (float32, bfloat16 or float16) */
-static inline void store_from_f32(void *dst, int dt, int64_t off, const float *src, int64_t len) {
+__attribute__((noinline)) static void store_from_f32(void *dst, int dt, int64_t off, const float *src, int64_t len) {
     if (dt == DT_F32) {
         memcpy((float *)dst + off, src, (size_t)len * sizeof(float));
     } else if (dt == DT_BF16) {
