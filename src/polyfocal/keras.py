@@ -18,6 +18,10 @@ log-space form, with Keras conventions: argument order ``(y_true, y_pred)``, the
   :class:`PolyCategoricalFocalCrossentropy`, :class:`PolyBinaryFocalCrossentropy`: ``keras.losses.Loss``
   subclasses, serialisable (``get_config``/``from_config``, registered under the package ``polyfocal``).
 
+``y_true`` and ``y_pred`` must have the shapes Keras' own losses accept (ValueError otherwise, never a
+broadcast); ``tf.Variable`` inputs work.  The softmax classes also take ``prior``/``tau`` (logit adjustment,
+Balanced Softmax) and ``z_loss``.
+
 Per-sample values equal the torch core's: softmax losses give ``polyfocal.poly_loss(..., reduction="none")``
 of the logits moved to class dim 1; the binary loss gives the sigmoid element loss averaged over ``axis``
 (the Keras binary convention, as ``keras.losses.BinaryFocalCrossentropy``).
@@ -310,7 +314,8 @@ def poly1_cross_entropy(epsilon: float = 1.0) -> Any:
 
     .. math:: \mathrm{mean}\big(\mathrm{CE} + \epsilon (1 - p_t)\big),\quad p_t = \sum_c y_c\,\mathrm{softmax}(x)_c
 
-    ``y_true`` one-hot or soft labels ``[batch, C]``, ``y_pred`` logits.
+    ``y_true`` one-hot or soft labels ``[batch, C]`` of ``y_pred``'s shape (ValueError otherwise; the TF
+    listing's ``tf.nn.softmax_cross_entropy_with_logits`` would broadcast), ``y_pred`` logits.
 
     Example:
         >>> import numpy as np
@@ -341,8 +346,8 @@ def poly1_focal_loss(gamma: float = 2.0, epsilon: float = 1.0, alpha: float = 0.
 
     .. math:: \mathrm{mean}\big(\alpha_t (1 - p_t)^{\gamma}\,\mathrm{BCE} + \epsilon (1 - p_t)^{\gamma + 1}\big)
 
-    Sigmoid, multi-label 0/1 ``y_true`` of ``y_pred``'s shape, ``y_pred`` logits; the mean is over every
-    element.  ``alpha < 0`` disables the alpha balance, as in the listing.
+    Sigmoid, multi-label 0/1 ``y_true`` of ``y_pred``'s shape (ValueError otherwise), ``y_pred`` logits; the
+    mean is over every element.  ``alpha < 0`` disables the alpha balance, as in the listing.
 
     Example:
         >>> import numpy as np
