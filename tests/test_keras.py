@@ -1,12 +1,14 @@
-"""polyfocal.keras on the torch backend: against the torch core, Keras' own losses and seed 000's listings."""
+"""polyfocal.keras: against the torch core, Keras' own losses, seed 000's listings and a NumPy float64 reference,
+on the torch backend in-process and on JAX and TensorFlow in subprocesses (torch unimportable there)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from keras import ops  # noqa: E402
 
+import keras_checks  # noqa: E402
+import keras_checks_tf  # noqa: E402
 import polyfocal  # noqa: E402
 import polyfocal.keras as pk  # noqa: E402
 from seed_listings import poly1_cross_entropy_tf, poly1_focal_loss_tf  # noqa: E402
@@ -382,46 +386,75 @@ def test_bad_shapes_at_call():
         pk.SparsePolyCategoricalCrossentropy(from_logits=True)(torch.zeros(4, 2), torch.randn(3, 3))
 
 
-# --- the adapter needs no torch ----------------------------------------------------------------------------
+# --- the backend-independent checks (tests/keras_checks.py): here on torch, in a subprocess on JAX and TF ----
 
 
-def test_keras_adapter_imports_and_runs_without_torch():
-    """With torch made unimportable and the JAX backend, polyfocal.keras still works (same numbers)."""
-    script = textwrap.dedent(
-        """
-        import importlib.abc, json, sys
+@pytest.mark.parametrize("name", sorted(keras_checks.CHECKS))
+def test_keras_check_on_torch(name):
+    keras_checks.CHECKS[name](keras_checks.make_grad("torch"))
 
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-                return None
 
-        sys.meta_path.insert(0, NoTorch())
-        import numpy as np
-        import polyfocal.keras as pk
-        import keras
-        y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-        x = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]])
-        out = {
-            "backend": keras.backend.backend(),
-            "poly1_ce": float(pk.poly1_cross_entropy(epsilon=2.0)(y, x)),
-            "poly1_focal": float(pk.poly1_focal_loss()(y, x)),
-            "focal_per_sample": [float(v) for v in pk.PolyCategoricalFocalCrossentropy(
-                gamma=0.5, alpha=[1.0, 2.0, 0.5], from_logits=True, reduction=None)(y, x)],
-            "torch_loaded": any(m == "torch" or m.startswith("torch.") for m in sys.modules),
-        }
-        print(json.dumps(out))
-        """
-    )
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["backend"] == "jax" and out["torch_loaded"] is False
+# Each other backend runs tests/keras_backend_run.py once, in a subprocess with torch made unimportable (so
+# polyfocal.keras is shown to need no torch); the runs start together, the first time one is needed.
+OTHER_BACKENDS = {"jax": "jax", "tensorflow": "tensorflow"}  # backend: the module it needs
+BACKEND_CHECKS = {
+    "jax": sorted(keras_checks.CHECKS),
+    "tensorflow": sorted(keras_checks.CHECKS) + sorted(keras_checks_tf.CHECKS),
+}
+_RUNS: dict[str, subprocess.Popen | dict] = {}
+RUNNER = Path(__file__).with_name("keras_backend_run.py")
+
+
+def _available(backend: str) -> bool:
+    return importlib.util.find_spec(OTHER_BACKENDS[backend]) is not None
+
+
+def _start_runs() -> None:
+    for backend in OTHER_BACKENDS:
+        if backend not in _RUNS and _available(backend):
+            env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}
+            env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+            _RUNS[backend] = subprocess.Popen(
+                [sys.executable, str(RUNNER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+
+
+def backend_run(backend: str) -> dict:
+    """The JSON of that backend's run; skips if its framework is not installed (the ``test`` extra has it)."""
+    if not _available(backend):
+        pytest.skip(f"{OTHER_BACKENDS[backend]} is not installed (pip install -e '.[test]' installs it)")
+    _start_runs()
+    run = _RUNS[backend]
+    if isinstance(run, subprocess.Popen):
+        try:
+            out, err = run.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            out, err = run.communicate()
+        lines = out.strip().splitlines()
+        run = _RUNS[backend] = {"returncode": run.returncode, "stderr": err, "json": lines[-1] if lines else ""}
+    assert run["returncode"] == 0, run["stderr"][-5000:]
+    return json.loads(run["json"])
+
+
+@pytest.mark.parametrize("backend", sorted(OTHER_BACKENDS))
+def test_keras_adapter_runs_without_torch(backend):
+    """With torch made unimportable, polyfocal.keras runs on JAX / TensorFlow: the same numbers as the core."""
+    out = backend_run(backend)
+    assert out["backend"] == backend and out["torch_loaded"] is False
+    assert sorted(out["results"]) == sorted(BACKEND_CHECKS[backend])
+    values = out["values"]
     y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     x = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]], dtype=torch.float64)
-    _close(out["poly1_ce"], polyfocal.poly1_cross_entropy(x, y, epsilon=2.0), tol=1e-6)
-    _close(out["poly1_focal"], polyfocal.poly1_focal_loss(x, y), tol=1e-6)
+    _close(values["poly1_ce"], polyfocal.poly1_cross_entropy(x, y, epsilon=2.0), tol=1e-6)
+    _close(values["poly1_focal"], polyfocal.poly1_focal_loss(x, y), tol=1e-6)
     focal = polyfocal.softmax_focal_loss(x, y, gamma=0.5, alpha=[1.0, 2.0, 0.5], epsilon=1.0, reduction="none")
-    _close(out["focal_per_sample"], focal, tol=1e-6)
+    _close(values["focal_per_sample"], focal, tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backend", "name"), [(backend, name) for backend in sorted(OTHER_BACKENDS) for name in BACKEND_CHECKS[backend]]
+)
+def test_keras_check_on_backend(backend, name):
+    result = backend_run(backend)["results"].get(name, f"check {name} did not run")
+    assert result == "ok", f"{name} on {backend}:\n{result}"
