@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("torchmetrics")
 pytest.importorskip("sklearn")
@@ -21,7 +24,16 @@ import polyfocal
 from polyfocal.cli import main
 from polyfocal.experiments import data as pdata
 from polyfocal.experiments.losses import build_loss, parse_loss_spec
-from polyfocal.experiments.report import loss_curves, paired_difference, t_quantile
+from polyfocal.experiments.report import (
+    holm,
+    loss_curves,
+    paired_difference,
+    result_figures,
+    summarize,
+    summary_csv,
+    summary_markdown,
+    sweep_figure,
+)
 from polyfocal.experiments.runner import TrainConfig, evaluate, run_experiment, run_path
 from process_helpers import free_port, run_process_group
 
@@ -160,22 +172,9 @@ def test_evaluate_matches_plain_metric_definitions():
     assert m["ece"] == pytest.approx(ece, abs=1e-5)
 
 
-@pytest.mark.parametrize(("p", "df"), [(0.975, 1), (0.975, 4), (0.95, 9), (0.995, 30)])
-def test_t_quantile_inverts_the_student_t_cdf(p, df):
-    q = t_quantile(p, df)
+def test_paired_difference_is_scipys_one_sample_t_test_of_the_differences():
+    from scipy import stats
 
-    def pdf(t):
-        return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)) * (
-            1 + t * t / df
-        ) ** (-(df + 1) / 2)
-
-    steps = 20000  # Simpson's rule on [0, q]
-    h = q / steps
-    area = pdf(0) + pdf(q) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, steps))
-    assert 0.5 + area * h / 3 == pytest.approx(p, abs=1e-7)
-
-
-def test_paired_difference_interval():
     a, b = [0.8, 0.82, 0.79, 0.85, 0.81], [0.78, 0.80, 0.80, 0.81, 0.80]
     d = [x - y for x, y in zip(a, b, strict=True)]
     mean = sum(d) / 5
@@ -184,7 +183,157 @@ def test_paired_difference_interval():
     assert got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(sd)
     half = got["ci_high"] - got["mean"]
     assert half == pytest.approx(got["mean"] - got["ci_low"])
-    assert half == pytest.approx(t_quantile(0.975, 4) * sd / math.sqrt(5))
+    assert half == pytest.approx(stats.t.ppf(0.975, 4) * sd / math.sqrt(5))
+    test = stats.ttest_1samp(d, 0.0)
+    ci = test.confidence_interval(0.95)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert got["p"] == pytest.approx(test.pvalue, rel=1e-10)
+    one = paired_difference([0.5], [0.4])
+    assert math.isnan(one["p"]) and math.isnan(one["ci_low"])
+    same = paired_difference([0.5, 0.6], [0.5, 0.6])
+    assert (same["ci_low"], same["ci_high"], same["p"]) == (0.0, 0.0, 1.0)
+
+
+def test_holm_is_the_step_down_adjustment():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    got = holm([0.5, math.nan, 0.01])
+    assert math.isnan(got[1]) and got[0] == pytest.approx(0.5) and got[2] == pytest.approx(0.02)
+    g = torch.Generator().manual_seed(0)
+    ps = torch.rand(12, generator=g).pow(3).tolist()
+    m, order = len(ps), sorted(range(12), key=lambda i: ps[i])
+    for r, i in enumerate(order):  # definition: max over the smaller-or-equal p's of min(1, (m - rank) p)
+        expected = max(min(1.0, (m - q) * ps[order[q]]) for q in range(r + 1))
+        assert holm(ps)[i] == pytest.approx(expected)
+
+
+def _records(per_loss: dict[str, list[float]], *, classes=("tulip", "rose", "iris")) -> list[dict]:
+    """Run records with every metric of seed k of loss L equal to per_loss[L][k]."""
+    from polyfocal.experiments.runner import METRICS
+
+    out = []
+    for loss, values in per_loss.items():
+        for seed, v in enumerate(values):
+            out.append(
+                {
+                    "loss": loss,
+                    "seed": seed,
+                    "metrics": dict.fromkeys(METRICS, v),
+                    "per_class_recall": [v] * len(classes),
+                    "curves": {"train_loss": [1.0, 0.5], "test_balanced_accuracy": [v / 2, v]},
+                    "dataset": {
+                        "name": "folder:flowers",
+                        "classes": list(classes),
+                        "train_counts": [30, 10, 3],
+                        "test_counts": [2, 2, 2],
+                        "minority_classes": [2],
+                    },
+                    "config": {},
+                    "train_seconds": 0.1,
+                }
+            )
+    return out
+
+
+_CELL = re.compile(r"([+-]\d+\.\d) \[(\S+), (\S+)\]( \*†?)?$")
+
+
+def _paired_cells(md: str) -> list[re.Match]:
+    section = md.split("Paired difference", 1)[1].split("p-values", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "Δ" not in line]
+    cells = [c.strip() for row in rows for c in row.strip("|").split("|")[1:]]
+    matches = [_CELL.match(c) for c in cells]
+    assert cells and all(matches), cells
+    return matches
+
+
+def test_significance_mark_agrees_with_the_printed_interval():
+    # the interval [0.02, 1.98] pp excludes 0 but its lower bound rounds to 0.0 at one decimal
+    z, k = [-2.0, -1.0, 0.0, 1.0, 2.0], 0.005
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 4) * k * math.sqrt(2.5) / math.sqrt(5)
+    diffs = [half + 0.0002 + k * v for v in z]
+    summary = summarize(_records({"ce": [0.5] * 5, "poly1": [0.5 + d for d in diffs]}))
+    (cell,) = set((m.group(2), m.group(3), m.group(4)) for m in _paired_cells(summary_markdown(summary)))
+    assert cell[2] is not None and float(cell[0]) > 0, cell  # marked, and the printed bound shows why
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-0.05, 0.05, allow_nan=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.0, 0.03),
+)
+def test_marks_always_agree_with_the_printed_rounded_intervals(diff_rows, shift):
+    per_loss = {"ce": [0.6, 0.7, 0.8]}
+    for i, row in enumerate(diff_rows):
+        per_loss[f"l{i}"] = [b + shift + d for b, d in zip(per_loss["ce"], row, strict=True)]
+    for m in _paired_cells(summary_markdown(summarize(_records(per_loss)))):
+        lo, hi, mark = float(m.group(2)), float(m.group(3)), m.group(4)
+        assert (mark is not None) == (lo > 0 or hi < 0), m.group(0)
+
+
+def test_summary_reports_raw_and_holm_p_values_for_the_whole_table():
+    from scipy import stats
+
+    per_loss = {"ce": [0.60, 0.70, 0.80, 0.75], "a": [0.63, 0.71, 0.84, 0.78], "b": [0.58, 0.71, 0.79, 0.74]}
+    summary = summarize(_records(per_loss))
+    cells = [d for e in summary["losses"] for d in e["vs_baseline"].values()]
+    assert summary["comparisons"] == len(cells) == 10  # 2 losses x 5 metrics
+    for e in summary["losses"][1:]:
+        diffs = [x - y for x, y in zip(per_loss[e["loss"]], per_loss["ce"], strict=True)]
+        for d in e["vs_baseline"].values():
+            assert d["p"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue, rel=1e-9)
+    assert [d["p_holm"] for d in cells] == pytest.approx(holm([d["p"] for d in cells]))
+    md = summary_markdown(summary)
+    d = summary["losses"][1]["vs_baseline"]["accuracy"]
+    assert f"| a | {d['p']:.3f} / {d['p_holm']:.3f} |" in md and "Holm" in md
+    header = summary_csv(summary).splitlines()[0].split(",")
+    assert "accuracy_p" in header and "accuracy_p_holm" in header
+
+
+def test_a_single_loss_prints_no_paired_table():
+    md = summary_markdown(summarize(_records({"ce": [0.6, 0.7]})))
+    assert "Paired" not in md and "Δ" not in md and "p-values" not in md
+    assert md.count("| ce |") == 1
+
+
+def test_figures_label_every_axis_use_percent_and_show_the_paired_differences():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    summary = summarize(_records({"ce": [0.6, 0.7, 0.8], "poly1": [0.62, 0.73, 0.81], "focal": [0.5, 0.6, 0.8]}))
+    figs = result_figures(summary)
+    try:
+        assert set(figs) == {"metrics", "forest", "per_class_recall", "curves"}
+        for name, fig in figs.items():
+            for ax in fig.axes:
+                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+        forest = figs["forest"].axes
+        assert len(forest) == len(summary["metrics"])  # one panel per metric
+        assert {t.get_text() for t in forest[0].get_yticklabels()} == {"poly1", "focal"}
+        bars = [c for c in forest[0].containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 2
+        ticks = [t.get_text() for t in figs["per_class_recall"].axes[0].get_xticklabels()]
+        assert ticks[0].startswith("tulip") and ticks[2].startswith("iris")  # class names, not indices
+        recall_ax = figs["per_class_recall"].axes[0]
+        assert recall_ax.get_title() and any(isinstance(c, ErrorbarContainer) for c in recall_ax.containers)
+        assert "%" in recall_ax.get_ylabel() and "percent" in figs["metrics"].axes[0].get_ylabel()
+        heights = [p.get_height() for p in figs["metrics"].axes[0].patches]
+        assert max(heights) == pytest.approx(72.0)  # poly1: mean of 0.62, 0.73, 0.81, in percent
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+    fig = sweep_figure(summary, [-1.0, 0.0, 1.0], title="poly1 vs epsilon")
+    try:
+        for ax in fig.axes:
+            assert ax.get_xlabel() == "epsilon" and "(%)" in ax.get_ylabel()
+            assert max(ax.lines[0].get_ydata()) > 1.0  # percent, as in the tables
+    finally:
+        plt.close(fig)
 
 
 def test_loss_curves_follow_the_closed_forms():
@@ -245,7 +394,7 @@ def test_compare_cli_writes_results_consistent_with_the_run_files(tmp_path, caps
     assert rc == 0
     printed = capsys.readouterr().out
     names = set(_files(out))
-    for f in ("summary.json", "summary.csv", "summary.md", "metrics.png", "per_class_recall.png", "curves.png"):
+    for f in ("summary.json", "summary.csv", "summary.md", "metrics.png", "forest.png", "per_class_recall.png"):
         assert f in names
     assert sum(n.startswith("runs/") and n.endswith(".json") for n in names) == 4
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
@@ -296,6 +445,15 @@ def test_image_folder_with_resnet18(tmp_path, capsys):
     assert run["config"]["model"] == "resnet18" and run["dataset"]["classes"] == ["a", "b", "c"]
     assert run["dataset"]["test_counts"] == [1, 1, 1]  # floor(0.2 * 5) per class, balanced
     assert run["dataset"]["train_counts"] == [5, 4, 4]
+    # the stored config names the split actually used: a fraction of the smallest class, no fixed count
+    assert run["config"]["test_fraction"] == 0.2 and run["config"]["test_per_class"] is None
+    assert "minority classes c;" in capsys.readouterr().out  # by name (the fewest: c, 4 images)
+
+
+def test_digits_config_records_its_fixed_test_count(tmp_path):
+    run_experiment([parse_loss_spec("ce")], [0], TrainConfig(epochs=1), tmp_path)
+    config = json.loads(run_path(tmp_path, parse_loss_spec("ce"), 0).read_text())["config"]
+    assert config["test_per_class"] == 40 and config["test_fraction"] is None
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written

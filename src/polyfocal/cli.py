@@ -5,6 +5,10 @@ sets ``func`` (``args -> int`` exit code) as a parser default.  Those modules im
 dependencies (matplotlib, torchmetrics, tqdm, ...) only inside ``func``, so ``polyfocal --help`` and the
 library itself never need the extras.
 
+``polyfocal.bench`` imports torch when imported, so it is imported only when the command line names
+``bench``; otherwise a stand-in parser lists it in ``polyfocal --help``.  Help and argument errors of the
+other subcommands therefore never import torch (well under a second instead of several).
+
 Bad input raises :class:`CLIError`; :func:`main` prints it as one ``polyfocal <command>: error: ...`` line
 on stderr and returns exit code 2, as argparse does for its own usage errors.
 """
@@ -18,15 +22,25 @@ from collections.abc import Sequence
 
 __all__ = ["CLIError", "build_parser", "main"]
 
-# Modules that register subcommands, in --help order.
-_SUBCOMMAND_MODULES = ("polyfocal.bench", "polyfocal.experiments.cli")
+# Modules that register subcommands, in --help order: (subcommand it registers, module, --help summary).
+# A module whose import is heavy is imported only when its subcommand is the one being run.
+_SUBCOMMAND_MODULES = (
+    ("bench", "polyfocal.bench", "time forward+backward and peak memory of the losses against torch baselines"),
+    (None, "polyfocal.experiments.cli", None),
+)
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2, nothing half-written."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first token that is not an option (``None`` if there is none)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` (default: every subcommand) says which lazily imported subcommand is needed."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -35,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"polyfocal {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    wanted = None if argv is None else _command(argv)
+    for command, module, summary in _SUBCOMMAND_MODULES:
+        if command is None or argv is None or wanted == command:
+            importlib.import_module(module).register(subparsers)
+        else:  # listed in --help; never selected, since then the real module is registered instead
+            subparsers.add_parser(command, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -3,7 +3,8 @@
 Modules: :mod:`~polyfocal.experiments.data` (long-tailed digits, image folders, synthetic blobs),
 :mod:`~polyfocal.experiments.models` (MLP, ResNet-18), :mod:`~polyfocal.experiments.losses` (loss specs),
 :mod:`~polyfocal.experiments.runner` (training, torchmetrics evaluation, resumable runs, torchrun),
-:mod:`~polyfocal.experiments.report` (summaries, paired intervals, tables, figures) and
+:mod:`~polyfocal.experiments.report` (summaries, paired intervals and p-values, tables, figures),
+:mod:`~polyfocal.experiments.outdir` (the results directory: checked, locked, written atomically) and
 :mod:`~polyfocal.experiments.cli` (the subcommands).  Importing this package imports nothing heavy; the
 names below are loaded on first use.
 """

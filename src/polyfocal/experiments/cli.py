@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ _DEFAULT_LOSSES = ("ce", "focal:gamma=2", "poly1:eps=1", "poly1:eps=2", "poly1-f
 
 def _allow_negative_values(parser: argparse.ArgumentParser) -> None:
     # argparse takes "-1,0,1" for an option flag; treat anything starting with "-<digit>" or "-.<digit>" as a value
-    parser._negative_number_matcher = re.compile(r"^-\.?\d")  # type: ignore[attr-defined]
+    parser._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)  # type: ignore[attr-defined]
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -42,18 +44,25 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 per loss (default 5)")
     g.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
-    g.add_argument("--batch-size", type=int, default=None, help="default 32")
+    g.add_argument("--batch-size", type=int, default=None, help="default 32 for the MLP, 64 for the ResNet-18 (--data)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 MLP, 1e-3 ResNet)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--model", choices=("mlp", "resnet18"), default=None, help="default: mlp, resnet18 for --data")
-    g.add_argument("--image-size", type=int, default=64, help="--data: resize images to SxS (default 64)")
-    g.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 = original)")
+    g.add_argument(
+        "--image-size", type=int, default=64, help="--data: resize images to SxS (default 64; 32 for a CPU-sized run)"
+    )
+    g.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 = original; 16 for a CPU-sized run)")
     g.add_argument("--no-augment", action="store_true", help="--data: no random flip/crop")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 for the MLP)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     o = p.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar and no time estimate")
+    o.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another process is using --out, wait for it to finish (default: stop with exit code 2)",
+    )
     o.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     o.add_argument("--ddp", action="store_true", help="under torchrun: train each model with DistributedDataParallel")
 
@@ -128,22 +137,38 @@ def _float_list(text: str, what: str) -> list[float]:
     return values
 
 
-def _positive(value: Any, flag: str, *, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise _cli_error(f"expected {flag} > 0, got {value}; pass a positive number")
+def _check_number(value: Any, flag: str, *, minimum: float, inclusive: bool = False, example: str = "") -> None:
+    """``value`` (``None`` = not given) must be a finite number above ``minimum`` (or equal, if ``inclusive``)."""
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+        what = "a finite number " if isinstance(value, float) else ""
+        raise _cli_error(
+            f"expected {flag} to be {what}{bound}, got {value}" + (f"; pass e.g. {example}" if example else "")
+        )
+
+
+def _validate_numbers(args: argparse.Namespace) -> None:
+    """Every numeric training option: finite and in range (one ``CLIError`` line; nothing imported)."""
+    for flag, example in (
+        ("seeds", "5"),
+        ("epochs", "30"),
+        ("batch_size", "32"),
+        ("lr", "1e-3"),
+        ("image_size", "32"),
+        ("width", "16"),
+        ("threads", "2"),
+    ):
+        _check_number(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0, example=example)
+    _check_number(args.weight_decay, "--weight-decay", minimum=0, inclusive=True, example="1e-4")
+    _check_number(args.imbalance_ratio, "--imbalance-ratio", minimum=1, inclusive=True, example="50")
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Validate the data/training flags; return (TrainConfig, DistContext, list of seeds).  Writes nothing."""
-    import torch
-
-    from .runner import DistContext, TrainConfig
-
-    for flag in ("seeds", "epochs", "batch_size", "lr", "image_size", "width", "threads"):
-        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
-    _positive(args.weight_decay, "--weight-decay", allow_zero=True)
-    if args.imbalance_ratio is not None and not args.imbalance_ratio >= 1:
-        raise _cli_error(f"expected --imbalance-ratio >= 1, got {args.imbalance_ratio}; pass e.g. 50")
+    _validate_numbers(args)
     if args.data is not None and args.synthetic:
         raise _cli_error("--data and --synthetic exclude each other; pass one of them")
     if args.data is not None and args.model == "mlp" and args.image_size > 32:
@@ -152,6 +177,10 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     model = args.model or ("resnet18" if dataset == "folder" else "mlp")
     if model == "resnet18" and dataset != "folder":
         raise _cli_error("--model resnet18 needs images; pass --data DIR or --model mlp")
+    import torch
+
+    from .runner import DistContext, TrainConfig
+
     config = TrainConfig(
         dataset=dataset,
         data_dir=str(Path(args.data).resolve()) if args.data is not None else None,
@@ -199,29 +228,74 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return config, ctx, list(range(args.seeds))
 
 
-def _run(args: argparse.Namespace, specs: list[Any], *, baseline: str | None) -> tuple[Any, Any, Any] | None:
-    """Run the experiment; return (summary, markdown, ctx) on rank 0, None elsewhere."""
-    from .data import DataError
-    from .report import summarize
-    from .runner import ExperimentError, run_experiment
+def _lock_out(args: argparse.Namespace, ctx: Any) -> Any:
+    """Rank 0 takes the lock on ``--out`` (the other ranks wait for its outcome); returns the lock or None."""
+    from .outdir import OutputError, OutputLock
+
+    lock, error = None, None
+    if ctx.is_main:
+        lock = OutputLock(args.out, wait=args.wait, command=f"polyfocal {args.command}")
+        try:
+            lock.acquire()
+        except OutputError as err:
+            lock, error = None, str(err)
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        raise _cli_error(error)
+    return lock
+
+
+def _run(
+    args: argparse.Namespace,
+    specs: list[Any],
+    *,
+    baseline: str | None,
+    publish: Callable[[dict[str, Any], Any], None],
+) -> bool:
+    """Check ``--out``, lock it, run the experiment and (rank 0, still holding the lock) call
+    ``publish(summary, config)``.  Returns whether this process published."""
+    from .outdir import OutputError, check_writable
 
     if baseline is not None and baseline not in [s.label for s in specs]:
         raise _cli_error(
             f"--baseline {baseline!r} is not among the losses ({', '.join(s.label for s in specs)}); pass one of them"
         )
-    config, ctx, seeds = _setup(args)
+    _validate_numbers(args)
     try:
+        check_writable(args.out)  # before torch is even imported: an unusable --out costs no training
+    except OutputError as err:
+        raise _cli_error(str(err)) from None
+    config, ctx, seeds = _setup(args)
+
+    from .data import DataError
+    from .report import summarize
+    from .runner import ExperimentError, run_experiment
+
+    try:
+        lock = _lock_out(args, ctx)
         try:
-            records = run_experiment(
-                specs, seeds, config, args.out, ctx=ctx, ddp=args.ddp, progress=not args.no_progress
-            )
-        except (DataError, ExperimentError) as err:
-            raise _cli_error(str(err)) from None
-        if records is None:
-            return None
-        summary = summarize(records, baseline=baseline)
-        summary["seconds_total_training"] = sum(r["train_seconds"] for r in records)
-        return summary, ctx, config
+            try:
+                records = run_experiment(
+                    specs, seeds, config, args.out, ctx=ctx, ddp=args.ddp, progress=not args.no_progress
+                )
+            except (DataError, ExperimentError) as err:
+                raise _cli_error(str(err)) from None
+            if records is None:
+                return False
+            summary = summarize(records, baseline=baseline)
+            summary["seconds_total_training"] = sum(r["train_seconds"] for r in records)
+            publish(summary, config)
+            return True
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         if ctx.world_size > 1:
             import torch.distributed as dist
@@ -242,42 +316,43 @@ def _parse_specs(texts: list[str]) -> list[Any]:
     return specs
 
 
+def _class_list(dataset: dict[str, Any], indices: list[int]) -> str:
+    return ", ".join(str(dataset["classes"][i]) for i in indices)
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """``polyfocal compare``: train, summarise, write summary.{json,csv,md} and PNGs, print the table."""
-    from .report import plot_results, write_summary
-
     specs = _parse_specs(args.losses)
     baseline = args.baseline
     if baseline is not None:
         baseline = _parse_specs([baseline])[0].label
-    result = _run(args, specs, baseline=baseline)
-    if result is None:
-        return 0
-    summary, _, config = result
-    md = write_summary(args.out, summary)
-    if not args.no_plots:
-        plot_results(args.out, summary)
-    ds = summary["dataset"]
-    print(
-        f"{ds['name']}: train counts {ds['train_counts']}, balanced test set of {sum(ds['test_counts'])}, "
-        f"minority classes {ds['minority_classes']}; {config.model}, {config.epochs} epochs, "
-        f"{len(summary['losses'][0]['seeds'])} seeds"
-    )
-    print()
-    print(md, end="")
-    print(
-        f"\nresults: {args.out}/ (runs/*.json, summary.json, summary.csv, summary.md"
-        + ("" if args.no_plots else ", metrics.png, per_class_recall.png, curves.png")
-        + ")"
-    )
-    sys.stdout.flush()
+
+    def publish(summary: dict[str, Any], config: Any) -> None:
+        from .report import plot_results, write_summary
+
+        md = write_summary(args.out, summary)
+        figures = [] if args.no_plots else [p.name for p in plot_results(args.out, summary)]
+        ds = summary["dataset"]
+        print(
+            f"{ds['name']}: train counts {ds['train_counts']}, balanced test set of {sum(ds['test_counts'])}, "
+            f"minority classes {_class_list(ds, ds['minority_classes'])}; {config.model}, {config.epochs} epochs, "
+            f"{len(summary['losses'][0]['seeds'])} seeds"
+        )
+        print()
+        print(md, end="")
+        print(
+            f"\nresults: {args.out}/ ("
+            + ", ".join(["runs/*.json", "summary.json", "summary.csv", "summary.md", *figures])
+            + ")"
+        )
+        sys.stdout.flush()
+
+    _run(args, specs, baseline=baseline, publish=publish)
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     """``polyfocal sweep``: one loss over several epsilons; ``sweep.png`` of every metric vs epsilon."""
-    from .report import plot_sweep, write_summary
-
     epsilons = _float_list(args.epsilon, "--epsilon")
     if len(set(epsilons)) != len(epsilons):
         raise _cli_error(f"expected distinct epsilons, got {args.epsilon!r}; drop the repeated value")
@@ -288,31 +363,28 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
     specs = [dataclasses.replace(base, params={**base.params, "eps": e}) for e in epsilons]
     zero = [s.label for s, e in zip(specs, epsilons, strict=True) if e == 0.0]
-    result = _run(args, specs, baseline=zero[0] if zero else None)
-    if result is None:
-        return 0
-    summary, _, _ = result
-    md = write_summary(args.out, summary, stem="sweep")
-    if not args.no_plots:
-        plot_sweep(
-            Path(args.out) / "sweep.png",
-            summary,
-            epsilons,
-            title=f"{base.name} vs epsilon ({summary['dataset']['name']})",
+
+    def publish(summary: dict[str, Any], config: Any) -> None:
+        from .report import plot_sweep, write_summary
+
+        md = write_summary(args.out, summary, stem="sweep")
+        if not args.no_plots:
+            title = f"{base.name} vs epsilon ({summary['dataset']['name']})"
+            plot_sweep(Path(args.out) / "sweep.png", summary, epsilons, title=title)
+        print(md, end="")
+        print(
+            f"\nresults: {args.out}/ (runs/*.json, sweep.json, sweep.csv, sweep.md"
+            + ("" if args.no_plots else ", sweep.png")
+            + ")"
         )
-    print(md, end="")
-    print(
-        f"\nresults: {args.out}/ (runs/*.json, sweep.json, sweep.csv, sweep.md"
-        + ("" if args.no_plots else ", sweep.png")
-        + ")"
-    )
+        sys.stdout.flush()
+
+    _run(args, specs, baseline=zero[0] if zero else None, publish=publish)
     return 0
 
 
 def run_plot(args: argparse.Namespace) -> int:
     """``polyfocal plot``: loss and gradient magnitude vs p_t (PNG)."""
-    from .report import plot_loss_vs_pt
-
     gammas = _float_list(args.gamma, "--gamma")
     if any(g < 0 for g in gammas):
         raise _cli_error(f"expected --gamma values >= 0, got {args.gamma!r}")
@@ -320,6 +392,14 @@ def run_plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise _cli_error(f"expected --out to end in .png, got {args.out!r}")
+    from .outdir import OutputError, check_writable
+
+    try:
+        check_writable(out.parent, given=args.out)
+    except OutputError as err:
+        raise _cli_error(str(err)) from None
+    from .report import plot_loss_vs_pt
+
     path = plot_loss_vs_pt(out, gammas=gammas, epsilons=epsilons)
     print(f"wrote {path}")
     return 0

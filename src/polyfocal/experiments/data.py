@@ -190,13 +190,34 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in class_dirs], files
 
 
+_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(im: object) -> object:
+    """An 8-bit RGB copy of a Pillow image.  16-bit grayscale (modes ``I;16*``; ``I``, 32-bit integers, is
+    read as 16-bit as PNG and TIFF store it) is scaled by 255/65535, where ``convert("RGB")`` would clip
+    every value above 255 to white."""
+    from PIL import Image
+
+    if im.mode in _16_BIT_MODES:  # type: ignore[attr-defined]
+        import numpy as np
+
+        values = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return im.convert("RGB")  # type: ignore[attr-defined]
+
+
 def _load_image(path: Path, size: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            im = _to_rgb(im).resize((size, size), Image.Resampling.BILINEAR)
             data = im.tobytes()
+    except Image.DecompressionBombError as err:
+        raise DataError(
+            f"image {str(path)!r} is too large to decode safely ({err}); downscale it, or delete or replace the file"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {str(path)!r} ({type(err).__name__}); delete or replace the file") from None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)

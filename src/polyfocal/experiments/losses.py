@@ -26,8 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # parsing a spec needs no torch: argument errors stay fast
+    import torch
 
 __all__ = ["DEFAULT_LOSSES", "LossSpec", "build_loss", "parse_loss_spec"]
 
@@ -163,7 +165,7 @@ def parse_loss_spec(spec: str) -> LossSpec:
     return LossSpec(name=name, activation=activation, params=params)
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def build_loss(spec: LossSpec, *, class_counts: Sequence[int]) -> LossFn:

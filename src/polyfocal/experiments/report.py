@@ -1,5 +1,6 @@
-"""Summaries of finished runs: mean ± std over seeds, paired differences against a baseline with a t-interval,
-the Markdown table, summary CSV/JSON, and the figures (matplotlib, Agg backend, imported lazily)."""
+"""Summaries of finished runs: mean ± std over seeds, paired differences against a baseline with a t-interval and
+p-value (``scipy.stats``) and Holm's correction across each table, the Markdown tables, summary CSV/JSON, and the
+figures (matplotlib, Agg backend, imported lazily)."""
 
 from __future__ import annotations
 
@@ -10,89 +11,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .outdir import write_atomic
 from .runner import METRICS, write_json_atomic
 
 __all__ = [
+    "SIGNIFICANCE",
+    "holm",
     "mean_std",
     "paired_difference",
     "plot_loss_vs_pt",
     "plot_results",
     "plot_sweep",
+    "result_figures",
     "summarize",
     "summary_csv",
     "summary_markdown",
-    "t_quantile",
+    "sweep_figure",
     "write_summary",
 ]
 
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Quantile of Student's t distribution (bisection on the CDF via the incomplete beta function).
-
-    Example:
-        >>> from polyfocal.experiments.report import t_quantile
-        >>> round(t_quantile(0.975, 4), 3)  # the 95% two-sided interval with 5 seeds
-        2.776
-    """
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"expected 0 < p < 1 and df > 0, got p={p!r}, df={df!r}")
-    lo, hi = -1.0, 1.0
-    while _t_cdf(lo, df) > p:
-        lo *= 2.0
-    while _t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
+SIGNIFICANCE = 0.05  # the 95% intervals; Holm-adjusted p-values are compared with the same level
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -104,31 +42,73 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def paired_difference(values: Sequence[float], baseline: Sequence[float], *, level: float = 0.95) -> dict[str, Any]:
-    """Per-seed differences ``values - baseline``: mean, std and the two-sided t confidence interval.
+    """Per-seed differences ``values - baseline``: mean, std, the two-sided t confidence interval and the
+    paired t-test's two-sided p-value (``scipy.stats.t``).
 
-    ``ci = mean ± t_{(1+level)/2, n-1} * std / sqrt(n)`` (``nan`` bounds for one seed).
+    ``ci = mean ± t.ppf((1+level)/2, n-1) * std / sqrt(n)``, ``p = 2 t.sf(|mean| / (std / sqrt(n)), n-1)``;
+    for one seed the bounds and ``p`` are ``nan``; for ``std == 0`` the interval is the point ``mean`` and
+    ``p`` is 1 if ``mean == 0``, else 0.
+
+    Example:
+        >>> from polyfocal.experiments.report import paired_difference
+        >>> d = paired_difference([0.82, 0.80, 0.85], [0.80, 0.80, 0.81])
+        >>> round(d["mean"], 4), round(d["ci_low"], 4), round(d["ci_high"], 4), round(d["p"], 3)
+        (0.02, -0.0297, 0.0697, 0.225)
     """
+    from scipy import stats
+
     if len(values) != len(baseline) or not values:
         raise ValueError(f"expected two equally long non-empty lists, got {len(values)} and {len(baseline)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"expected a confidence level in (0, 1), got {level!r}")
     diffs = [a - b for a, b in zip(values, baseline, strict=True)]
     mean, std = mean_std(diffs)
     n = len(diffs)
-    half = t_quantile((1.0 + level) / 2.0, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    if n < 2:
+        half = p = math.nan
+    elif std == 0.0:
+        half, p = 0.0, (1.0 if mean == 0.0 else 0.0)
+    else:
+        se = std / math.sqrt(n)
+        half = float(stats.t.ppf((1.0 + level) / 2.0, n - 1)) * se
+        p = float(2.0 * stats.t.sf(abs(mean) / se, n - 1))
     return {
         "diffs": diffs,
         "mean": mean,
         "std": std,
         "ci_low": mean - half,
         "ci_high": mean + half,
+        "p": p,
         "n": n,
         "level": level,
     }
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (``nan`` entries are left out of the family and
+    stay ``nan``).  Sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; an
+    adjusted p below ``alpha`` controls the family-wise error rate at ``alpha``.
+
+    Example:
+        >>> from polyfocal.experiments.report import holm
+        >>> holm([0.01, 0.04, 0.03, float("nan")])
+        [0.03, 0.06, 0.06, nan]
+    """
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m = len(order)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
 def summarize(records: Sequence[dict[str, Any]], *, baseline: str | None = None) -> dict[str, Any]:
     """Group run records by loss (in first-seen order): mean ± std of every metric and of the per-class
     recall and curves, and paired differences against ``baseline`` (default ``"ce"`` if present, else the
-    first loss) over the seeds both have."""
+    first loss) over the seeds both have, each with its p-value and Holm-adjusted p-value ``p_holm``, the
+    family being all (loss, metric) differences of the summary (their number: ``"comparisons"``)."""
     losses: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         losses.setdefault(r["loss"], []).append(r)
@@ -162,6 +142,11 @@ def summarize(records: Sequence[dict[str, Any]], *, baseline: str | None = None)
         }
         entry["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in runs)
         out["losses"].append(entry)
+    # Holm across the whole paired table: every (loss, metric) cell is one comparison of the family
+    cells = [d for e in out["losses"] for d in e["vs_baseline"].values()]
+    for d, adjusted in zip(cells, holm([d["p"] for d in cells]), strict=True):
+        d["p_holm"] = adjusted
+    out["comparisons"] = sum(not math.isnan(d["p"]) for d in cells)
     return out
 
 
@@ -169,54 +154,98 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+def _significant(d: dict[str, Any]) -> bool:
+    """Whether the interval excludes 0 (equivalently: the paired t-test's p < 1 - level)."""
+    return not math.isnan(d["ci_low"]) and (d["ci_low"] > 0 or d["ci_high"] < 0)
+
+
+def _bound(x: float, *, away_from_zero: bool) -> str:
+    """A bound in percentage points, 1 decimal, more if needed so that a bound that excludes 0 does not print
+    as 0.0 (then the printed interval agrees with the significance mark)."""
+    for decimals in range(1, 7):
+        text = f"{100 * x:.{decimals}f}"
+        if not away_from_zero or float(text) != 0.0:
+            return text
+    return f"{100 * x:.2g}"
+
+
+def _interval(d: dict[str, Any]) -> str:
+    if math.isnan(d["ci_low"]):
+        return "[n/a]"
+    sig = _significant(d)
+    lo = _bound(d["ci_low"], away_from_zero=sig and d["ci_low"] > 0)
+    hi = _bound(d["ci_high"], away_from_zero=sig and d["ci_high"] < 0)
+    return f"[{lo}, {hi}]"
+
+
+def _p(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """Two Markdown tables: mean ± std (percent) per metric, and paired differences against the baseline."""
+    """Markdown: mean ± std (percent) per metric; if there are paired differences, a table of them against the
+    baseline with 95% intervals and marks, and one of their raw and Holm-adjusted p-values."""
     titles = [METRICS[m][0] for m in summary["metrics"]]
     lines = ["| loss | seeds | " + " | ".join(titles) + " |", "|---|---:|" + "---:|" * len(titles)]
     for e in summary["losses"]:
         cells = [f"{_pct(e['metrics'][m]['mean'])} ± {_pct(e['metrics'][m]['std'])}" for m in summary["metrics"]]
         lines.append(f"| {e['loss']} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Paired difference vs {summary['baseline']} (same seed = same split and initial weights), "
-        "percentage points, mean [95% t-interval]; * = interval excludes 0:",
-        "",
-        "| loss | " + " | ".join(f"Δ {t}" for t in titles) + " |",
-        "|---|" + "---:|" * len(titles),
-    ]
-    for e in summary["losses"]:
-        if not e["vs_baseline"]:
-            continue
-        cells = []
-        for m in summary["metrics"]:
-            d = e["vs_baseline"][m]
-            sig = "" if math.isnan(d["ci_low"]) or d["ci_low"] <= 0 <= d["ci_high"] else " *"
-            cells.append(f"{100 * d['mean']:+.1f} [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]{sig}")
-        lines.append(f"| {e['loss']} | " + " | ".join(cells) + " |")
+    paired = [e for e in summary["losses"] if e["vs_baseline"]]
+    if paired:
+        k = summary.get("comparisons", 0)
+        lines += [
+            "",
+            f"Paired difference vs {summary['baseline']} (same seed = same split and initial weights), "
+            "percentage points, mean [95% t-interval]; * = interval excludes 0 (paired t-test p < 0.05), "
+            f"† = also after Holm's correction for the {k} comparisons of this table (Holm p < 0.05):",
+            "",
+            "| loss | " + " | ".join(f"Δ {t}" for t in titles) + " |",
+            "|---|" + "---:|" * len(titles),
+        ]
+        for e in paired:
+            cells = []
+            for m in summary["metrics"]:
+                d = e["vs_baseline"][m]
+                mark = ""
+                if _significant(d):
+                    mark = " *†" if d.get("p_holm", math.nan) < SIGNIFICANCE else " *"
+                cells.append(f"{100 * d['mean']:+.1f} {_interval(d)}{mark}")
+            lines.append(f"| {e['loss']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"p-values of those differences (paired t-test), raw / Holm-adjusted for the {k} comparisons:",
+            "",
+            "| loss | " + " | ".join(titles) + " |",
+            "|---|" + "---:|" * len(titles),
+        ]
+        for e in paired:
+            cells = [
+                f"{_p(e['vs_baseline'][m]['p'])} / {_p(e['vs_baseline'][m].get('p_holm', math.nan))}"
+                for m in summary["metrics"]
+            ]
+            lines.append(f"| {e['loss']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("ECE: lower is better; the others: higher is better.")
     return "\n".join(lines) + "\n"
 
 
 def summary_csv(summary: dict[str, Any]) -> str:
-    """One row per loss: ``<metric>_mean``, ``<metric>_std``, and ``<metric>_diff``/``_ci_low``/``_ci_high``."""
+    """One row per loss: ``<metric>_mean``, ``<metric>_std``, and ``<metric>_diff``/``_ci_low``/``_ci_high``/
+    ``_p``/``_p_holm`` (empty for the baseline)."""
     buf = io.StringIO()
     cols = ["loss", "seeds"]
     for m in summary["metrics"]:
-        cols += [f"{m}_mean", f"{m}_std", f"{m}_diff", f"{m}_ci_low", f"{m}_ci_high"]
+        cols += [f"{m}_mean", f"{m}_std", f"{m}_diff", f"{m}_ci_low", f"{m}_ci_high", f"{m}_p", f"{m}_p_holm"]
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
     for e in summary["losses"]:
         row: list[object] = [e["loss"], len(e["seeds"])]
         for m in summary["metrics"]:
             d = e["vs_baseline"].get(m, {})
-            row += [
-                e["metrics"][m]["mean"],
-                e["metrics"][m]["std"],
-                d.get("mean", ""),
-                d.get("ci_low", ""),
-                d.get("ci_high", ""),
-            ]
+            row += [e["metrics"][m]["mean"], e["metrics"][m]["std"]]
+            row += [d.get(k, "") for k in ("mean", "ci_low", "ci_high", "p", "p_holm")]
         writer.writerow(row)
     return buf.getvalue()
 
@@ -226,10 +255,8 @@ def write_summary(out_dir: str | Path, summary: dict[str, Any], *, stem: str = "
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / f"{stem}.json", summary)
     md = summary_markdown(summary)
-    for name, text in ((f"{stem}.csv", summary_csv(summary)), (f"{stem}.md", md)):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+    write_atomic(out_dir / f"{stem}.csv", summary_csv(summary))
+    write_atomic(out_dir / f"{stem}.md", md)
     return md
 
 
@@ -242,55 +269,101 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return write_atomic(path, buf.getvalue())
 
 
-def plot_results(out_dir: str | Path, summary: dict[str, Any]) -> list[Path]:
-    """``metrics.png`` (bars with ± std error bars), ``per_class_recall.png``, ``curves.png``."""
+def _nan0(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def _direction(m: str) -> str:
+    return "higher is better" if METRICS[m][1] else "lower is better"
+
+
+def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a summary as matplotlib figures, by file stem: ``metrics`` (bars, ± std), ``forest``
+    (each loss's paired difference vs the baseline with its 95% interval, one panel per metric; only with
+    paired differences), ``per_class_recall`` (± std) and ``curves``.  Every axis is labelled; percentages
+    are in percent, as in the tables.  Close them with ``matplotlib.pyplot.close``."""
     plt = _pyplot()
-    out_dir = Path(out_dir)
     losses = summary["losses"]
+    ms = summary["metrics"]
+    name = summary["dataset"]["name"]
+    nseeds = max(len(e["seeds"]) for e in losses)
     k = len(losses)
-    paths = []
+    figs: dict[str, Any] = {}
 
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(summary["metrics"]) + 0.3 * k), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(ms) + 0.3 * k), 4))
     width = 0.8 / k
     for i, e in enumerate(losses):
-        xs = [j + (i - (k - 1) / 2) * width for j in range(len(summary["metrics"]))]
-        ys = [e["metrics"][m]["mean"] for m in summary["metrics"]]
-        err = [0.0 if math.isnan(e["metrics"][m]["std"]) else e["metrics"][m]["std"] for m in summary["metrics"]]
+        xs = [j + (i - (k - 1) / 2) * width for j in range(len(ms))]
+        ys = [100 * e["metrics"][m]["mean"] for m in ms]
+        err = [100 * _nan0(e["metrics"][m]["std"]) for m in ms]
         ax.bar(xs, ys, width, yerr=err, capsize=2, label=e["loss"])
-    ax.set_xticks(range(len(summary["metrics"])), [METRICS[m][0] for m in summary["metrics"]])
-    ax.set_ylabel(f"mean ± std over {len(losses[0]['seeds'])} seeds")
-    ax.set_title(f"{summary['dataset']['name']}: test metrics (ECE: lower is better)")
+    ax.set_xticks(range(len(ms)), [METRICS[m][0] for m in ms])
+    ax.set_xlabel("test metric")
+    ax.set_ylabel(f"percent (mean ± std over {nseeds} seeds)")
+    ax.set_title(f"{name}: test metrics (ECE: lower is better)")
     ax.legend(fontsize=8, ncol=2)
-    paths.append(out_dir / "metrics.png")
-    _save(fig, paths[-1])
-    plt.close(fig)
+    figs["metrics"] = fig
+
+    paired = [e for e in losses if e["vs_baseline"]]
+    if paired:
+        fig, axes = plt.subplots(len(ms), 1, figsize=(7, len(ms) * (0.45 * len(paired) + 1.1)), squeeze=False)
+        ys = list(range(len(paired)))[::-1]
+        for ax, m in zip(axes[:, 0], ms, strict=True):
+            for y, e in zip(ys, paired, strict=True):
+                d = e["vs_baseline"][m]
+                mean = 100 * d["mean"]
+                lo, hi = 100 * _nan0(d["mean"] - d["ci_low"]), 100 * _nan0(d["ci_high"] - d["mean"])
+                sig = _significant(d)
+                ax.errorbar(
+                    [mean],
+                    [y],
+                    xerr=[[lo], [hi]],
+                    fmt="o",
+                    capsize=3,
+                    color="C3" if sig else "C0",
+                    markerfacecolor="C3" if sig else "white",
+                )
+            ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+            ax.set_yticks(ys, [e["loss"] for e in paired])
+            ax.set_ylim(-0.6, len(paired) - 0.4)
+            ax.set_ylabel("loss")
+            ax.set_xlabel(f"Δ {METRICS[m][0]} vs {summary['baseline']} (percentage points)")
+            ax.set_title(f"{METRICS[m][0]} ({_direction(m)})", fontsize=10)
+        fig.suptitle(
+            f"{name}: paired difference vs {summary['baseline']}, mean and 95% t-interval over {nseeds} seeds "
+            "(filled: interval excludes 0)",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        figs["forest"] = fig
 
     fig, ax = plt.subplots(figsize=(8, 4))
     counts = summary["dataset"]["train_counts"]
     classes = summary["dataset"]["classes"]
-    for e in losses:
-        means = [m for m, _ in e["per_class_recall"]]
-        ax.plot(range(len(means)), means, marker="o", label=e["loss"])
+    for i, e in enumerate(losses):
+        means = [100 * m for m, _ in e["per_class_recall"]]
+        err = [100 * _nan0(s) for _, s in e["per_class_recall"]]
+        xs = [c + (i - (k - 1) / 2) * 0.08 for c in range(len(means))]  # small offsets: bars stay apart
+        ax.errorbar(xs, means, yerr=err, marker="o", ms=4, capsize=2, label=e["loss"])
     ax.set_xticks(range(len(classes)), [f"{c}\n(n={n})" for c, n in zip(classes, counts, strict=True)], fontsize=7)
     ax.set_xlabel("class (training samples)")
-    ax.set_ylabel("test recall, mean over seeds")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("test recall (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(f"{name}: test recall per class, mean ± std over {nseeds} seeds")
     ax.legend(fontsize=8)
-    paths.append(out_dir / "per_class_recall.png")
-    _save(fig, paths[-1])
-    plt.close(fig)
+    figs["per_class_recall"] = fig
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for e in losses:
-        for ax, key in zip(axes, ("train_loss", "test_balanced_accuracy"), strict=True):
-            mean = [m for m, _ in e["curves"][key]]
-            std = [0.0 if math.isnan(s) else s for _, s in e["curves"][key]]
+        for ax, key, scale in zip(axes, ("train_loss", "test_balanced_accuracy"), (1, 100), strict=True):
+            mean = [scale * m for m, _ in e["curves"][key]]
+            std = [scale * _nan0(s) for _, s in e["curves"][key]]
             epochs = range(1, len(mean) + 1)
             ax.plot(epochs, mean, label=e["loss"])
             ax.fill_between(
@@ -301,34 +374,55 @@ def plot_results(out_dir: str | Path, summary: dict[str, Any]) -> list[Path]:
             )
     axes[0].set_title("training loss (each loss on its own scale)")
     axes[0].set_yscale("log")
+    axes[0].set_ylabel("mean training loss per sample (log scale)")
     axes[1].set_title("test balanced accuracy")
+    axes[1].set_ylabel("balanced accuracy (%)")
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[1].legend(fontsize=8)
-    paths.append(out_dir / "curves.png")
-    _save(fig, paths[-1])
-    plt.close(fig)
+    fig.suptitle(f"{name}: mean ± std over {nseeds} seeds", fontsize=10)
+    fig.tight_layout()
+    figs["curves"] = fig
+    return figs
+
+
+def plot_results(out_dir: str | Path, summary: dict[str, Any]) -> list[Path]:
+    """Write :func:`result_figures` as ``<out_dir>/<name>.png`` (each atomically); return the paths."""
+    plt = _pyplot()
+    paths = []
+    for stem, fig in result_figures(summary).items():
+        paths.append(_save(fig, Path(out_dir) / f"{stem}.png"))
+        plt.close(fig)
     return paths
 
 
-def plot_sweep(path: str | Path, summary: dict[str, Any], epsilons: Sequence[float], *, title: str) -> Path:
-    """Metric vs epsilon (mean ± std over seeds), one panel per metric."""
+def sweep_figure(summary: dict[str, Any], epsilons: Sequence[float], *, title: str) -> Any:
+    """Every metric (percent, mean ± std over seeds) vs epsilon, one panel per metric."""
     plt = _pyplot()
-    path = Path(path)
     ms = summary["metrics"]
-    fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3.4))
-    for ax, m in zip(axes, ms, strict=True):
-        ys = [e["metrics"][m]["mean"] for e in summary["losses"]]
-        err = [0.0 if math.isnan(e["metrics"][m]["std"]) else e["metrics"][m]["std"] for e in summary["losses"]]
+    nseeds = max(len(e["seeds"]) for e in summary["losses"])
+    fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], ms, strict=True):
+        ys = [100 * e["metrics"][m]["mean"] for e in summary["losses"]]
+        err = [100 * _nan0(e["metrics"][m]["std"]) for e in summary["losses"]]
         ax.errorbar(list(epsilons), ys, yerr=err, marker="o", capsize=3)
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("epsilon")
-        ax.set_title(METRICS[m][0])
-    fig.suptitle(title)
+        ax.set_ylabel(f"{METRICS[m][0]} (%)")
+        ax.set_title(f"{METRICS[m][0]} ({_direction(m)})", fontsize=10)
+    fig.suptitle(f"{title}: mean ± std over {nseeds} seeds")
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_sweep(path: str | Path, summary: dict[str, Any], epsilons: Sequence[float], *, title: str) -> Path:
+    """Write :func:`sweep_figure` to ``path`` (PNG, atomically)."""
+    plt = _pyplot()
+    fig = sweep_figure(summary, epsilons, title=title)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
 
 
 def loss_curves(

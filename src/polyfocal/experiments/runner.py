@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import torch
 from .data import Dataset, load_digits_long_tail, load_image_folder, make_synthetic_long_tail, minority_classes
 from .losses import LossSpec, build_loss
 from .models import build_model
+from .outdir import OutputError, check_writable, write_atomic
 
 __all__ = [
     "METRICS",
@@ -72,9 +72,23 @@ class TrainConfig:
     image_size: int = 64
     width: int = 64
     augment: bool = False
-    test_per_class: int = 40  # digits / synthetic
-    test_fraction: float = 0.2  # image folder
+    # The test split: a fixed number per class for digits / synthetic (default 40), a fraction of the smallest
+    # class for an image folder (default 0.2); the other one is None, so the stored config says what was used.
+    test_per_class: int | None = None
+    test_fraction: float | None = None
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dataset == "folder":
+            if self.test_per_class is not None:
+                raise ValueError(f"expected test_per_class=None for an image folder, got {self.test_per_class!r}")
+            if self.test_fraction is None:
+                object.__setattr__(self, "test_fraction", 0.2)
+        else:
+            if self.test_fraction is not None:
+                raise ValueError(f"expected test_fraction=None for {self.dataset!r}, got {self.test_fraction!r}")
+            if self.test_per_class is None:
+                object.__setattr__(self, "test_per_class", 40)
 
 
 @dataclass
@@ -129,20 +143,9 @@ def run_path(out_dir: str | Path, spec: LossSpec, seed: int) -> Path:
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write JSON to a temporary file in the same directory, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (:func:`~polyfocal.experiments.outdir.write_atomic`: a uniquely named temporary
+    file in the same directory, ``os.replace``-d onto ``path``, mode ``0o666 & ~umask``)."""
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def evaluate(probs: torch.Tensor, target: torch.Tensor, *, minority: Sequence[int]) -> dict[str, Any]:
@@ -205,9 +208,11 @@ def train_run(
     *,
     ctx: DistContext | None = None,
     ddp: bool = False,
-    progress: Any = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one (loss, seed) run; returns the run record (see :func:`run_experiment`).
+
+    ``on_epoch(epoch)`` is called after each epoch (training and its test evaluation) finishes.
 
     Deterministic per seed: the split, the initial weights, the mini-batch order and the augmentation are
     drawn from generators seeded by ``seed`` (and the epoch), the same on every rank.  With ``ddp=True``
@@ -248,11 +253,8 @@ def train_run(
     curves: dict[str, list[float]] = {"train_loss": [], "test_balanced_accuracy": []}
     n = len(y_train)
     start = time.perf_counter()
-    epochs = range(config.epochs)
-    if progress is not None:
-        epochs = progress(epochs, desc=f"{spec.label} seed {seed}", leave=False, unit="ep")
     model.train()
-    for epoch in epochs:
+    for epoch in range(config.epochs):
         g = torch.Generator().manual_seed(1_000_003 * seed + epoch)
         batches = _global_batches(n, config.batch_size, g)
         if config.augment and data.image:
@@ -281,6 +283,8 @@ def train_run(
         curves["test_balanced_accuracy"].append(
             evaluate(probs, y_test, minority=minority)["metrics"]["balanced_accuracy"]
         )
+        if on_epoch is not None:
+            on_epoch(epoch)
     seconds = time.perf_counter() - start
     record = evaluate(predict(), y_test, minority=minority)
     return {
@@ -305,6 +309,16 @@ def train_run(
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
+
+
+def _warm_up() -> None:
+    """Pay the one-time costs (torchmetrics' import, ~1 s of lazy imports in the first optimizer step) before
+    the clock of the first epoch starts, so that the time estimate made from that epoch holds."""
+    import torchmetrics.functional.classification  # noqa: F401
+
+    w = torch.zeros(1, requires_grad=True)
+    w.grad = torch.zeros(1)
+    torch.optim.Adam([w]).step()
 
 
 def _check_existing(path: Path, config: TrainConfig, spec: LossSpec, seed: int) -> dict[str, Any] | None:
@@ -342,16 +356,21 @@ def run_experiment(
 ) -> list[dict[str, Any]] | None:
     """Train every (loss, seed) run not already finished under ``out_dir``; return all run records.
 
-    Validates the data and every existing run file before writing anything.  Each finished run is written
-    atomically to :func:`run_path` (then ``on_run_finished(record, path)`` is called), so an interruption
-    loses at most the run in progress.  Under torchrun without ``ddp`` run ``i`` goes to rank ``i % W``;
-    with ``ddp`` all ranks train every run together and rank 0 writes it.  Returns the records (in
-    ``specs`` x ``seeds`` order) on rank 0 and ``None`` on the other ranks.
+    With ``progress`` (rank 0) one tqdm bar counts the epochs of all runs to train, so its remaining-time
+    estimate covers the whole experiment; after the first epoch a line on stderr states that estimate.
+    Checks that ``out_dir`` is writable, then validates the data and every existing run file before writing
+    anything.  Each finished run is written atomically to :func:`run_path` (then
+    ``on_run_finished(record, path)`` is called), so an interruption loses at most the run in progress.
+    Under torchrun without ``ddp`` run ``i`` goes to rank ``i % W``; with ``ddp`` all ranks train every run
+    together and rank 0 writes it.  Returns the records (in ``specs`` x ``seeds`` order) on rank 0 and
+    ``None`` on the other ranks.
     """
     ctx = ctx or DistContext()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExperimentError(f"--out {str(out_dir)!r} is a file; pass a directory")
+    try:
+        check_writable(out_dir)
+    except OutputError as err:
+        raise ExperimentError(str(err)) from None
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -360,27 +379,46 @@ def run_experiment(
     jobs = [(spec, seed) for spec in specs for seed in seeds]
     existing = {(s.label, seed): _check_existing(run_path(out_dir, s, seed), config, s, seed) for s, seed in jobs}
 
-    bar_factory = None
-    if progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar_factory = tqdm
     mine = [job for i, job in enumerate(jobs) if ddp or i % ctx.world_size == ctx.rank]
     todo = [job for job in mine if existing[(job[0].label, job[1])] is None]
-    outer = bar_factory(total=len(todo), desc="runs", unit="run") if bar_factory else None
+    total_epochs = len(todo) * config.epochs
+    if todo:
+        _warm_up()
+    bar = None
+    if progress and ctx.is_main and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_epochs, desc="training", unit="epoch", dynamic_ncols=True)
+    done = 0
+    start = time.perf_counter()
+
+    def epoch_finished(epoch: int) -> None:
+        nonlocal done
+        if bar is None:
+            return
+        done += 1
+        bar.update(1)
+        if done == 1 and total_epochs > 1:  # the whole run's time, from the first epoch
+            first = time.perf_counter() - start
+            bar.write(
+                f"polyfocal: the first epoch took {format_seconds(first)}; {len(todo)} run(s) x {config.epochs} "
+                f"epochs at that pace: about {format_seconds(first * total_epochs)} in all",
+                file=sys.stderr,
+            )
+
     try:
-        for spec, seed in todo:
-            record = train_run(spec, seed, config, ctx=ctx, ddp=ddp, progress=bar_factory)
+        for i, (spec, seed) in enumerate(todo):
+            if bar is not None:
+                bar.set_description(f"{spec.label} seed {seed} (run {i + 1}/{len(todo)})")
+            record = train_run(spec, seed, config, ctx=ctx, ddp=ddp, on_epoch=epoch_finished)
             path = run_path(out_dir, spec, seed)
             if ctx.is_main or not ddp:
                 write_json_atomic(path, record)
-            if outer is not None:
-                outer.update(1)
             if on_run_finished is not None:
                 on_run_finished(record, path)
     finally:
-        if outer is not None:
-            outer.close()
+        if bar is not None:
+            bar.close()
     ctx.barrier()
     if not ctx.is_main:
         return None
@@ -391,6 +429,17 @@ def run_experiment(
             raise ExperimentError(f"run {spec.label} seed {seed} did not finish; rerun the same command to resume")
         records.append(record)
     return records
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3.5 min"``, ``"2.1 h"``, ``"4.2 days"``."""
+    if seconds < 90:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def seconds_per_run(records: Sequence[dict[str, Any]]) -> float:
