@@ -53,10 +53,18 @@ def _apply(
     weight: object = None,
     pos_weight: object = None,
     normalizer: object = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Stage 2 of the validation (tensors), then the loss: the one path of every public function and module."""
     call = prepare(input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
-    out = kernels.loss(call.x, call.target, call.args)
+    if inplace is not False:
+        kernels.check_inplace(input, call.x, call.target, call.args, inplace)
+        if inplace:
+            return _reshape(kernels.loss_inplace(call.x, call.target, call.args), call, h)
+    return _reshape(kernels.loss(call.x, call.target, call.args), call, h)
+
+
+def _reshape(out: torch.Tensor, call, h: Hyper) -> torch.Tensor:
     return out.reshape(call.out_shape) if h.reduction == "none" else out
 
 
@@ -75,6 +83,7 @@ def poly_loss(
     pos_weight: torch.Tensor | None = None,
     reduction: Reduction = "mean",
     detach_modulator: bool = False,
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
 
@@ -127,6 +136,14 @@ def poly_loss(
         normalizer: a positive number or a tensor broadcastable to the element loss; divides it.
         pos_weight: sigmoid only: weight of positive examples, broadcastable to the input.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        inplace: write the input gradient over the logits' storage during the forward (as Liger-Kernel does):
+            no logits-sized allocation on the native CPU path (on the other paths the gradient is computed into
+            a buffer and copied over the logits: same result, no memory saved). The logits are destroyed: do not
+            use them after the loss (their version counter is bumped, so autograd raises where another node
+            saved them for its backward). Needs logits that require grad and come out of an operation (not a
+            leaf), eager mode and the fused path (class-index or dense sigmoid targets, no gradient for other
+            arguments); a second or double backward through the loss is refused. Every public function takes
+            it. Default ``False``.
         detach_modulator: treat :math:`(1-p_t)^\gamma` as a constant for autograd, as listings that compute
             :math:`p_t` from ``logpt.data`` do (clcarwin's ``FocalLoss``); the gradient is then not the focal
             loss's.  Default ``False``.
@@ -157,7 +174,9 @@ def poly_loss(
         reduction=reduction,
         detach_modulator=detach_modulator,
     )
-    return _apply(input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
+    return _apply(
+        input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace
+    )
 
 
 def cross_entropy(
@@ -168,6 +187,7 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""Cross-entropy: :func:`poly_loss` with ``gamma=0`` and no polynomial term.
 
@@ -186,7 +206,7 @@ def cross_entropy(
         True
     """
     h = hyper(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
-    return _apply(input, target, h, weight=weight)
+    return _apply(input, target, h, weight=weight, inplace=inplace)
 
 
 def poly1_cross_entropy(
@@ -200,6 +220,7 @@ def poly1_cross_entropy(
     label_smoothing: float = 0.0,
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""Poly-1 cross-entropy (Leng et al., ICLR 2022, eq. 3): softmax :func:`poly_loss` with ``gamma=0``.
 
@@ -222,7 +243,7 @@ def poly1_cross_entropy(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer)
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, inplace=inplace)
 
 
 def softmax_focal_loss(
@@ -237,6 +258,7 @@ def softmax_focal_loss(
     label_smoothing: float = 0.0,
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""Softmax (multi-class) focal loss (Lin et al., ICCV 2017), optionally with Poly terms.
 
@@ -260,7 +282,7 @@ def softmax_focal_loss(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer)
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, inplace=inplace)
 
 
 def sigmoid_focal_loss(
@@ -276,6 +298,7 @@ def sigmoid_focal_loss(
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""Sigmoid (binary / multi-label) focal loss (Lin et al., ICCV 2017), as used by RetinaNet.
 
@@ -302,7 +325,7 @@ def sigmoid_focal_loss(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
+    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
 
 
 def poly1_focal_loss(
@@ -318,6 +341,7 @@ def poly1_focal_loss(
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    inplace: bool = False,
 ) -> torch.Tensor:
     r"""Poly-1 focal loss (Leng et al., ICLR 2022, eq. 4), sigmoid activation.
 
@@ -344,7 +368,7 @@ def poly1_focal_loss(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
+    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
 
 
 def _refuse_torchscript() -> None:

@@ -42,6 +42,9 @@ class _PolyFamilyLoss(nn.Module):
     """Stores and validates hyperparameters; subclasses define ``forward`` as one functional call."""
 
     _activation: str = "softmax"
+    #: ``True`` writes the input gradient over the logits (see ``inplace`` in :func:`polyfocal.poly_loss`);
+    #: set it on an instance: ``loss_fn.inplace = True``.
+    inplace: bool = False
 
     def __init__(self, *, reduction: str, **hyper: object) -> None:
         super().__init__()
@@ -104,6 +107,7 @@ class _PolyFamilyLoss(nn.Module):
             weight=getattr(self, "weight", None),
             pos_weight=getattr(self, "pos_weight", None),
             normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
+            inplace=self.inplace,
         )
 
     @staticmethod

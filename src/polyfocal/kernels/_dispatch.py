@@ -25,9 +25,11 @@ __all__ = [
     "KernelBackend",
     "backend",
     "backward_input",
+    "check_inplace",
     "composite",
     "current_backend",
     "fused",
+    "loss_inplace",
     "needs_composite",
     "select",
     "triton_available",
@@ -132,6 +134,44 @@ def forward(name: str, x: Tensor, target: Tensor, args: Args, compute_grad: bool
     return impl.sigmoid(x, target, args, compute_grad)
 
 
+def forward_inplace(name: str, x: Tensor, target: Tensor, args: Args) -> tuple[Tensor, Tensor]:
+    """The loss, with the gradient written over ``x``'s storage: by the native kernels directly (no buffer),
+    elsewhere into the backend's buffer and then copied over ``x``.  Returns ``(loss, x)``."""
+    if name == "native":
+        fn = _native.softmax if isinstance(args, SoftmaxArgs) else _native.sigmoid
+        out, grad = fn(x, target, args, True, grad_into=x)
+    else:
+        out, grad = forward(name, x, target, args, True)
+    if grad.data_ptr() != x.data_ptr():
+        x.copy_(grad)
+    return out, x
+
+
+def check_inplace(input: object, x: Tensor, target: Tensor, args: Args, inplace: object) -> None:
+    """Arguments of ``inplace=True``, before any work: what it needs (see :func:`polyfocal.poly_loss`)."""
+    if type(inplace) is not bool:
+        raise TypeError(f"expected inplace to be True or False, got {inplace!r}")
+    if not inplace:
+        return
+    if torch.compiler.is_compiling():
+        raise ValueError("expected inplace=False under torch.compile (it is for eager mode), got inplace=True")
+    if not (isinstance(input, Tensor) and input.requires_grad and torch.is_grad_enabled()):
+        raise ValueError("expected logits that require grad with grad mode on for inplace=True, got none to compute")
+    if input.grad_fn is None:
+        raise ValueError(
+            "expected logits produced by an operation (a non-leaf tensor) for inplace=True, which overwrites them "
+            "with their gradient, got a leaf tensor"
+        )
+    if needs_composite(x, target, args):
+        raise ValueError(
+            "expected a call the fused kernels compute for inplace=True (class-index or dense sigmoid targets, no "
+            "gradient for target / weight / alpha / pos_weight / normalizer, no torch.func transform, no detached "
+            "modulator), got one that needs the composite formulas"
+        )
+    if x.data_ptr() != input.data_ptr() or not (x.is_contiguous() or x.movedim(1, -1).is_contiguous()):
+        raise ValueError("expected contiguous (or channels_last) logits for inplace=True, got a strided view")
+
+
 def composite(x: Tensor, target: Tensor, args: Args) -> Tensor:
     """The loss through the composite autograd formulas of :mod:`polyfocal._core`."""
     if isinstance(args, SoftmaxArgs):
@@ -216,6 +256,35 @@ class _Fused(torch.autograd.Function):
             return grad, None, None, None
         (x,) = ctx.saved_tensors
         return backward_input(x, ctx.target, ctx.args, ctx.name, grad, grad_loss), None, None, None
+
+
+class _FusedInplace(torch.autograd.Function):
+    """``inplace=True``: the forward writes the gradient over the logits; the backward hands out that storage."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, args: Args, name: str) -> Tensor:  # type: ignore[override]
+        out, grad = forward_inplace(name, x, target, args)
+        torch.autograd.graph.increment_version(x)  # x now holds the gradient: nodes that saved x raise
+        ctx.set_materialize_grads(False)
+        ctx.args, ctx.grad_buffer = args, grad.detach()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor | None):  # type: ignore[override]
+        if grad_loss is None:
+            return None, None, None, None
+        grad, ctx.grad_buffer = ctx.grad_buffer, None
+        if grad is None or torch.is_grad_enabled():
+            raise RuntimeError(
+                "polyfocal: inplace=True overwrote the logits with their gradient: a second backward "
+                "(retain_graph=True) or a double backward (create_graph=True) cannot recompute it; use inplace=False"
+            )
+        return scale_by_grad_output(grad, grad_loss, ctx.args), None, None, None
+
+
+def loss_inplace(x: Tensor, target: Tensor, args: Args) -> Tensor:
+    """Eager fused call with ``inplace=True`` (checked by :func:`check_inplace`)."""
+    return _FusedInplace.apply(x, target, args, select(x, target, args))
 
 
 def fused(x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> Tensor:

@@ -406,7 +406,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     float *loss = loss_out ? loss_out : (R <= 256 ? stack_rows : (float *)malloc((size_t)R * sizeof(float)));
     if (!loss) return 2;
     int failed = 0;
-    if (S == 1 && xdt == DT_F32) {
+    if (S == 1 && xdt == DT_F32 && g != x) { /* g == x (inplace): rows through scratch, below */
         const float *xf = (const float *)x;
         float *gf = (float *)g;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (parallel)
@@ -419,7 +419,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
             }
             loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
         }
-    } else if (S == 1) { /* bfloat16 / float16 rows through per-thread float32 scratch */
+    } else if (S == 1) { /* bfloat16 / float16 rows (or a gradient written over x) through float32 scratch */
 #pragma omp parallel num_threads(nthreads) if (parallel)
         {
             float *xs = (float *)malloc((size_t)(2 * C) * sizeof(float));

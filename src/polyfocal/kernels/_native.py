@@ -176,18 +176,31 @@ def _softmax_layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def softmax_forward(
-    x, target, class_weight, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction, compute_grad
+    x,
+    target,
+    class_weight,
+    weight,
+    normalizer,
+    epsilon,
+    gamma,
+    ignore_index,
+    label_smoothing,
+    reduction,
+    compute_grad,
+    grad_into=None,
 ):
     """:func:`softmax` with the arguments spelled out (``class_weight = alpha * weight``)."""
     lib = library()
     x, spatial = _softmax_layout(x)
+    if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
+        grad_into = None  # a copy was made for the kernel: it writes there, and the caller copies it over
     y = target if target.is_contiguous() else target.contiguous()
     rows, num_classes = y.numel(), x.shape[1]
     a, w = _f32(class_weight), _f32(weight)
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, target.shape))
     none = reduction == "none"
     out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
-    grad = torch.empty_like(x) if compute_grad else None  # x's memory layout: channels_last stays channels_last
+    grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None  # x's layout
     bad = ctypes.c_int64()
     status = lib.pf_softmax(
         x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)),
@@ -231,10 +244,13 @@ def sigmoid_forward(
     label_smoothing,
     reduction,
     compute_grad,
+    grad_into=None,
 ):
-    """Same contract as :func:`._torch_impl.sigmoid_forward`."""
+    """Same contract as :func:`._torch_impl.sigmoid_forward`; ``grad_into=x`` writes the gradient over ``x``."""
     lib = library()
     x = x if x.is_contiguous() else x.contiguous()
+    if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
+        grad_into = None  # a contiguous copy was made: the kernel writes there, and the caller copies it over
     length = x.shape[-1] if x.ndim else 1
     n = x.numel() // length if length else 0
     w, ws0, ws1 = _strided(weight, n, length)
@@ -250,7 +266,7 @@ def sigmoid_forward(
         t_code = _TARGET_DTYPES[t.dtype]
     none = reduction == "none"
     out = torch.empty(x.shape if none else (), dtype=torch.float32)  # the element losses, or the 0-D result
-    grad = torch.empty_like(x) if compute_grad else None
+    grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None
     if not x.numel():
         if not none:
             out.fill_(float("nan") if reduction == "mean" else 0.0)  # a mean over nothing is nan, as in torch
@@ -281,19 +297,21 @@ def supports_call(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | Sig
     return supports(x, softmax_family or args.is_index, list(args.epsilon), softmax=softmax_family)
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
-    """Same contract as :func:`._torch_impl.softmax`."""
+def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool, grad_into=None):
+    """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
+    kernel reads each row or tile into scratch before writing it)."""
     ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
     return softmax_forward(
         x, target, args.class_weight, args.weight, args.normalizer, list(args.epsilon), args.gamma, ignore,
-        args.label_smoothing, args.reduction, compute_grad,
+        args.label_smoothing, args.reduction, compute_grad, grad_into,
     )  # fmt: skip
 
 
-def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
-    """Same contract as :func:`._torch_impl.sigmoid`."""
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool, grad_into=None):
+    """Same contract as :func:`._torch_impl.sigmoid`; ``grad_into=x`` writes the gradient over ``x`` (each block
+    is read completely before its gradient is stored)."""
     ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
     return sigmoid_forward(
         x, target, args.is_index, args.weight, args.pos_weight, args.normalizer, args.alpha, list(args.epsilon),
-        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad,
+        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad, grad_into,
     )  # fmt: skip
