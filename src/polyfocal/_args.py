@@ -15,7 +15,7 @@ message ``"expected …, got …"``; the class-index range is checked by the ker
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,6 +46,8 @@ class Hyper:
     reduction: str
     alpha: float | None = None
     detach_modulator: bool = False
+    # the argument objects of calls without tensor arguments, built once per Hyper (see prepare's fast path)
+    _plain: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,27 @@ def prepare(
     normalizer: object = None,
 ) -> Call:
     """Stage 2: tensors against the input; returns the canonical :class:`Call`."""
+    if (  # the common call, checked in a few attribute tests: what the full checks below accept unchanged
+        alpha is None
+        and weight is None
+        and pos_weight is None
+        and normalizer is None
+        and type(input) is torch.Tensor
+        and type(target) is torch.Tensor
+        and input.dtype in _FLOATS
+        and target.device == input.device
+    ):
+        if h.activation == "softmax":
+            if input.ndim == 2 and target.dtype is torch.int64 and target.shape == input.shape[:1] and input.shape[1]:
+                args = h._plain.get("softmax")
+                if args is None:
+                    args = h._plain.setdefault("softmax", _softmax_args(h, None, None, None))
+                return Call(input, target, args, target.shape)
+        elif input.ndim and target.dtype is input.dtype and target.shape == input.shape:
+            args = h._plain.get("sigmoid")
+            if args is None:
+                args = h._plain.setdefault("sigmoid", _sigmoid_args(h, False, None, None, None))
+            return Call(input, target, args, input.shape)
     x = check_logits(input)
     ct = compute_dtype(x)
     device = x.device
@@ -200,18 +223,7 @@ def prepare(
         if targets.is_index and y.dtype != torch.int64:
             y = y.long()
         class_weight = alpha_t if weight_t is None else (weight_t if alpha_t is None else alpha_t * weight_t)
-        args: SoftmaxArgs | SigmoidArgs = SoftmaxArgs(
-            class_weight=class_weight,
-            weight=weight_t,
-            normalizer=norm,
-            epsilon=h.epsilon,
-            gamma=h.gamma,
-            ignore_index=h.ignore_index,
-            label_smoothing=h.label_smoothing,
-            reduction=h.reduction,
-            detach_modulator=h.detach_modulator,
-        )
-        return Call(x, y, args, loss_shape)
+        return Call(x, y, _softmax_args(h, class_weight, weight_t, norm), loss_shape)
 
     weight_t = broadcast_tensor(weight, "weight", x.shape, device=device, dtype=ct)
     pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", x.shape, device=device, dtype=ct)
@@ -233,12 +245,17 @@ def prepare(
     weight_t, pos_weight_t, norm = (
         None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
     )
-    args = SigmoidArgs(
-        is_index=targets.is_index,
-        alpha=h.alpha,
-        weight=weight_t,
-        pos_weight=pos_weight_t,
-        normalizer=norm,
+    return Call(x, y, _sigmoid_args(h, targets.is_index, weight_t, pos_weight_t, norm), out_shape)
+
+
+_FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+
+
+def _softmax_args(h: Hyper, class_weight, weight, normalizer) -> SoftmaxArgs:
+    return SoftmaxArgs(
+        class_weight=class_weight,
+        weight=weight,
+        normalizer=normalizer,
         epsilon=h.epsilon,
         gamma=h.gamma,
         ignore_index=h.ignore_index,
@@ -246,4 +263,19 @@ def prepare(
         reduction=h.reduction,
         detach_modulator=h.detach_modulator,
     )
-    return Call(x, y, args, out_shape)
+
+
+def _sigmoid_args(h: Hyper, is_index: bool, weight, pos_weight, normalizer) -> SigmoidArgs:
+    return SigmoidArgs(
+        is_index=is_index,
+        alpha=h.alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        normalizer=normalizer,
+        epsilon=h.epsilon,
+        gamma=h.gamma,
+        ignore_index=h.ignore_index,
+        label_smoothing=h.label_smoothing,
+        reduction=h.reduction,
+        detach_modulator=h.detach_modulator,
+    )

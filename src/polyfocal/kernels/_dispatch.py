@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -226,14 +227,24 @@ def backward_input(x: Tensor, target: Tensor, args: Args, name: str, grad: Tenso
     return scale_by_grad_output(grad, grad_loss, args)
 
 
+def _is_one(grad_loss: Tensor) -> bool:
+    """``grad_loss == 1`` for a 0-D CPU tensor, read straight from its memory for float32 (``float()`` on a
+    tensor is a dispatcher round trip, a tenth of a small call)."""
+    if grad_loss.dtype is torch.float32 and grad_loss.is_contiguous():
+        return ctypes.c_float.from_address(grad_loss.data_ptr()).value == 1.0
+    return float(grad_loss) == 1.0
+
+
 class _Fused(torch.autograd.Function):
-    """Eager path: the backend's forward computes the gradient buffer; the backward hands it out."""
+    """Eager path: the backend's forward computes the gradient buffer; the backward hands it out.  ``call`` is
+    ``(target, args, backend name)`` in one argument (each argument of ``apply`` costs host time)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, args: Args, name: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, call: tuple[Tensor, Args, str]) -> Tensor:  # type: ignore[override]
+        target, args, name = call
         out, grad = forward(name, x, target, args, True)
         ctx.save_for_backward(x)
-        ctx.target, ctx.args, ctx.name = target, args, name
+        ctx.call = call
         ctx.set_materialize_grads(False)
         # Not a saved tensor: the backward drops this reference before handing the buffer to autograd, so that
         # AccumulateGrad can adopt it as x.grad instead of copying it (it copies a gradient that is still shared).
@@ -243,19 +254,21 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor | None):  # type: ignore[override]
         if grad_loss is None:
-            return None, None, None, None
+            return None, None
         grad, ctx.grad_buffer = ctx.grad_buffer, None  # handed out once
+        target, args, name = ctx.call
         if (  # the common case first, in a few attribute tests: a CPU buffer, reduced loss, grad_output == 1
             grad is not None
-            and grad.device.type == "cpu"
-            and ctx.args.reduction != "none"
-            and not torch.is_grad_enabled()
+            and args.reduction != "none"
             and type(grad_loss) is torch.Tensor
-            and float(grad_loss) == 1.0
+            and grad_loss.is_cpu
+            and grad.is_cpu
+            and not torch.is_grad_enabled()
+            and _is_one(grad_loss)
         ):
-            return grad, None, None, None
+            return grad, None
         (x,) = ctx.saved_tensors
-        return backward_input(x, ctx.target, ctx.args, ctx.name, grad, grad_loss), None, None, None
+        return backward_input(x, target, args, name, grad, grad_loss), None
 
 
 class _FusedInplace(torch.autograd.Function):
@@ -292,4 +305,4 @@ def fused(x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> Tensor:
     name = select(x, target, args)
     if not compute_grad:
         return forward(name, x, target, args, False)[0]
-    return _Fused.apply(x, target, args, name)
+    return _Fused.apply(x, (target, args, name))
