@@ -233,3 +233,15 @@ def test_matrix_memory_sees_cross_entropy_temporaries(tmp_path, capsys):
 def test_matrix_threads_are_checked(value, capsys):
     assert _main(["--matrix", "--matrix-threads", value]) == 2
     assert "--matrix-threads" in capsys.readouterr().err
+
+
+def test_torch_free_parser_lists_every_variant_and_imports_no_torch():
+    import subprocess
+    import sys
+
+    from polyfocal import _bench_cli
+
+    assert _bench_cli.VARIANT_NAMES == tuple(bench.VARIANTS)
+    code = "import sys, polyfocal.cli as c; c.build_parser(['bench']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

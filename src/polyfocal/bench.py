@@ -64,9 +64,10 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as pf
+from ._bench_cli import register
 from .cli import CLIError
 
-__all__ = ["VARIANTS", "Workload", "make_workload", "register", "run_bench", "run_from_args"]
+__all__ = ["VARIANTS", "Workload", "make_workload", "register", "run_bench", "run_from_args", "run_matrix"]
 
 FAMILIES = ("softmax", "sigmoid")
 UNIT = {"softmax": "torch-softmax", "sigmoid": "torch-bce"}
@@ -856,36 +857,6 @@ def _write_json(result: dict[str, Any], path: str | None) -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     print(f"wrote {path}")
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``bench`` subcommand (``polyfocal bench --help``)."""
-    p = subparsers.add_parser(
-        "bench",
-        help="time forward+backward and peak memory of the losses against torch baselines",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(VARIANTS)} (baselines added)")
-    p.add_argument("--family", default="all", help="softmax, sigmoid or all (default)")
-    p.add_argument("--softmax-shape", default="16384,1000", metavar="N,C", help="default 16384,1000")
-    p.add_argument("--sigmoid-shape", default="100000,80", metavar="N,C", help="default 100000,80")
-    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
-    p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--peak-bandwidth", type=float, metavar="GB/s", help="peak HBM bandwidth for the %% column")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument(
-        "--matrix",
-        action="store_true",
-        help="the benchmark matrix: small classifiers, segmentation maps, bf16, detection shapes; CE / focal / "
-        "Poly-1 rows, each as a ratio to torch's own loss; worst cell last",
-    )
-    p.add_argument("--matrix-threads", dest="threads_list", default="1,2", metavar="T,T", help="default 1,2")
-    p.add_argument("--budget", type=float, default=1.0, metavar="S", help="matrix: seconds of rounds per cell")
-    p.set_defaults(func=run_from_args)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

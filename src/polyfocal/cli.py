@@ -5,9 +5,10 @@ sets ``func`` (``args -> int`` exit code) as a parser default.  Those modules im
 dependencies (matplotlib, torchmetrics, tqdm, ...) only inside ``func``, so ``polyfocal --help`` and the
 library itself never need the extras.
 
-``polyfocal.bench`` imports torch when imported, so it is imported only when the command line names
-``bench``; otherwise a stand-in parser lists it in ``polyfocal --help``.  Help and argument errors of the
-other subcommands therefore never import torch (well under a second instead of several).
+``polyfocal bench``'s parser lives in the torch-free :mod:`polyfocal._bench_cli`, which imports
+:mod:`polyfocal.bench` (and torch) only when the command runs; a module whose import is heavy can still be
+listed as ``(command, module, summary)`` and is then imported only when its subcommand is named.  Help and
+argument errors therefore never import torch (well under a second instead of several).
 
 Bad input raises :class:`CLIError`; :func:`main` prints it as one ``polyfocal <command>: error: ...`` line
 on stderr and returns exit code 2, as argparse does for its own usage errors.
@@ -25,7 +26,7 @@ __all__ = ["CLIError", "build_parser", "main"]
 # Modules that register subcommands, in --help order: (subcommand it registers, module, --help summary).
 # A module whose import is heavy is imported only when its subcommand is the one being run.
 _SUBCOMMAND_MODULES = (
-    ("bench", "polyfocal.bench", "time forward+backward and peak memory of the losses against torch baselines"),
+    (None, "polyfocal._bench_cli", None),
     (None, "polyfocal.experiments.cli", None),
 )
 
