@@ -30,7 +30,7 @@ from .._validation import check_index_range, compute_dtype
 __all__ = ["NO_IGNORE", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
 
 NO_IGNORE = -(2**63)  # the C and Triton kernels' ignore_index for "nothing is ignored" (no class index equals it)
-_BLOCK_ELEMENTS = 1 << 18  # sigmoid block: 256K elements (1 MiB in fp32) per temporary
+_BLOCK_ELEMENTS = 1 << 16  # sigmoid block: 64K elements (256 KiB in fp32) per temporary: ~25 of them stay < 0.25x
 
 
 def _horner(coefficients: list[float], u: torch.Tensor) -> torch.Tensor | float:
