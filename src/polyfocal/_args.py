@@ -25,10 +25,20 @@ from ._params import (
     check_gamma,
     check_ignore_index,
     check_label_smoothing,
+    check_logit_scale,
     check_reduction,
     check_sigmoid_alpha,
+    check_tau,
+    check_z_loss,
 )
-from ._validation import broadcast_tensor, check_logits, check_target, compute_dtype, per_class_tensor
+from ._validation import (
+    broadcast_tensor,
+    check_logits,
+    check_target,
+    compute_dtype,
+    long_tail_vector,
+    per_class_tensor,
+)
 
 __all__ = ["Call", "Hyper", "SigmoidArgs", "SoftmaxArgs", "hyper", "prepare"]
 
@@ -46,6 +56,10 @@ class Hyper:
     reduction: str
     alpha: float | None = None
     detach_modulator: bool = False
+    # softmax family only (long-tail options): the prior's temperature, the logit scale and the z-loss weight
+    tau: float = 1.0
+    logit_scale: float = 1.0
+    z_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,11 @@ class SoftmaxArgs:
     """Softmax family.  ``class_weight = alpha * weight`` (combined once; ``None`` when both are absent) enters
     the CE term per class; ``weight`` alone gives the poly terms' ``w_t`` and the ``"mean"`` denominator
     ``sum_i w[y_i]`` over non-ignored elements.  Vectors are ``(C,)`` in the compute dtype; ``normalizer`` is
-    ``None`` or broadcastable to the loss shape ``(N, *)``."""
+    ``None`` or broadcastable to the loss shape ``(N, *)``.
+
+    Long-tail options: the loss sees the logits ``z' = logit_scale * (z + bias - margin[y] onehot_y)`` with
+    ``bias = tau * log(prior / sum(prior))`` (``None``: no prior, or ``tau = 0``) and ``margin`` ``(C,)`` or
+    ``None`` (class-index targets only); ``z_loss`` adds ``z_loss * logsumexp(z')^2`` to each row's loss."""
 
     class_weight: torch.Tensor | None
     weight: torch.Tensor | None
@@ -64,6 +82,10 @@ class SoftmaxArgs:
     label_smoothing: float
     reduction: str
     detach_modulator: bool = False
+    bias: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    z_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,9 @@ def hyper(
     reduction: object = "mean",
     epsilon_sequence: bool = True,
     detach_modulator: bool = False,
+    tau: object = 1.0,
+    logit_scale: object = 1.0,
+    z_loss: object = 0.0,
 ) -> Hyper:
     """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
     :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions).
@@ -123,10 +148,13 @@ def hyper(
         and type(activation) is str
         and type(reduction) is str
         and (type(epsilon) in _PLAIN or (type(epsilon) is tuple and all(type(e) in _PLAIN for e in epsilon)))
+        and type(tau) in _PLAIN
+        and type(logit_scale) in _PLAIN
+        and type(z_loss) in _PLAIN
     )
     if plain and not torch.compiler.is_compiling():
-        return _hyper_cached(*values, epsilon_sequence, detach_modulator)
-    return _hyper(*values, epsilon_sequence, detach_modulator)
+        return _hyper_cached(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
+    return _hyper(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
 
 
 @functools.lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
@@ -144,8 +172,17 @@ def _hyper(
     reduction: object,
     epsilon_sequence: bool,
     detach_modulator: bool,
+    tau: object = 1.0,
+    logit_scale: object = 1.0,
+    z_loss: object = 0.0,
 ) -> Hyper:
     activation = check_activation(activation)
+    tau_v, scale_v, z_v = check_tau(tau), check_logit_scale(logit_scale), check_z_loss(z_loss)
+    if activation == "sigmoid" and (scale_v != 1.0 or z_v != 0.0):
+        raise ValueError(
+            "expected logit_scale=1 and z_loss=0 for activation='sigmoid' (softmax-family arguments), "
+            f"got logit_scale={logit_scale!r}, z_loss={z_loss!r}"
+        )
     eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
     while eps and eps[-1] == 0.0:
         eps = eps[:-1]
@@ -158,6 +195,9 @@ def _hyper(
         reduction=check_reduction(reduction),
         alpha=check_sigmoid_alpha(alpha) if activation == "sigmoid" else None,
         detach_modulator=bool(detach_modulator),
+        tau=tau_v,
+        logit_scale=scale_v,
+        z_loss=z_v,
     )
 
 
@@ -170,8 +210,13 @@ def prepare(
     weight: object = None,
     pos_weight: object = None,
     normalizer: object = None,
+    prior: object = None,
+    margin: object = None,
+    values_checked: bool = False,
 ) -> Call:
-    """Stage 2: tensors against the input; returns the canonical :class:`Call`."""
+    """Stage 2: tensors against the input; returns the canonical :class:`Call`.  ``prior`` / ``margin``: the
+    softmax family's long-tail vectors; ``values_checked=True`` (modules, which check them at construction)
+    skips the check of their values."""
     x = check_logits(input)
     ct = compute_dtype(x)
     device = x.device
@@ -188,7 +233,19 @@ def prepare(
             raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(x.shape)}")
         alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
         weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
+        check = not values_checked
+        prior_t = long_tail_vector(prior, "prior", num_classes, device=device, positive=True, check_values=check)
+        margin_t = long_tail_vector(margin, "margin", num_classes, device=device, positive=False, check_values=check)
         targets = check_target(x, target, activation="softmax")
+        if margin_t is not None and not targets.is_index:
+            raise ValueError(
+                "expected class-index targets with margin= (the margin is subtracted from the target class's "
+                "logit), got a floating-point (probability) target"
+            )
+        bias_t = None
+        if prior_t is not None and h.tau != 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
+            bias_t = (h.tau * (torch.log(prior_t) - torch.log(prior_t.sum()))).to(ct)
+        margin_t = None if margin_t is None else margin_t.to(ct)
         loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
         y = targets.values
@@ -210,9 +267,17 @@ def prepare(
             label_smoothing=h.label_smoothing,
             reduction=h.reduction,
             detach_modulator=h.detach_modulator,
+            bias=bias_t,
+            margin=margin_t,
+            logit_scale=h.logit_scale,
+            z_loss=h.z_loss,
         )
         return Call(x, y, args, loss_shape)
 
+    if prior is not None or margin is not None:
+        raise ValueError(
+            "expected prior=None and margin=None for activation='sigmoid' (softmax-family arguments), got a value"
+        )
     weight_t = broadcast_tensor(weight, "weight", x.shape, device=device, dtype=ct)
     pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", x.shape, device=device, dtype=ct)
     targets = check_target(x, target, activation="sigmoid")
