@@ -283,14 +283,18 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
 /* One tile of the (N, C, S) layout: TS spatial positions of image n from s0 (ts of them valid), vectorised
  * across the positions (the contiguous axis): the logits are converted into es (C x TS floats, class-major),
  * which then holds the exponentials, and every per-position scalar is computed in float32 SIMD lanes (libmvec
- * expf / logf).  Same formulas as sm_row. */
-static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
-                    const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
-                    void *g, float *es) {
+ * expf / logf).  Same formulas as sm_row.  OPT (a compile-time constant of the two instances below): any
+ * long-tail option is set; the OPT = 0 instance is the plain kernel, with every option term folded away. */
+static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, const void *x, int xdt,
+                                                               const int64_t *y, int64_t ignore_index,
+                                                               const float *norm, double grad_scale, int64_t n,
+                                                               int64_t s0, int64_t ts, int64_t S, float *loss, void *g,
+                                                               float *es, const int OPT) {
     const int64_t C = k->C, base = n * C * S + s0, r0 = n * S + s0;
     const float *a = k->a, *w = k->w;
     const float gm = (float)k->gamma, ls = (float)k->ls, inv_c = 1.0f / (float)C;
-    const float sc = (float)k->sc, gsc = k->adj ? sc : 1.0f, zl = (float)k->zl;
+    const int adj = OPT && k->adj;
+    const float sc = (float)k->sc, gsc = adj ? sc : 1.0f, zl = OPT ? (float)k->zl : 0.0f;
     float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS], smt[TS], lse_j[TS];
     int64_t tj[TS];
     for (int64_t j = 0; j < TS; j++) {
@@ -299,7 +303,7 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
         tj[j] = (t != ignore_index) ? t : 0;
         m[j] = -INFINITY;
         sa[j] = sr[j] = xt[j] = xa[j] = 0.0f;
-        smt[j] = k->adj && k->mg ? sc * k->mg[tj[j]] : 0.0f;
+        smt[j] = adj && k->mg ? sc * k->mg[tj[j]] : 0.0f;
     }
     for (int64_t c = 0; c < C; c++) { /* load (converted) and the per-position maximum */
         float *ec = es + c * TS;
@@ -309,7 +313,7 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
         } else {
             load_f32(ec, x, xdt, base + c * S, ts);
         }
-        if (k->adj) { /* z' = s (x + b_c) - s m_t [c = t], on the tile scratch */
+        if (adj) { /* z' = s (x + b_c) - s m_t [c = t], on the tile scratch */
             const float bc = k->b[c];
             for (int64_t j = 0; j < ts; j++) ec[j] = sc * (ec[j] + bc) - (tj[j] == c ? smt[j] : 0.0f);
         }
@@ -380,10 +384,11 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
         const float row = mod[j] * (ce_a[j] + w_poly[j] * poly[j]);
         const float l = (zl != 0.0f ? row + zl * lse_j[j] * lse_j[j] : row) * sc; /* + the z-loss */
         xa[j] = ok != 0.0f ? l : 0.0f; /* the row loss (xa is free now) */
-        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * sc * gsc : 0.0f;
-        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * sc * gsc : 0.0f;
-        const float zc = zl != 0.0f ? 2.0f * zl * lse_j[j] * sc * gsc : 0.0f;
-        const float q = (k1[j] + k2[j] * (float)k->a_sum + zc) / sa[j];
+        const float gs = sc * gsc; /* gsc = s: the chain rule through z' = s (...); 1 without the options */
+        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * gs : 0.0f;
+        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * gs : 0.0f;
+        const float coef = k1[j] + k2[j] * (float)k->a_sum;
+        const float q = (zl != 0.0f ? coef + 2.0f * zl * lse_j[j] * gs : coef) / sa[j]; /* + d(z-loss) */
         pc[j] = ok != 0.0f ? q : 0.0f;
     }
     for (int64_t j = 0; j < ts; j++) loss[r0 + j] = xa[j];
@@ -403,6 +408,15 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
             store_from_f32(g, xdt, base + c * S, ec, ts);
         }
     }
+}
+
+static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
+                    const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
+                    void *g, float *es) {
+    if (k->adj || k->zl != 0.0)
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 1);
+    else
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 0);
 }
 
 /* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
