@@ -405,3 +405,35 @@ def test_module_reassigned_prior_is_checked():
     crit.prior = [1.0] * 6
     x, y = torch.randn(3, 6), torch.tensor([0, 1, 5])
     torch.testing.assert_close(crit(x, y), F.cross_entropy(x, y))
+
+
+# ------------------------------------------------------------------ polyfocal compare's loss specs
+
+
+def test_compare_loss_specs_la_balanced_softmax_ldam():
+    from polyfocal.experiments.losses import DEFAULT_LOSSES, build_loss, parse_loss_spec
+
+    assert "la:tau=1" in DEFAULT_LOSSES and parse_loss_spec("la").label == "la:tau=1"
+    assert parse_loss_spec("ldam:max_margin=0.3,s=2,drw=3").params == {"max_margin": 0.3, "s": 2.0, "drw": 3, "ls": 0.0}
+    counts = [50, 20, 10, 5, 2]
+    torch.manual_seed(0)
+    x, y, n = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 5, (12,)), torch.tensor(12.0)
+    prior = torch.tensor(counts, dtype=torch.float64)
+    torch.testing.assert_close(
+        build_loss(parse_loss_spec("la:tau=2"), class_counts=counts)(x, y, n),
+        F.cross_entropy(x + 2.0 * torch.log(prior / prior.sum()), y),
+    )
+    torch.testing.assert_close(
+        build_loss(parse_loss_spec("balanced-softmax"), class_counts=counts)(x, y, n),
+        F.cross_entropy(x + prior.log(), y),
+    )
+    fn = build_loss(parse_loss_spec("ldam:s=3,drw=2"), class_counts=counts)
+    m = polyfocal.ldam_margins(counts).double()
+    z = 3.0 * (x - m[y, None] * F.one_hot(y, 5))
+    torch.testing.assert_close(fn(x, y, n), F.cross_entropy(z, y))
+    fn.set_epoch(2)  # deferred re-weighting from epoch 2 on: class-balanced weights (sum over samples / n)
+    w = polyfocal.class_balanced_alpha(counts, beta=0.9999).double()
+    torch.testing.assert_close(fn(x, y, n), F.cross_entropy(z, y, w, reduction="sum") / 12)
+    for bad in ("ldam:drw=1.5", "ldam:s=0", "la:tau=inf", "ldam:max_margin=-1"):
+        with pytest.raises(ValueError, match="expected"):
+            parse_loss_spec(bad)

@@ -253,6 +253,8 @@ def train_run(
         epochs = progress(epochs, desc=f"{spec.label} seed {seed}", leave=False, unit="ep")
     model.train()
     for epoch in epochs:
+        if hasattr(loss_fn, "set_epoch"):  # schedules inside the loss (LDAM's deferred re-weighting)
+            loss_fn.set_epoch(epoch)
         g = torch.Generator().manual_seed(1_000_003 * seed + epoch)
         batches = _global_batches(n, config.batch_size, g)
         if config.augment and data.image:
