@@ -437,3 +437,13 @@ def test_compare_loss_specs_la_balanced_softmax_ldam():
     for bad in ("ldam:drw=1.5", "ldam:s=0", "la:tau=inf", "ldam:max_margin=-1"):
         with pytest.raises(ValueError, match="expected"):
             parse_loss_spec(bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_target_margin_stays_finite_and_exact(backend):
+    """s * m_y = 60 (beyond the native kernel's margin-free stabiliser, which takes its exact branch there)."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(9, 6, generator=gen, dtype=torch.float64) * 0.2
+    x[torch.arange(9), torch.arange(9) % 6] += 1.0  # the target is the largest logit before its margin
+    y = torch.arange(9) % 6
+    _check(backend, x, y, epsilon=1.0, gamma=2.0, margin=[0.6] * 6, logit_scale=100.0, label_smoothing=0.1)

@@ -176,8 +176,11 @@ typedef struct {
 
 /* One row of the softmax PolyLoss for class index t: xr (C floats), gr (C floats, or NULL for no gradient).
  * Returns the row loss times `scale` (validity, 1/norm and the mean's 1/denominator); the gradient carries it.
- * ADJ (a compile-time constant of the two instances below): the logit of class c is read as XV(c), adjusted. */
-#define XV(c) (ADJ ? sc * (xr[c] + bb[c]) - ((c) == t ? smt : 0.0f) : xr[c])
+ * ADJ (a compile-time constant of the two instances below): the logit of class c is read as XB(c) = s (x_c + b_c),
+ * adjusted but without the target's margin, which the row loops leave out (no per-element select): the maximum
+ * is then an upper bound (a valid stabiliser), the sum over c != t is unchanged, and the target's own terms are
+ * corrected once after the loops. */
+#define XB(c) (ADJ ? sc * (xr[c] + bb[c]) : xr[c])
 static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, const float *xr, float *gr, int64_t t,
                                                                double scale, const int ADJ) {
     const int64_t C = k->C;
@@ -185,10 +188,18 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     const double gamma = k->gamma, ls = k->ls;
     const float *bb = k->b, sc = (float)k->sc, smt = ADJ && k->mg ? (float)k->sc * k->mg[t] : 0.0f;
     float m = -INFINITY;
+    if (ADJ && smt > 40.0f) { /* a huge target margin: the exact maximum (the bound could underflow every exp) */
 #pragma omp simd reduction(max : m)
-    for (int64_t c = 0; c < C; c++) {
-        const float v = XV(c);
-        m = v > m ? v : m;
+        for (int64_t c = 0; c < C; c++) {
+            const float v = XB(c) - (c == t ? smt : 0.0f);
+            m = v > m ? v : m;
+        }
+    } else {
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < C; c++) {
+            const float v = XB(c);
+            m = v > m ? v : m;
+        }
     }
     if (m == -INFINITY) m = 0.0f;
     /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
@@ -201,7 +212,7 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
         if (gr) {
 #pragma omp simd reduction(+ : b_all, b_rest)
             for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(XV(c) - m);
+                const float e = exp_nonpos(XB(c) - m);
                 gr[c] = e;
                 b_all += e;
                 b_rest += (c == t) ? 0.0f : e;
@@ -209,7 +220,7 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
         } else {
 #pragma omp simd reduction(+ : b_all, b_rest)
             for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(XV(c) - m);
+                const float e = exp_nonpos(XB(c) - m);
                 b_all += e;
                 b_rest += (c == t) ? 0.0f : e;
             }
@@ -220,15 +231,22 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
             float b_a = 0.0f;
             if (a) {
 #pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += a[c] * XV(c);
+                for (int64_t c = c0; c < c1; c++) b_a += a[c] * XB(c);
             } else {
 #pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += XV(c);
+                for (int64_t c = c0; c < c1; c++) b_a += XB(c);
             }
             x_a += b_a;
         }
     }
-    const double x_t = XV(t);
+    const float xt_f = ADJ ? XB(t) - smt : xr[t];
+    if (ADJ) { /* the target's terms with its margin */
+        const float e_t = exp_nonpos(xt_f - m);
+        if (gr) gr[t] = e_t;
+        s_all = s_rest + (double)e_t;
+        if (ls > 0.0) x_a -= (double)(a ? a[t] : 1.0f) * (double)smt;
+    }
+    const double x_t = xt_f;
     const double lse = (double)m + log(s_all);
     const double p1 = exp(x_t - lse);
     const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
@@ -274,7 +292,7 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     if (k->zl != 0.0) return (float)((mod * (ce_a + w_poly * poly) + k->zl * lse * lse) * scale);
     return (float)(mod * (ce_a + w_poly * poly) * scale);
 }
-#undef XV
+#undef XB
 
 static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
     return k->adj ? sm_row_impl(k, xr, gr, t, scale, 1) : sm_row_impl(k, xr, gr, t, scale, 0);
