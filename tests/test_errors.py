@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -80,6 +81,32 @@ CASES = [
     ("0-d softmax input", lambda: polyfocal.poly_loss(torch.tensor(1.0), torch.tensor(0)), ValueError, "0-D"),
     ("ignore_index float", lambda: polyfocal.poly_loss(X, Y, ignore_index=1.5), TypeError, "ignore_index"),
     ("complex target", lambda: polyfocal.poly_loss(X, Y.to(torch.complex64)), TypeError, "complex"),
+    # long-tail options of the softmax family
+    ("prior zero entry", lambda: polyfocal.poly_loss(X, Y, prior=[1.0, 0.0, 2.0]), ValueError, r"> 0, got \[1.0, 0.0"),
+    ("prior negative", lambda: polyfocal.balanced_softmax_loss(X, Y, prior=[1.0, -2.0, 2.0]), ValueError, "> 0"),
+    ("prior nan", lambda: polyfocal.poly_loss(X, Y, prior=torch.tensor([1.0, math.nan, 1.0])), ValueError, "nan"),
+    ("prior inf", lambda: polyfocal.poly_loss(X, Y, prior=[1.0, math.inf, 1.0]), ValueError, "finite"),
+    ("prior wrong length", lambda: polyfocal.poly_loss(X, Y, prior=[1.0, 2.0]), ValueError, r"\(3,\).*\(2,\)"),
+    ("prior scalar", lambda: polyfocal.poly_loss(X, Y, prior=5.0), ValueError, "per-class"),
+    ("prior string", lambda: polyfocal.poly_loss(X, Y, prior="abc"), TypeError, "prior"),
+    ("tau inf", lambda: polyfocal.logit_adjusted_loss(X, Y, prior=[1, 2, 3], tau=math.inf), ValueError, "tau"),
+    ("tau nan", lambda: polyfocal.poly_loss(X, Y, prior=[1, 2, 3], tau=math.nan), ValueError, "tau"),
+    ("margin negative", lambda: polyfocal.ldam_loss(X, Y, margin=[0.1, -0.1, 0.2]), ValueError, ">= 0"),
+    ("margin wrong length", lambda: polyfocal.poly_loss(X, Y, margin=[0.1] * 4), ValueError, r"\(3,\).*\(4,\)"),
+    ("margin nan", lambda: polyfocal.poly_loss(X, Y, margin=[0.1, math.nan, 0.2]), ValueError, "finite"),
+    ("margin with probabilities", lambda: polyfocal.poly_loss(X, X.softmax(1), margin=[0.1] * 3), ValueError, "index"),
+    ("logit_scale 0", lambda: polyfocal.poly_loss(X, Y, logit_scale=0.0), ValueError, "> 0, got 0.0"),
+    ("logit_scale negative", lambda: polyfocal.ldam_loss(X, Y, margin=[0.1] * 3, logit_scale=-2), ValueError, "> 0"),
+    ("logit_scale inf", lambda: polyfocal.poly_loss(X, Y, logit_scale=math.inf), ValueError, "finite"),
+    ("z_loss negative", lambda: polyfocal.cross_entropy(X, Y, z_loss=-0.1), ValueError, ">= 0, got -0.1"),
+    ("z_loss string", lambda: polyfocal.cross_entropy(X, Y, z_loss="1"), TypeError, "z_loss"),
+    (
+        "prior with sigmoid",
+        lambda: polyfocal.poly_loss(X, Y, activation="sigmoid", prior=[1, 2, 3]),
+        ValueError,
+        "prior",
+    ),
+    ("z_loss with sigmoid", lambda: polyfocal.poly_loss(X, Y, activation="sigmoid", z_loss=0.1), ValueError, "z_loss"),
 ]
 
 
@@ -143,6 +170,10 @@ MODULE_CASES = [
     (lambda: polyfocal.PolyLoss(activation="tanh"), ValueError),
     (lambda: polyfocal.Poly1CrossEntropyLoss(epsilon=[1.0]), TypeError),
     (lambda: polyfocal.CrossEntropyLoss(label_smoothing=-0.1), ValueError),
+    (lambda: polyfocal.BalancedSoftmaxLoss(prior=[3.0, 0.0]), ValueError),
+    (lambda: polyfocal.PolyLoss(margin=[0.1, -1.0]), ValueError),
+    (lambda: polyfocal.SoftmaxFocalLoss(logit_scale=-1.0), ValueError),
+    (lambda: polyfocal.CrossEntropyLoss(z_loss=math.nan), ValueError),
 ]
 
 

@@ -145,3 +145,16 @@ def test_modules_take_inplace_as_an_attribute():
     (got,) = torch.autograd.grad(module(logits, y), x)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     torch.testing.assert_close(logits.detach(), expected)  # the logits now hold their gradient
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_with_the_long_tail_options(backend):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 6, generator=gen, requires_grad=True)
+    y = torch.randint(0, 6, (30,), generator=gen)
+    kw = dict(gamma=2.0, prior=[5.0, 1.0, 2.0, 8.0, 1.0, 3.0], margin=[0.1] * 6, logit_scale=2.0, z_loss=1e-3)
+    with kernels.backend(backend):
+        (expected,) = torch.autograd.grad(polyfocal.softmax_focal_loss(x * 1.0, y, **kw), x)
+        logits = x * 1.0
+        (got,) = torch.autograd.grad(polyfocal.softmax_focal_loss(logits, y, inplace=True, **kw), x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

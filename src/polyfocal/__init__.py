@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "balanced_softmax_loss": "functional",
     "cross_entropy": "functional",
+    "ldam_loss": "functional",
+    "logit_adjusted_loss": "functional",
     "poly1_cross_entropy": "functional",
     "poly1_focal_loss": "functional",
     "poly_loss": "functional",
@@ -33,21 +36,34 @@ _EXPORTS = {
     "PolyLoss": "modules",
     "SigmoidFocalLoss": "modules",
     "SoftmaxFocalLoss": "modules",
+    "BalancedSoftmaxLoss": "modules",
+    "LDAMLoss": "modules",
+    "LogitAdjustedLoss": "modules",
+    "adjust_logits": "weights",
     "class_balanced_alpha": "weights",
+    "ldam_margins": "weights",
     "all_reduce_normalizer": "distributed",
 }
 
 __all__ = [
+    "BalancedSoftmaxLoss",
     "CrossEntropyLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "__version__",
+    "adjust_logits",
     "all_reduce_normalizer",
+    "balanced_softmax_loss",
     "class_balanced_alpha",
     "cross_entropy",
+    "ldam_loss",
+    "ldam_margins",
+    "logit_adjusted_loss",
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "poly_loss",
@@ -58,7 +74,10 @@ __all__ = [
 if TYPE_CHECKING:
     from .distributed import all_reduce_normalizer
     from .functional import (
+        balanced_softmax_loss,
         cross_entropy,
+        ldam_loss,
+        logit_adjusted_loss,
         poly1_cross_entropy,
         poly1_focal_loss,
         poly_loss,
@@ -66,14 +85,17 @@ if TYPE_CHECKING:
         softmax_focal_loss,
     )
     from .modules import (
+        BalancedSoftmaxLoss,
         CrossEntropyLoss,
+        LDAMLoss,
+        LogitAdjustedLoss,
         Poly1CrossEntropyLoss,
         Poly1FocalLoss,
         PolyLoss,
         SigmoidFocalLoss,
         SoftmaxFocalLoss,
     )
-    from .weights import class_balanced_alpha
+    from .weights import adjust_logits, class_balanced_alpha, ldam_margins
 
 
 def __getattr__(name: str) -> Any:

@@ -25,10 +25,20 @@ from ._params import (
     check_gamma,
     check_ignore_index,
     check_label_smoothing,
+    check_logit_scale,
     check_reduction,
     check_sigmoid_alpha,
+    check_tau,
+    check_z_loss,
 )
-from ._validation import broadcast_tensor, check_logits, check_target, compute_dtype, per_class_tensor
+from ._validation import (
+    broadcast_tensor,
+    check_logits,
+    check_target,
+    compute_dtype,
+    long_tail_vector,
+    per_class_tensor,
+)
 
 __all__ = ["Call", "Hyper", "SigmoidArgs", "SoftmaxArgs", "hyper", "prepare"]
 
@@ -46,6 +56,10 @@ class Hyper:
     reduction: str
     alpha: float | None = None
     detach_modulator: bool = False
+    # softmax family only (long-tail options): the prior's temperature, the logit scale and the z-loss weight
+    tau: float = 1.0
+    logit_scale: float = 1.0
+    z_loss: float = 0.0
     # the argument objects of calls without tensor arguments, built once per Hyper (see prepare's fast path)
     _plain: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -55,7 +69,11 @@ class SoftmaxArgs:
     """Softmax family.  ``class_weight = alpha * weight`` (combined once; ``None`` when both are absent) enters
     the CE term per class; ``weight`` alone gives the poly terms' ``w_t`` and the ``"mean"`` denominator
     ``sum_i w[y_i]`` over non-ignored elements.  Vectors are ``(C,)`` in the compute dtype; ``normalizer`` is
-    ``None`` or broadcastable to the loss shape ``(N, *)``."""
+    ``None`` or broadcastable to the loss shape ``(N, *)``.
+
+    Long-tail options: the loss sees the logits ``z' = logit_scale * (z + bias - margin[y] onehot_y)`` with
+    ``bias = tau * log(prior / sum(prior))`` (``None``: no prior, or ``tau = 0``) and ``margin`` ``(C,)`` or
+    ``None`` (class-index targets only); ``z_loss`` adds ``z_loss * logsumexp(z')^2`` to each row's loss."""
 
     class_weight: torch.Tensor | None
     weight: torch.Tensor | None
@@ -66,6 +84,10 @@ class SoftmaxArgs:
     label_smoothing: float
     reduction: str
     detach_modulator: bool = False
+    bias: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    z_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,9 @@ def hyper(
     reduction: object = "mean",
     epsilon_sequence: bool = True,
     detach_modulator: bool = False,
+    tau: object = 1.0,
+    logit_scale: object = 1.0,
+    z_loss: object = 0.0,
 ) -> Hyper:
     """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
     :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions).
@@ -125,10 +150,13 @@ def hyper(
         and type(activation) is str
         and type(reduction) is str
         and (type(epsilon) in _PLAIN or (type(epsilon) is tuple and all(type(e) in _PLAIN for e in epsilon)))
+        and type(tau) in _PLAIN
+        and type(logit_scale) in _PLAIN
+        and type(z_loss) in _PLAIN
     )
     if plain and not torch.compiler.is_compiling():
-        return _hyper_cached(*values, epsilon_sequence, detach_modulator)
-    return _hyper(*values, epsilon_sequence, detach_modulator)
+        return _hyper_cached(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
+    return _hyper(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
 
 
 @functools.lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
@@ -146,8 +174,17 @@ def _hyper(
     reduction: object,
     epsilon_sequence: bool,
     detach_modulator: bool,
+    tau: object = 1.0,
+    logit_scale: object = 1.0,
+    z_loss: object = 0.0,
 ) -> Hyper:
     activation = check_activation(activation)
+    tau_v, scale_v, z_v = check_tau(tau), check_logit_scale(logit_scale), check_z_loss(z_loss)
+    if activation == "sigmoid" and (scale_v != 1.0 or z_v != 0.0):
+        raise ValueError(
+            "expected logit_scale=1 and z_loss=0 for activation='sigmoid' (softmax-family arguments), "
+            f"got logit_scale={logit_scale!r}, z_loss={z_loss!r}"
+        )
     eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
     while eps and eps[-1] == 0.0:
         eps = eps[:-1]
@@ -160,6 +197,9 @@ def _hyper(
         reduction=check_reduction(reduction),
         alpha=check_sigmoid_alpha(alpha) if activation == "sigmoid" else None,
         detach_modulator=bool(detach_modulator),
+        tau=tau_v,
+        logit_scale=scale_v,
+        z_loss=z_v,
     )
 
 
@@ -172,13 +212,20 @@ def prepare(
     weight: object = None,
     pos_weight: object = None,
     normalizer: object = None,
+    prior: object = None,
+    margin: object = None,
+    values_checked: bool = False,
 ) -> Call:
-    """Stage 2: tensors against the input; returns the canonical :class:`Call`."""
+    """Stage 2: tensors against the input; returns the canonical :class:`Call`.  ``prior`` / ``margin``: the
+    softmax family's long-tail vectors; ``values_checked=True`` (modules, which check them at construction)
+    skips the check of their values."""
     if (  # the common call, checked in a few attribute tests: what the full checks below accept unchanged
         alpha is None
         and weight is None
         and pos_weight is None
         and normalizer is None
+        and prior is None
+        and margin is None
         and type(input) is torch.Tensor
         and type(target) is torch.Tensor
         and input.dtype in _FLOATS
@@ -188,7 +235,7 @@ def prepare(
             if input.ndim == 2 and target.dtype is torch.int64 and target.shape == input.shape[:1] and input.shape[1]:
                 args = h._plain.get("softmax")
                 if args is None:
-                    args = h._plain.setdefault("softmax", _softmax_args(h, None, None, None))
+                    args = h._plain.setdefault("softmax", _softmax_args(h, None, None, None, None, None))
                 return Call(input, target, args, target.shape)
         elif input.ndim and target.dtype is input.dtype and target.shape == input.shape:
             args = h._plain.get("sigmoid")
@@ -211,7 +258,19 @@ def prepare(
             raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(x.shape)}")
         alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
         weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
+        check = not values_checked
+        prior_t = long_tail_vector(prior, "prior", num_classes, device=device, positive=True, check_values=check)
+        margin_t = long_tail_vector(margin, "margin", num_classes, device=device, positive=False, check_values=check)
         targets = check_target(x, target, activation="softmax")
+        if margin_t is not None and not targets.is_index:
+            raise ValueError(
+                "expected class-index targets with margin= (the margin is subtracted from the target class's "
+                "logit), got a floating-point (probability) target"
+            )
+        bias_t = None
+        if prior_t is not None and h.tau != 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
+            bias_t = (h.tau * (torch.log(prior_t) - torch.log(prior_t.sum()))).to(ct)
+        margin_t = None if margin_t is None else margin_t.to(ct)
         loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
         y = targets.values
@@ -223,8 +282,12 @@ def prepare(
         if targets.is_index and y.dtype != torch.int64:
             y = y.long()
         class_weight = alpha_t if weight_t is None else (weight_t if alpha_t is None else alpha_t * weight_t)
-        return Call(x, y, _softmax_args(h, class_weight, weight_t, norm), loss_shape)
+        return Call(x, y, _softmax_args(h, class_weight, weight_t, norm, bias_t, margin_t), loss_shape)
 
+    if prior is not None or margin is not None:
+        raise ValueError(
+            "expected prior=None and margin=None for activation='sigmoid' (softmax-family arguments), got a value"
+        )
     weight_t = broadcast_tensor(weight, "weight", x.shape, device=device, dtype=ct)
     pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", x.shape, device=device, dtype=ct)
     targets = check_target(x, target, activation="sigmoid")
@@ -251,7 +314,7 @@ def prepare(
 _FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 
-def _softmax_args(h: Hyper, class_weight, weight, normalizer) -> SoftmaxArgs:
+def _softmax_args(h: Hyper, class_weight, weight, normalizer, bias, margin) -> SoftmaxArgs:
     return SoftmaxArgs(
         class_weight=class_weight,
         weight=weight,
@@ -262,6 +325,10 @@ def _softmax_args(h: Hyper, class_weight, weight, normalizer) -> SoftmaxArgs:
         label_smoothing=h.label_smoothing,
         reduction=h.reduction,
         detach_modulator=h.detach_modulator,
+        bias=bias,
+        margin=margin,
+        logit_scale=h.logit_scale,
+        z_loss=h.z_loss,
     )
 
 

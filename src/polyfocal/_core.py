@@ -94,6 +94,10 @@ def softmax_poly_loss(
     ignore_index: int | None,
     label_smoothing: float,
     modulator_grad: bool = True,
+    bias: torch.Tensor | None = None,
+    margin: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | int]:
     """Per-element softmax PolyLoss and the denominator of ``reduction="mean"``.
 
@@ -101,9 +105,19 @@ def softmax_poly_loss(
     probabilities.  ``class_weight`` (alpha * weight) and ``weight`` are ``(C,)`` vectors in the compute dtype.
     The denominator follows ``F.cross_entropy``: the summed target weights of the non-ignored elements
     (their count without ``weight``) for class indices, the number of elements for probabilities.
+
+    Long-tail options (see :class:`polyfocal._args.SoftmaxArgs`): the loss sees
+    ``logit_scale * (x + bias - margin[y] onehot_y)`` and adds ``z_loss * logsumexp(...)^2`` per element.
     """
     num_classes = x.shape[1]
     shape = (1, num_classes) + (1,) * (x.ndim - 2)
+    if bias is not None:
+        x = x + bias.view(shape)
+    if margin is not None:  # class indices only (prepare refuses a margin for probability targets)
+        y_m = target if ignore_index is None else torch.where(target != ignore_index, target, 0)
+        x = x.scatter_add(1, y_m.unsqueeze(1), -margin[y_m].unsqueeze(1))
+    if logit_scale != 1.0:
+        x = x * logit_scale
     logp = torch.log_softmax(x, dim=1)
     need_pt = _needs_pt(gamma, epsilon)
     ls = label_smoothing
@@ -150,6 +164,8 @@ def softmax_poly_loss(
         denominator = ce.numel()
 
     loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=poly_weight, modulator_grad=modulator_grad)
+    if z_loss != 0.0:  # not class-weighted; masked, normalised and averaged like the row loss
+        loss = loss + z_loss * torch.logsumexp(x, 1) ** 2
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
     return loss, denominator
@@ -233,6 +249,10 @@ def softmax_loss(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs) -> to
         ignore_index=args.ignore_index,
         label_smoothing=args.label_smoothing,
         modulator_grad=not args.detach_modulator,
+        bias=args.bias,
+        margin=args.margin,
+        logit_scale=args.logit_scale,
+        z_loss=args.z_loss,
     )
     return _reduce(loss, args.normalizer, args.reduction, denominator)
 

@@ -129,3 +129,36 @@ def check_sigmoid_alpha(alpha: object) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"expected alpha in [0, 1] or None (None disables the alpha balance), got {alpha!r}")
     return value
+
+
+# ------------------------------------------------------------------ long-tail options of the softmax family
+
+
+def check_tau(tau: object) -> float:
+    value = _real(tau, "tau")
+    if value is None:
+        raise TypeError(f"expected tau to be a finite real number, got {_describe(tau)}")
+    value = float(value)
+    if not _finite(value):
+        raise ValueError(f"expected tau to be a finite number, got {tau!r}")
+    return value
+
+
+def check_logit_scale(logit_scale: object) -> float:
+    value = _real(logit_scale, "logit_scale")
+    if value is None:
+        raise TypeError(f"expected logit_scale to be a finite real number > 0, got {_describe(logit_scale)}")
+    value = float(value)
+    if not (_finite(value) and value > 0):
+        raise ValueError(f"expected logit_scale to be a finite number > 0, got {logit_scale!r}")
+    return value
+
+
+def check_z_loss(z_loss: object) -> float:
+    value = _real(z_loss, "z_loss")
+    if value is None:
+        raise TypeError(f"expected z_loss to be a finite real number >= 0, got {_describe(z_loss)}")
+    value = float(value)
+    if not (_finite(value) and value >= 0):
+        raise ValueError(f"expected z_loss to be a finite number >= 0, got {z_loss!r}")
+    return value

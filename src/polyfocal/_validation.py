@@ -187,3 +187,44 @@ def check_target(input: torch.Tensor, target: object, *, activation: str) -> Tar
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
     return Targets(target, is_index=True)
+
+
+def long_tail_vector(
+    value: object, name: str, num_classes: int, *, device: torch.device, positive: bool, check_values: bool = True
+) -> torch.Tensor | None:
+    """``prior`` (every entry finite and > 0) or ``margin`` (finite and >= 0) of the softmax family: a per-class
+    sequence or 1-D tensor of length C, as a float64 tensor on ``device``.  Unlike alpha / weight the values are
+    checked, before any loss computation: free for a Python sequence or a CPU tensor, one host read for a tensor on
+    an accelerator (modules check theirs once, at construction, and pass ``check_values=False``); skipped under
+    torch.compile and on meta tensors (no data)."""
+    if value is None:
+        return None
+    bound = "> 0" if positive else ">= 0"
+    if _is_real_number(value) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+        scalar = value.item() if isinstance(value, torch.Tensor) else value
+        raise ValueError(
+            f"expected {name} to be a per-class sequence or tensor of length C={num_classes} (entries finite and "
+            f"{bound}), got the scalar {scalar!r}"
+        )
+    if isinstance(value, torch.Tensor):
+        if not (value.dtype.is_floating_point or value.dtype in _INT_DTYPES):
+            raise TypeError(f"expected {name} to be a real-valued tensor, got dtype {value.dtype}")
+        _check_device(value, name, device)
+        tensor = value
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        if not all(_is_real_number(v) for v in value):
+            raise TypeError(f"expected {name} to be a sequence of real numbers, got {value!r}")
+        tensor = torch.tensor([float(v) for v in value], dtype=torch.float64)
+    else:
+        raise TypeError(f"expected {name} to be a sequence or 1-D tensor of length C, got {_describe(value)}")
+    if tensor.ndim != 1 or tensor.shape[0] != num_classes:
+        raise ValueError(
+            f"expected {name} of shape ({num_classes},), one value per class, got shape {tuple(tensor.shape)}"
+        )
+    if check_values and not torch.compiler.is_compiling() and _data_checks_enabled(tensor):
+        values = tensor.detach()
+        bad = ~torch.isfinite(values) | ((values <= 0) if positive else (values < 0))
+        if bool(bad.any()):
+            shown = values.tolist() if values.numel() <= 16 else f"{values[bad][0].item()!r} at a bad entry"
+            raise ValueError(f"expected every {name} entry finite and {bound}, got {shown}")
+    return tensor.to(device=device, dtype=torch.float64)

@@ -29,7 +29,10 @@ from . import kernels
 from ._args import Hyper, hyper, prepare
 
 __all__ = [
+    "balanced_softmax_loss",
     "cross_entropy",
+    "ldam_loss",
+    "logit_adjusted_loss",
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "poly_loss",
@@ -53,10 +56,24 @@ def _apply(
     weight: object = None,
     pos_weight: object = None,
     normalizer: object = None,
+    prior: object = None,
+    margin: object = None,
+    values_checked: bool = False,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Stage 2 of the validation (tensors), then the loss: the one path of every public function and module."""
-    call = prepare(input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer)
+    call = prepare(
+        input,
+        target,
+        h,
+        alpha=alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        normalizer=normalizer,
+        prior=prior,
+        margin=margin,
+        values_checked=values_checked,
+    )
     if inplace is not False:
         kernels.check_inplace(input, call.x, call.target, call.args, inplace)
         if inplace:
@@ -83,6 +100,11 @@ def poly_loss(
     pos_weight: torch.Tensor | None = None,
     reduction: Reduction = "mean",
     detach_modulator: bool = False,
+    prior: ClassVector = None,
+    tau: float = 1.0,
+    margin: ClassVector = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
@@ -116,6 +138,22 @@ def poly_loss(
     ``normalizer`` (both activations) divides the per-element loss before the reduction, with
     broadcasting (PaddlePaddle's ``sigmoid_focal_loss`` semantics, e.g. the number of positives).
 
+    **Long-tail options** (softmax only; all off by default, and then the numbers are exactly those without them).
+    With the prior :math:`\pi` (class counts or probabilities, normalised to probabilities), target margins
+    :math:`m` and logit scale :math:`s`, every term above (:math:`p`, :math:`p_t`, CE, focal and Poly terms) is
+    computed on the adjusted logits
+
+    .. math::
+
+        z'_c = s\,\big(z_c + \tau \log \pi_c - m_y [c = y]\big)
+
+    (logit adjustment, Menon et al., ICLR 2021, https://arxiv.org/abs/2007.07314; ``tau=1`` is Balanced Softmax,
+    Ren et al., NeurIPS 2020; LDAM margins and scale, Cao et al., NeurIPS 2019, https://arxiv.org/abs/1906.07413).
+    The margin is subtracted from the target class ``y`` only, also under label smoothing (class-index targets
+    only).  ``z_loss`` (:math:`\lambda`, PaLM's z-loss, Liger's ``lse_square_scale``) adds
+    :math:`\lambda\,(\log\sum_c e^{z'_c})^2` to each element's loss: not weighted by ``alpha`` / ``weight``,
+    divided by ``normalizer``, 0 for ignored elements and averaged by the same ``"mean"`` denominator.
+
     Computation is in log space (finite gradients for ``gamma`` in (0, 1) at ``p_t -> 1`` and logits of
     magnitude 1e4) and in float32 for float16/bfloat16 input; the loss is returned in float32 for those
     inputs and the input gradient has the input's dtype.
@@ -147,6 +185,13 @@ def poly_loss(
         detach_modulator: treat :math:`(1-p_t)^\gamma` as a constant for autograd, as listings that compute
             :math:`p_t` from ``logpt.data`` do (clcarwin's ``FocalLoss``); the gradient is then not the focal
             loss's.  Default ``False``.
+        prior: softmax only: class counts or probabilities, length C, every entry finite and > 0; the loss sees
+            ``z + tau * log(prior / sum(prior))``.  Undo it at inference with :func:`polyfocal.adjust_logits`.
+        tau: the prior's temperature, finite (``0``: no adjustment).
+        margin: softmax class indices only: per-class margins (length C, finite, >= 0) subtracted from the target
+            logit; :func:`polyfocal.ldam_margins` gives LDAM's.
+        logit_scale: ``s > 0`` multiplying the (adjusted) logits.
+        z_loss: :math:`\lambda \ge 0`, the weight of the z-loss.
 
     Returns:
         The reduced loss (0-D) or, with ``reduction="none"``, the element loss: the input's shape without
@@ -173,9 +218,21 @@ def poly_loss(
         label_smoothing=label_smoothing,
         reduction=reduction,
         detach_modulator=detach_modulator,
+        tau=tau,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
     )
     return _apply(
-        input, target, h, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace
+        input,
+        target,
+        h,
+        alpha=alpha,
+        weight=weight,
+        pos_weight=pos_weight,
+        normalizer=normalizer,
+        prior=prior,
+        margin=margin,
+        inplace=inplace,
     )
 
 
@@ -187,6 +244,11 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
+    prior: ClassVector = None,
+    tau: float = 1.0,
+    margin: ClassVector = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Cross-entropy: :func:`poly_loss` with ``gamma=0`` and no polynomial term.
@@ -195,7 +257,8 @@ def cross_entropy(
 
     Gives the numbers of :func:`torch.nn.functional.cross_entropy` for every argument it takes
     (class indices or probabilities, ``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``,
-    unbatched ``(C,)`` input), with float32 math for float16/bfloat16 input.
+    unbatched ``(C,)`` input), with float32 math for float16/bfloat16 input.  ``prior``, ``tau``, ``margin``,
+    ``logit_scale`` and ``z_loss`` are the long-tail options of :func:`poly_loss` (off by default).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -205,8 +268,15 @@ def cross_entropy(
         ...                F.cross_entropy(x, y, w, label_smoothing=0.1))
         True
     """
-    h = hyper(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
-    return _apply(input, target, h, weight=weight, inplace=inplace)
+    h = hyper(
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        tau=tau,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
+    )
+    return _apply(input, target, h, weight=weight, prior=prior, margin=margin, inplace=inplace)
 
 
 def poly1_cross_entropy(
@@ -220,6 +290,11 @@ def poly1_cross_entropy(
     label_smoothing: float = 0.0,
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
+    prior: ClassVector = None,
+    tau: float = 1.0,
+    margin: ClassVector = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Poly-1 cross-entropy (Leng et al., ICLR 2022, eq. 3): softmax :func:`poly_loss` with ``gamma=0``.
@@ -242,8 +317,13 @@ def poly1_cross_entropy(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        tau=tau,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
     )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, inplace=inplace)
+    return _apply(
+        input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, margin=margin, inplace=inplace
+    )
 
 
 def softmax_focal_loss(
@@ -258,6 +338,11 @@ def softmax_focal_loss(
     label_smoothing: float = 0.0,
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
+    prior: ClassVector = None,
+    tau: float = 1.0,
+    margin: ClassVector = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Softmax (multi-class) focal loss (Lin et al., ICCV 2017), optionally with Poly terms.
@@ -281,8 +366,154 @@ def softmax_focal_loss(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        tau=tau,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
     )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, inplace=inplace)
+    return _apply(
+        input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, margin=margin, inplace=inplace
+    )
+
+
+def logit_adjusted_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    prior: ClassVector,
+    tau: float = 1.0,
+    gamma: float = 0.0,
+    epsilon: Epsilon = 0.0,
+    alpha: ClassVector = None,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Logit-adjusted loss (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment", eq. 10):
+    the softmax PolyLoss of :func:`poly_loss` on :math:`z + \tau \log \pi`.
+
+    .. math::
+
+        \ell = -\log \frac{e^{z_y + \tau \log \pi_y}}{\sum_c e^{z_c + \tau \log \pi_c}}
+        \quad\text{(gamma = 0, no epsilon; focal and Poly terms use the same adjusted softmax)}
+
+    ``prior`` is the training class counts or frequencies (length C, entries finite and > 0, normalised to
+    probabilities).  Predict with the plain logits (the adjustment is in the loss only); ``tau = 1`` is
+    :func:`balanced_softmax_loss`.  See :func:`poly_loss` for the remaining arguments.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y, counts = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 0, 1]), torch.tensor([100.0, 10.0, 1.0])
+        >>> la = polyfocal.logit_adjusted_loss(x, y, prior=counts, tau=2.0)
+        >>> torch.allclose(la, F.cross_entropy(x + 2.0 * torch.log(counts / counts.sum()), y))
+        True
+    """
+    h = hyper(
+        epsilon=epsilon,
+        gamma=gamma,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        tau=tau,
+        z_loss=z_loss,
+    )
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, inplace=inplace)
+
+
+def balanced_softmax_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    prior: ClassVector,
+    gamma: float = 0.0,
+    epsilon: Epsilon = 0.0,
+    alpha: ClassVector = None,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Balanced Softmax (Ren et al., NeurIPS 2020): :func:`logit_adjusted_loss` with ``tau = 1``.
+
+    .. math:: \ell = -\log \frac{\pi_y e^{z_y}}{\sum_c \pi_c e^{z_c}}
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y, counts = torch.randn(5, 4), torch.tensor([0, 3, 1, 0, 2]), torch.tensor([50.0, 20.0, 5.0, 1.0])
+        >>> torch.allclose(polyfocal.balanced_softmax_loss(x, y, prior=counts), F.cross_entropy(x + counts.log(), y))
+        True
+    """
+    return logit_adjusted_loss(
+        input,
+        target,
+        prior=prior,
+        tau=1.0,
+        gamma=gamma,
+        epsilon=epsilon,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        normalizer=normalizer,
+        reduction=reduction,
+        z_loss=z_loss,
+        inplace=inplace,
+    )
+
+
+def ldam_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    margin: ClassVector,
+    logit_scale: float = 30.0,
+    gamma: float = 0.0,
+    epsilon: Epsilon = 0.0,
+    alpha: ClassVector = None,
+    weight: ClassVector = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""LDAM loss (Cao et al., NeurIPS 2019): the softmax PolyLoss of :math:`s\,(z - m_y\,\mathrm{onehot}_y)`.
+
+    .. math:: \ell = -\log \frac{e^{s (z_y - m_y)}}{e^{s (z_y - m_y)} + \sum_{c \ne y} e^{s z_c}}
+
+    ``margin`` per class, e.g. :func:`polyfocal.ldam_margins` of the training counts (:math:`m_c \propto
+    n_c^{-1/4}`); ``logit_scale`` is the paper's ``s`` (30 in its code, for normalised features / weights).  The
+    paper's deferred re-weighting (DRW) passes ``weight=polyfocal.class_balanced_alpha(counts, beta=0.9999)`` from a
+    later epoch on.  See :func:`poly_loss` for the remaining arguments.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 2])
+        >>> m = polyfocal.ldam_margins([100, 10, 1], max_margin=0.5)
+        >>> z = 30.0 * (x - m[y, None] * F.one_hot(y, 3))
+        >>> torch.allclose(polyfocal.ldam_loss(x, y, margin=m), F.cross_entropy(z, y))
+        True
+    """
+    h = hyper(
+        epsilon=epsilon,
+        gamma=gamma,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
+    )
+    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, margin=margin, inplace=inplace)
 
 
 def sigmoid_focal_loss(
@@ -380,7 +611,10 @@ def _refuse_torchscript() -> None:
 
 
 for _public in (
+    balanced_softmax_loss,
     cross_entropy,
+    ldam_loss,
+    logit_adjusted_loss,
     poly1_cross_entropy,
     poly1_focal_loss,
     poly_loss,

@@ -23,13 +23,20 @@ from ._params import (
     check_gamma,
     check_ignore_index,
     check_label_smoothing,
+    check_logit_scale,
     check_reduction,
     check_sigmoid_alpha,
+    check_tau,
+    check_z_loss,
 )
+from ._validation import long_tail_vector
 from .functional import Activation, ClassVector, Epsilon, Normalizer, Reduction
 
 __all__ = [
+    "BalancedSoftmaxLoss",
     "CrossEntropyLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyLoss",
@@ -55,7 +62,7 @@ class _PolyFamilyLoss(nn.Module):
         for name, value in hyper.items():
             self._check(name, value, activation)
             if isinstance(value, torch.Tensor) or (
-                isinstance(value, Sequence) and name in ("alpha", "weight") and not isinstance(value, str)
+                isinstance(value, Sequence) and name in ("alpha", "weight", *_VECTORS) and not isinstance(value, str)
             ):
                 tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float32)
                 self.register_buffer(name, tensor)
@@ -67,8 +74,8 @@ class _PolyFamilyLoss(nn.Module):
 
     _epsilon_sequence = True
     _HYPER_NAMES = frozenset(
-        ("activation", "epsilon", "gamma", "alpha", "ignore_index", "label_smoothing", "reduction")
-    )
+        ("activation", "epsilon", "gamma", "alpha", "ignore_index", "label_smoothing", "reduction", "tau")
+    ) | frozenset(("logit_scale", "z_loss"))
 
     def _rebuild_hyper(self) -> None:
         """Stage 1 of the validation, once: the scalar hyperparameters as one :class:`polyfocal._args.Hyper`."""
@@ -85,6 +92,9 @@ class _PolyFamilyLoss(nn.Module):
                 label_smoothing=getattr(self, "label_smoothing", 0.0),
                 reduction=self.reduction,
                 epsilon_sequence=self._epsilon_sequence,
+                tau=getattr(self, "tau", 1.0),
+                logit_scale=getattr(self, "logit_scale", 1.0),
+                z_loss=getattr(self, "z_loss", 0.0),
             ),
         )
 
@@ -93,6 +103,11 @@ class _PolyFamilyLoss(nn.Module):
             self._check(name, value, value if name == "activation" else self.activation)
             super().__setattr__(name, value)
             self._rebuild_hyper()
+        elif name in _VECTORS and "_hyper" in self.__dict__:  # prior / margin: checked here, once, not per call
+            self._check(name, value, self.activation)
+            if value is not None and not isinstance(value, torch.Tensor):
+                value = torch.tensor(value, dtype=torch.float32)
+            super().__setattr__(name, value)
         else:
             super().__setattr__(name, value)
 
@@ -107,6 +122,9 @@ class _PolyFamilyLoss(nn.Module):
             weight=getattr(self, "weight", None),
             pos_weight=getattr(self, "pos_weight", None),
             normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
+            prior=getattr(self, "prior", None),
+            margin=getattr(self, "margin", None),
+            values_checked=True,  # by _check, at construction / assignment
             inplace=self.inplace,
         )
 
@@ -126,6 +144,28 @@ class _PolyFamilyLoss(nn.Module):
             check_ignore_index(value)
         elif name == "alpha" and activation == "sigmoid":
             check_sigmoid_alpha(value)
+        elif name == "tau":
+            check_tau(value)
+        elif name == "logit_scale":
+            check_logit_scale(value)
+            if activation == "sigmoid" and float(value) != 1.0:  # type: ignore[arg-type]
+                raise ValueError(f"expected logit_scale=1 for activation='sigmoid', got {value!r}")
+        elif name == "z_loss":
+            check_z_loss(value)
+            if activation == "sigmoid" and float(value) != 0.0:  # type: ignore[arg-type]
+                raise ValueError(f"expected z_loss=0 for activation='sigmoid', got {value!r}")
+        elif name in _VECTORS and value is not None:
+            if activation == "sigmoid":
+                raise ValueError(
+                    f"expected {name}=None for activation='sigmoid' (a softmax-family argument), got a value"
+                )
+            is_tensor = isinstance(value, torch.Tensor)
+            if is_tensor:
+                length = value.shape[0] if value.ndim >= 1 else 0  # type: ignore[union-attr]
+            else:
+                length = len(value) if isinstance(value, Sequence) else 0
+            device = value.device if is_tensor else torch.device("cpu")  # type: ignore[union-attr]
+            long_tail_vector(value, name, length, device=device, positive=name == "prior")
         elif name == "alpha" and (_is_real_number(value) or (isinstance(value, torch.Tensor) and value.ndim == 0)):
             raise ValueError(
                 f"expected a per-class alpha (sequence or tensor of length C) for activation='softmax', "
@@ -145,6 +185,17 @@ class _PolyFamilyLoss(nn.Module):
                 f"{name}={value!r}" if not isinstance(value, torch.Tensor) else f"{name}=tensor{tuple(value.shape)}"
             )
         return ", ".join(parts)
+
+
+_VECTORS = ("prior", "margin")  # the softmax family's long-tail vectors: values checked at construction
+
+
+def _long_tail(prior: object, tau: object, margin: object, logit_scale: object, z_loss: object) -> dict[str, object]:
+    """The long-tail keywords that differ from their defaults (the others stay out of the module's repr)."""
+    given = {"prior": prior, "tau": tau, "margin": margin, "logit_scale": logit_scale, "z_loss": z_loss}
+    defaults = {"prior": None, "tau": 1.0, "margin": None, "logit_scale": 1.0, "z_loss": 0.0}
+    plain_default = {k for k, v in given.items() if type(v) in (int, float) and v == defaults[k]}
+    return {k: v for k, v in given.items() if v is not defaults[k] and k not in plain_default}
 
 
 class PolyLoss(_PolyFamilyLoss):
@@ -174,6 +225,11 @@ class PolyLoss(_PolyFamilyLoss):
         normalizer: Normalizer = None,
         pos_weight: torch.Tensor | None = None,
         reduction: Reduction = "mean",
+        prior: ClassVector = None,
+        tau: float = 1.0,
+        margin: ClassVector = None,
+        logit_scale: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(
             activation=activation,
@@ -186,6 +242,7 @@ class PolyLoss(_PolyFamilyLoss):
             normalizer=normalizer,
             pos_weight=pos_weight,
             reduction=reduction,
+            **_long_tail(prior, tau, margin, logit_scale, z_loss),
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
@@ -211,8 +268,19 @@ class CrossEntropyLoss(_PolyFamilyLoss):
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
+        prior: ClassVector = None,
+        tau: float = 1.0,
+        margin: ClassVector = None,
+        logit_scale: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
-        super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+        super().__init__(
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            **_long_tail(prior, tau, margin, logit_scale, z_loss),
+        )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._loss(input, target)
@@ -242,6 +310,11 @@ class Poly1CrossEntropyLoss(_PolyFamilyLoss):
         label_smoothing: float = 0.0,
         normalizer: Normalizer = None,
         reduction: Reduction = "mean",
+        prior: ClassVector = None,
+        tau: float = 1.0,
+        margin: ClassVector = None,
+        logit_scale: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
         check_epsilon(epsilon, allow_sequence=False)
         super().__init__(
@@ -252,6 +325,7 @@ class Poly1CrossEntropyLoss(_PolyFamilyLoss):
             label_smoothing=label_smoothing,
             normalizer=normalizer,
             reduction=reduction,
+            **_long_tail(prior, tau, margin, logit_scale, z_loss),
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
@@ -281,6 +355,11 @@ class SoftmaxFocalLoss(_PolyFamilyLoss):
         label_smoothing: float = 0.0,
         normalizer: Normalizer = None,
         reduction: Reduction = "mean",
+        prior: ClassVector = None,
+        tau: float = 1.0,
+        margin: ClassVector = None,
+        logit_scale: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(
             gamma=gamma,
@@ -291,6 +370,145 @@ class SoftmaxFocalLoss(_PolyFamilyLoss):
             label_smoothing=label_smoothing,
             normalizer=normalizer,
             reduction=reduction,
+            **_long_tail(prior, tau, margin, logit_scale, z_loss),
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._loss(input, target, normalizer)
+
+
+class LogitAdjustedLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.logit_adjusted_loss`; ``prior`` is a buffer, checked at construction.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y, counts = torch.randn(4, 3), torch.tensor([0, 2, 1, 2]), [100, 10, 1]
+        >>> crit = polyfocal.LogitAdjustedLoss(prior=counts, tau=1.5)
+        >>> torch.equal(crit(x, y), polyfocal.logit_adjusted_loss(x, y, prior=counts, tau=1.5))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        prior: ClassVector,
+        tau: float = 1.0,
+        gamma: float = 0.0,
+        epsilon: Epsilon = 0.0,
+        alpha: ClassVector = None,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        reduction: Reduction = "mean",
+        z_loss: float = 0.0,
+    ) -> None:
+        if prior is None:
+            raise ValueError("expected prior (class counts or probabilities, length C), got None")
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            reduction=reduction,
+            prior=prior,
+            tau=tau,
+            **_long_tail(None, 1.0, None, 1.0, z_loss),
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._loss(input, target, normalizer)
+
+
+class BalancedSoftmaxLoss(LogitAdjustedLoss):
+    """Module form of :func:`polyfocal.balanced_softmax_loss` (:class:`LogitAdjustedLoss` with ``tau=1``).
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> torch.equal(polyfocal.BalancedSoftmaxLoss(prior=[5, 3, 1])(x, y),
+        ...             polyfocal.balanced_softmax_loss(x, y, prior=[5, 3, 1]))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        prior: ClassVector,
+        gamma: float = 0.0,
+        epsilon: Epsilon = 0.0,
+        alpha: ClassVector = None,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        reduction: Reduction = "mean",
+        z_loss: float = 0.0,
+    ) -> None:
+        super().__init__(
+            prior=prior,
+            tau=1.0,
+            gamma=gamma,
+            epsilon=epsilon,
+            alpha=alpha,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            reduction=reduction,
+            z_loss=z_loss,
+        )
+
+
+class LDAMLoss(_PolyFamilyLoss):
+    """Module form of :func:`polyfocal.ldam_loss`; ``margin`` is a buffer (e.g. :func:`polyfocal.ldam_margins`).
+
+    For the paper's deferred re-weighting (DRW), assign ``criterion.weight = polyfocal.class_balanced_alpha(counts,
+    beta=0.9999)`` at the DRW epoch (or build the module with it then).
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> m = polyfocal.ldam_margins([100, 10, 1])
+        >>> torch.equal(polyfocal.LDAMLoss(margin=m)(x, y), polyfocal.ldam_loss(x, y, margin=m))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        margin: ClassVector,
+        logit_scale: float = 30.0,
+        gamma: float = 0.0,
+        epsilon: Epsilon = 0.0,
+        alpha: ClassVector = None,
+        weight: ClassVector = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        normalizer: Normalizer = None,
+        reduction: Reduction = "mean",
+        z_loss: float = 0.0,
+    ) -> None:
+        if margin is None:
+            raise ValueError("expected margin (per-class margins, length C), got None")
+        super().__init__(
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            normalizer=normalizer,
+            reduction=reduction,
+            margin=margin,
+            logit_scale=logit_scale,
+            **_long_tail(None, 1.0, None, 1.0, z_loss),
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:

@@ -8,8 +8,12 @@ slow and it overflows for extreme logits (where its gradients can be NaN).  Use 
 .. math::
 
     \ell = (1 - p_t)^{\gamma} \Big(-\sum_c \alpha_c w_c q_c \log p_c\Big)
-         + \Big(\sum_c w_c q_c\Big) \sum_j \epsilon_j (1 - p_t)^{j+\gamma},
-    \qquad p_t = \sum_c q_c p_c \quad\text{(softmax)}
+         + \Big(\sum_c w_c q_c\Big) \sum_j \epsilon_j (1 - p_t)^{j+\gamma}
+         + \lambda \big(\log \textstyle\sum_c e^{z'_c}\big)^2,
+    \qquad p = \mathrm{softmax}(z'),\ p_t = \sum_c q_c p_c \quad\text{(softmax)}
+
+with the adjusted logits :math:`z' = s\,(z + \tau \log(\pi / \textstyle\sum_c \pi_c) - m_y\,\mathrm{onehot}_y)`
+(prior :math:`\pi`, margin :math:`m`, logit scale :math:`s`, z-loss weight :math:`\lambda`; all off by default).
 
 .. math::
 
@@ -49,6 +53,11 @@ def poly_loss_reference(
     pos_weight: object = None,
     reduction: str = "mean",
     detach_modulator: bool = False,
+    prior: object = None,
+    tau: float = 1.0,
+    margin: object = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
     """The PolyLoss family in float64 from the textbook formulas (see the module docstring).
 
@@ -79,6 +88,13 @@ def poly_loss_reference(
         shape = [1, num_classes] + [1] * (x.ndim - 2)
         a = _f64(alpha).view(shape) if alpha is not None else torch.ones(shape, dtype=torch.float64)
         w = _f64(weight).view(shape) if weight is not None else torch.ones(shape, dtype=torch.float64)
+        if prior is not None:
+            pi = _f64(prior)
+            x = x + float(tau) * torch.log(pi / pi.sum()).view(shape)
+        if margin is not None:
+            x = x - _f64(margin)[y].unsqueeze(1) * torch.nn.functional.one_hot(y, num_classes).movedim(-1, 1)
+        if logit_scale != 1.0:
+            x = float(logit_scale) * x
         p = torch.softmax(x, dim=1)
         p_t = (q * p).sum(1)
         modulator = (1 - p_t) ** gamma
@@ -88,6 +104,8 @@ def poly_loss_reference(
         w_t = (w * q).sum(1)
         poly = sum(e * (1 - p_t) ** (j + gamma) for j, e in enumerate(eps, start=1))
         loss = modulator * ce + w_t * poly
+        if z_loss:
+            loss = loss + float(z_loss) * torch.log(torch.exp(x).sum(1)) ** 2
         if target.dtype.is_floating_point:
             denominator = torch.tensor(float(loss.numel()), dtype=torch.float64)
         else:

@@ -19,7 +19,14 @@ from typing import Any
 __all__ = ["register", "run_compare", "run_plot", "run_sweep"]
 
 DEFAULT_OUT = "polyfocal-results"
-_DEFAULT_LOSSES = ("ce", "focal:gamma=2", "poly1:eps=1", "poly1:eps=2", "poly1-focal")  # = losses.DEFAULT_LOSSES
+_DEFAULT_LOSSES = (
+    "ce",
+    "focal:gamma=2",
+    "poly1:eps=1",
+    "poly1:eps=2",
+    "poly1-focal",
+    "la:tau=1",
+)  # = losses.DEFAULT_LOSSES (tested)
 
 
 def _allow_negative_values(parser: argparse.ArgumentParser) -> None:

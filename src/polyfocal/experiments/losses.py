@@ -13,7 +13,16 @@ name            activation  parameters
 ``polyN``       softmax     ``eps`` (one or more values, required), ``gamma`` [0], ``alpha``, ``beta``, ``ls``
 ``sigmoid-focal`` sigmoid   ``gamma`` [2], ``alpha`` [0.25], ``eps`` [0]
 ``poly1-focal`` sigmoid     ``eps`` [1], ``gamma`` [2], ``alpha`` [0.25]
+``la``          softmax     logit-adjusted loss: ``tau`` [1], ``alpha``, ``beta``, ``ls``
+``balanced-softmax`` softmax  Balanced Softmax (``la`` with tau = 1): ``alpha``, ``beta``, ``ls``
+``ldam``        softmax     LDAM: ``max_margin`` [0.5], ``s`` (logit scale) [1], ``drw`` (epoch) [none], ``ls``
 ==============  ==========  =========================================================================
+
+``la`` / ``balanced-softmax`` take the prior from the training class counts (:func:`polyfocal.logit_adjusted_loss`);
+``ldam`` the margins :func:`polyfocal.ldam_margins` of those counts, and with ``drw=E`` the deferred re-weighting
+of Cao et al.: from epoch ``E`` (0-based) on, ``weight = polyfocal.class_balanced_alpha(counts, beta=0.9999)``.
+Its ``s`` defaults to 1, not the paper's 30: that value is for cosine (normalised) logits, ours are a plain
+linear layer's.
 
 ``alpha`` of a softmax loss is ``none`` or ``cb`` (class-balanced: :func:`polyfocal.class_balanced_alpha`
 of the training class counts with ``beta``); of a sigmoid loss a number in [0, 1] or ``none``.
@@ -33,7 +42,7 @@ if TYPE_CHECKING:  # parsing a spec needs no torch: argument errors stay fast
 
 __all__ = ["DEFAULT_LOSSES", "LossSpec", "build_loss", "parse_loss_spec"]
 
-DEFAULT_LOSSES = ("ce", "focal:gamma=2", "poly1:eps=1", "poly1:eps=2", "poly1-focal")
+DEFAULT_LOSSES = ("ce", "focal:gamma=2", "poly1:eps=1", "poly1:eps=2", "poly1-focal", "la:tau=1")
 
 _SOFTMAX_COMMON = {"alpha": None, "beta": 0.999, "ls": 0.0}
 # name -> (activation, default parameters); a default of ``()`` marks a required sequence parameter.
@@ -44,9 +53,34 @@ _LOSSES: dict[str, tuple[str, dict[str, object]]] = {
     "polyN": ("softmax", {"eps": (), "gamma": 0.0, **_SOFTMAX_COMMON}),
     "sigmoid-focal": ("sigmoid", {"gamma": 2.0, "alpha": 0.25, "eps": 0.0}),
     "poly1-focal": ("sigmoid", {"eps": 1.0, "gamma": 2.0, "alpha": 0.25}),
+    "la": ("softmax", {"tau": 1.0, **_SOFTMAX_COMMON}),
+    "balanced-softmax": ("softmax", dict(_SOFTMAX_COMMON)),
+    "ldam": ("softmax", {"max_margin": 0.5, "s": 1.0, "drw": None, "ls": 0.0}),
 }
-_ALWAYS_SHOWN = {"focal": ("gamma",), "poly1": ("eps",), "polyN": ("eps",), "sigmoid-focal": ("gamma",)}
-_ALIASES = {"polyn": "polyN", "poly1focal": "poly1-focal", "sigmoid_focal": "sigmoid-focal", "cross-entropy": "ce"}
+_ALWAYS_SHOWN = {
+    "focal": ("gamma",),
+    "poly1": ("eps",),
+    "polyN": ("eps",),
+    "sigmoid-focal": ("gamma",),
+    "la": ("tau",),
+}
+_ALIASES = {
+    "polyn": "polyN",
+    "poly1focal": "poly1-focal",
+    "sigmoid_focal": "sigmoid-focal",
+    "cross-entropy": "ce",
+    "logit-adjusted": "la",
+    "balanced_softmax": "balanced-softmax",
+}
+# numeric parameters: the closed range they must lie in (an open lower bound for s)
+_RANGES = {
+    "gamma": (0.0, math.inf),
+    "beta": (0.0, 1.0),
+    "ls": (0.0, 1.0),
+    "tau": (-math.inf, math.inf),
+    "max_margin": (0.0, math.inf),
+    "s": (0.0, math.inf),
+}
 
 
 def _fmt(value: object) -> str:
@@ -154,10 +188,18 @@ def parse_loss_spec(spec: str) -> LossSpec:
                 if not 0.0 <= a <= 1.0:
                     raise ValueError(f"expected alpha in [0, 1] or none, got {values[0]!r} in loss spec {spec!r}")
                 params[key] = a
+        elif key == "drw":
+            if values[0].lower() == "none":
+                params[key] = None
+            else:
+                e = _number(key, values[0], spec)
+                if e < 0 or e != int(e):
+                    raise ValueError(f"expected drw=EPOCH (an integer >= 0) or none, got {values[0]!r} in {spec!r}")
+                params[key] = int(e)
         else:
             v = _number(key, values[0], spec)
-            lo, hi = {"gamma": (0.0, math.inf), "beta": (0.0, 1.0), "ls": (0.0, 1.0)}[key]
-            if not lo <= v <= hi:
+            lo, hi = _RANGES[key]
+            if not lo <= v <= hi or (key == "s" and v == 0.0):
                 raise ValueError(f"expected {key} in [{lo:g}, {hi:g}], got {values[0]!r} in loss spec {spec!r}")
             params[key] = v
     if name == "polyN" and not params["eps"]:
@@ -194,10 +236,12 @@ def build_loss(spec: LossSpec, *, class_counts: Sequence[int]) -> LossFn:
         return sigmoid_fn
 
     alpha = None
-    if p["alpha"] == "cb":
+    if p.get("alpha") == "cb":
         alpha = polyfocal.class_balanced_alpha(list(class_counts), beta=p["beta"])
     eps = p.get("eps", 0.0)
     gamma = p.get("gamma", 0.0)
+    if spec.name in ("la", "balanced-softmax", "ldam"):
+        return _LongTailLoss(spec, class_counts, alpha)
 
     def softmax_fn(logits: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor) -> torch.Tensor:
         a = None if alpha is None else alpha.to(device=logits.device, dtype=logits.dtype)
@@ -210,3 +254,50 @@ def build_loss(spec: LossSpec, *, class_counts: Sequence[int]) -> LossFn:
         return total / normalizer.to(logits.dtype)
 
     return softmax_fn
+
+
+class _LongTailLoss:
+    """``la`` / ``balanced-softmax`` / ``ldam`` (see the module docstring): the prior or the margins come from the
+    training class counts.  :meth:`set_epoch` (called by the runner at the start of every epoch) switches LDAM's
+    deferred re-weighting on at epoch ``drw``."""
+
+    def __init__(self, spec: LossSpec, class_counts: Sequence[int], alpha: torch.Tensor | None) -> None:
+        import torch
+
+        import polyfocal
+
+        self.spec, self.alpha, self.epoch = spec, alpha, 0
+        self.counts = torch.tensor([float(c) for c in class_counts])
+        self.margin = polyfocal.ldam_margins(self.counts, spec.params["max_margin"]) if spec.name == "ldam" else None
+        self.drw_weight = polyfocal.class_balanced_alpha(self.counts, beta=0.9999) if spec.name == "ldam" else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor) -> torch.Tensor:
+        import polyfocal
+
+        p, dev, dt = self.spec.params, logits.device, logits.dtype
+        a = None if self.alpha is None else self.alpha.to(device=dev, dtype=dt)
+        if self.spec.name == "ldam":
+            drw = p["drw"] is not None and self.epoch >= p["drw"]
+            total = polyfocal.ldam_loss(
+                logits,
+                target,
+                margin=self.margin.to(device=dev, dtype=dt),
+                logit_scale=p["s"],
+                weight=self.drw_weight.to(device=dev, dtype=dt) if drw else None,
+                label_smoothing=p["ls"],
+                reduction="sum",
+            )
+        else:
+            total = polyfocal.logit_adjusted_loss(
+                logits,
+                target,
+                prior=self.counts.to(device=dev, dtype=dt),
+                tau=p.get("tau", 1.0),
+                alpha=a,
+                label_smoothing=p["ls"],
+                reduction="sum",
+            )
+        return total / normalizer.to(dt)

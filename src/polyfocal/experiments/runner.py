@@ -255,6 +255,8 @@ def train_run(
     start = time.perf_counter()
     model.train()
     for epoch in range(config.epochs):
+        if hasattr(loss_fn, "set_epoch"):  # schedules inside the loss (LDAM's deferred re-weighting)
+            loss_fn.set_epoch(epoch)
         g = torch.Generator().manual_seed(1_000_003 * seed + epoch)
         batches = _global_batches(n, config.batch_size, g)
         if config.augment and data.image:

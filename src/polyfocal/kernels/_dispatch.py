@@ -195,7 +195,7 @@ def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
         return False
     others = (target, args.normalizer, args.weight)
     if isinstance(args, SoftmaxArgs):
-        others += (args.class_weight,)
+        others += (args.class_weight, args.bias, args.margin)
     else:
         others += (args.pos_weight,)
     return any(v is not None and v.requires_grad for v in others)

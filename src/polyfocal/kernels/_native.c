@@ -10,6 +10,10 @@
  * gradient is rounded back to the input dtype (round to nearest even) as it is stored: float32 math, no
  * logits-sized float32 copy.  Softmax layouts: (N, C) rows, or (N, C, S) class-dim-1 maps (segmentation),
  * processed in tiles of TS spatial positions transposed into scratch.
+ *
+ * Long-tail options of the softmax family: the loss sees z' = s (x + b - m_t onehot_t) (prior bias b = tau log
+ * prior, target margin m, logit scale s), applied to each logit as it is loaded (no adjusted copy), and the z-loss
+ * zl * lse(z')^2 per row; the gradient gets the factor s and the extra 2 zl lse softmax(z').
  */
 #include <math.h>
 #include <stdint.h>
@@ -165,17 +169,38 @@ typedef struct {
     int n_eps;
     double gamma, ls, a_sum, w_sum;
     int64_t C;
+    const float *b, *mg; /* long-tail options: bias (C,) (zeros when only margin / scale is set), margin or NULL */
+    double sc, zl;       /* logit scale s, z-loss weight */
+    int adj;             /* 1: logits are adjusted on load (b, mg, s); 0: read as they are */
 } sm_ctx;
 
 /* One row of the softmax PolyLoss for class index t: xr (C floats), gr (C floats, or NULL for no gradient).
- * Returns the row loss times `scale` (validity, 1/norm and the mean's 1/denominator); the gradient carries it. */
-static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
+ * Returns the row loss times `scale` (validity, 1/norm and the mean's 1/denominator); the gradient carries it.
+ * ADJ (a compile-time constant of the two instances below): the logit of class c is read as XB(c) = s (x_c + b_c),
+ * adjusted but without the target's margin, which the row loops leave out (no per-element select): the maximum
+ * is then an upper bound (a valid stabiliser), the sum over c != t is unchanged, and the target's own terms are
+ * corrected once after the loops. */
+#define XB(c) (ADJ ? sc * (xr[c] + bb[c]) : xr[c])
+static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, const float *xr, float *gr, int64_t t,
+                                                               double scale, const int ADJ) {
     const int64_t C = k->C;
     const float *a = k->a, *w = k->w;
     const double gamma = k->gamma, ls = k->ls;
+    const float *bb = k->b, sc = (float)k->sc, smt = ADJ && k->mg ? (float)k->sc * k->mg[t] : 0.0f;
     float m = -INFINITY;
+    if (ADJ && smt > 40.0f) { /* a huge target margin: the exact maximum (the bound could underflow every exp) */
 #pragma omp simd reduction(max : m)
-    for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
+        for (int64_t c = 0; c < C; c++) {
+            const float v = XB(c) - (c == t ? smt : 0.0f);
+            m = v > m ? v : m;
+        }
+    } else {
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < C; c++) {
+            const float v = XB(c);
+            m = v > m ? v : m;
+        }
+    }
     if (m == -INFINITY) m = 0.0f;
     /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
      * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
@@ -187,7 +212,7 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
         if (gr) {
 #pragma omp simd reduction(+ : b_all, b_rest)
             for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(xr[c] - m);
+                const float e = exp_nonpos(XB(c) - m);
                 gr[c] = e;
                 b_all += e;
                 b_rest += (c == t) ? 0.0f : e;
@@ -195,7 +220,7 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
         } else {
 #pragma omp simd reduction(+ : b_all, b_rest)
             for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(xr[c] - m);
+                const float e = exp_nonpos(XB(c) - m);
                 b_all += e;
                 b_rest += (c == t) ? 0.0f : e;
             }
@@ -206,15 +231,22 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
             float b_a = 0.0f;
             if (a) {
 #pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += a[c] * xr[c];
+                for (int64_t c = c0; c < c1; c++) b_a += a[c] * XB(c);
             } else {
 #pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += xr[c];
+                for (int64_t c = c0; c < c1; c++) b_a += XB(c);
             }
             x_a += b_a;
         }
     }
-    const double x_t = xr[t];
+    const float xt_f = ADJ ? XB(t) - smt : xr[t];
+    if (ADJ) { /* the target's terms with its margin */
+        const float e_t = exp_nonpos(xt_f - m);
+        if (gr) gr[t] = e_t;
+        s_all = s_rest + (double)e_t;
+        if (ls > 0.0) x_a -= (double)(a ? a[t] : 1.0f) * (double)smt;
+    }
+    const double x_t = xt_f;
     const double lse = (double)m + log(s_all);
     const double p1 = exp(x_t - lse);
     const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
@@ -236,10 +268,13 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
     if (k->n_eps > 0) poly_terms(u, k->eps, k->n_eps, gamma, &poly, &dpoly);
     double dl_du = w_poly * dpoly;
     if (gamma != 0.0) dl_du += gamma * (u > 0.0 ? ce_a / u : a_y);
+    const double gsc = ADJ ? k->sc : 1.0; /* chain rule through z' = s (...) */
     if (gr) {
-        const double k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale;
-        const double k2 = mod * (ls / C) * scale;
-        const float pc = (float)((k1 + k2 * k->a_sum) / s_all);
+        const double k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale * gsc;
+        const double k2 = mod * (ls / C) * scale * gsc;
+        double coef = k1 + k2 * k->a_sum;
+        if (k->zl != 0.0) coef += 2.0 * k->zl * lse * scale * gsc; /* d(zl lse^2) = 2 zl lse softmax */
+        const float pc = (float)(coef / s_all);
         if (ls > 0.0) {
             const float k2f = (float)k2;
             if (a)
@@ -254,20 +289,31 @@ static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t 
         }
         gr[t] = (float)((double)gr[t] - k1);
     }
+    if (k->zl != 0.0) return (float)((mod * (ce_a + w_poly * poly) + k->zl * lse * lse) * scale);
     return (float)(mod * (ce_a + w_poly * poly) * scale);
+}
+#undef XB
+
+static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
+    return k->adj ? sm_row_impl(k, xr, gr, t, scale, 1) : sm_row_impl(k, xr, gr, t, scale, 0);
 }
 
 /* One tile of the (N, C, S) layout: TS spatial positions of image n from s0 (ts of them valid), vectorised
  * across the positions (the contiguous axis): the logits are converted into es (C x TS floats, class-major),
  * which then holds the exponentials, and every per-position scalar is computed in float32 SIMD lanes (libmvec
- * expf / logf).  Same formulas as sm_row. */
-static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
-                    const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
-                    void *g, float *es) {
+ * expf / logf).  Same formulas as sm_row.  OPT (a compile-time constant of the two instances below): any
+ * long-tail option is set; the OPT = 0 instance is the plain kernel, with every option term folded away. */
+static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, const void *x, int xdt,
+                                                               const int64_t *y, int64_t ignore_index,
+                                                               const float *norm, double grad_scale, int64_t n,
+                                                               int64_t s0, int64_t ts, int64_t S, float *loss, void *g,
+                                                               float *es, const int OPT) {
     const int64_t C = k->C, base = n * C * S + s0, r0 = n * S + s0;
     const float *a = k->a, *w = k->w;
     const float gm = (float)k->gamma, ls = (float)k->ls, inv_c = 1.0f / (float)C;
-    float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS];
+    const int adj = OPT && k->adj;
+    const float sc = (float)k->sc, gsc = adj ? sc : 1.0f, zl = OPT ? (float)k->zl : 0.0f;
+    float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS], smt[TS], lse_j[TS];
     int64_t tj[TS];
     for (int64_t j = 0; j < TS; j++) {
         const int64_t t = j < ts ? y[r0 + j] : ignore_index;
@@ -275,6 +321,7 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
         tj[j] = (t != ignore_index) ? t : 0;
         m[j] = -INFINITY;
         sa[j] = sr[j] = xt[j] = xa[j] = 0.0f;
+        smt[j] = adj && k->mg ? sc * k->mg[tj[j]] : 0.0f;
     }
     for (int64_t c = 0; c < C; c++) { /* load (converted) and the per-position maximum */
         float *ec = es + c * TS;
@@ -283,6 +330,10 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
             for (int64_t j = 0; j < ts; j++) ec[j] = xc[j];
         } else {
             load_f32(ec, x, xdt, base + c * S, ts);
+        }
+        if (adj) { /* z' = s (x + b_c) - s m_t [c = t], on the tile scratch */
+            const float bc = k->b[c];
+            for (int64_t j = 0; j < ts; j++) ec[j] = sc * (ec[j] + bc) - (tj[j] == c ? smt[j] : 0.0f);
         }
         for (int64_t j = ts; j < TS; j++) ec[j] = 0.0f;
 #pragma omp simd
@@ -313,6 +364,7 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
 #pragma omp simd
     for (int64_t j = 0; j < TS; j++) {
         const float lse = m[j] + logf(sa[j]);
+        lse_j[j] = lse;
         p1[j] = expf(xt[j] - lse);
         const float d1 = 1.0f - p1[j];
         const float u1 = gm == 0.0f ? (d1 < 0.0f ? 0.0f : d1) : sr[j] / sa[j];
@@ -347,11 +399,14 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
         float dl_du = w_poly[j] * dpoly[j];
         if (gm != 0.0f) dl_du += gm * (u[j] > 0.0f ? ce_a[j] / u[j] : a_y[j]);
         const float ok = valid[j], sc = scale[j];
-        const float l = mod[j] * (ce_a[j] + w_poly[j] * poly[j]) * sc;
+        const float row = mod[j] * (ce_a[j] + w_poly[j] * poly[j]);
+        const float l = (zl != 0.0f ? row + zl * lse_j[j] * lse_j[j] : row) * sc; /* + the z-loss */
         xa[j] = ok != 0.0f ? l : 0.0f; /* the row loss (xa is free now) */
-        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * sc : 0.0f;
-        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * sc : 0.0f;
-        const float q = (k1[j] + k2[j] * (float)k->a_sum) / sa[j];
+        const float gs = sc * gsc; /* gsc = s: the chain rule through z' = s (...); 1 without the options */
+        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * gs : 0.0f;
+        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * gs : 0.0f;
+        const float coef = k1[j] + k2[j] * (float)k->a_sum;
+        const float q = (zl != 0.0f ? coef + 2.0f * zl * lse_j[j] * gs : coef) / sa[j]; /* + d(z-loss) */
         pc[j] = ok != 0.0f ? q : 0.0f;
     }
     for (int64_t j = 0; j < ts; j++) loss[r0 + j] = xa[j];
@@ -373,17 +428,29 @@ static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, i
     }
 }
 
+static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
+                    const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
+                    void *g, float *es) {
+    if (k->adj || k->zl != 0.0)
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 1);
+    else
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 0);
+}
+
 /* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
  * R = N * S rows (n, s) in row-major order.  loss: (R,) per row, scaled by validity, 1/norm and (mean)
  * 1/denominator, or NULL for a reduced loss (then a scratch buffer holds the rows); *out: their sum (summed in
  * row order: deterministic), written as the 0-D float32 result.  g: gradient of x's layout and dtype for
  * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
- * weights) and the class sums are computed here too: a few O(R + C) loops instead of torch ops.
+ * weights) and the class sums are computed here too: a few O(R + C) loops instead of torch ops.  bias (C,) / margin
+ * (C,) / logit_scale / z_loss: the long-tail options (see the top of the file); bias must be non-NULL (zeros)
+ * whenever margin is set or logit_scale != 1.
  * Returns 0; 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written);
  * 2 when scratch memory could not be allocated. */
 int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const float *w, const float *norm,
                const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t N, int64_t C,
-               int64_t S, int mean, float *loss_out, float *out, void *g, int nthreads, int64_t *bad) {
+               int64_t S, int mean, float *loss_out, float *out, void *g, int nthreads, int64_t *bad,
+               const float *bias, const float *margin, double logit_scale, double z_loss) {
     const int64_t R = N * S;
     double den = 0.0;
     for (int64_t r = 0; r < R; r++) { /* the index check: before any memory is touched through an index */
@@ -395,7 +462,8 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
         }
         den += w ? w[t] : 1.0;
     }
-    sm_ctx k = {a, w, eps, n_eps, gamma, ls, 0.0, 0.0, C};
+    sm_ctx k = {a, w, eps, n_eps, gamma, ls, 0.0, 0.0, C, bias, margin, logit_scale, z_loss,
+                bias != NULL || margin != NULL || logit_scale != 1.0};
     for (int64_t c = 0; c < C; c++) {
         k.a_sum += a ? a[c] : 1.0;
         k.w_sum += w ? w[c] : 1.0;

@@ -28,13 +28,16 @@ def _ignore(value: int | None) -> int:
 
 def _softmax_flat(args: SoftmaxArgs) -> tuple:
     return (args.class_weight, args.weight, args.normalizer, list(args.epsilon), args.gamma,
-            _ignore(args.ignore_index), args.label_smoothing, args.reduction)  # fmt: skip
+            _ignore(args.ignore_index), args.label_smoothing, args.reduction, args.bias, args.margin,
+            args.logit_scale, args.z_loss)  # fmt: skip
 
 
-def _softmax_args(class_weight, weight, normalizer, epsilon, gamma, ignore_index, ls, reduction) -> SoftmaxArgs:
+def _softmax_args(class_weight, weight, normalizer, epsilon, gamma, ignore_index, ls, reduction, bias=None,
+                  margin=None, logit_scale=1.0, z_loss=0.0) -> SoftmaxArgs:  # fmt: skip
     return SoftmaxArgs(class_weight=class_weight, weight=weight, normalizer=normalizer, epsilon=tuple(epsilon),
                        gamma=gamma, ignore_index=None if ignore_index == NO_IGNORE else ignore_index,
-                       label_smoothing=ls, reduction=reduction)  # fmt: skip
+                       label_smoothing=ls, reduction=reduction, bias=bias, margin=margin, logit_scale=logit_scale,
+                       z_loss=z_loss)  # fmt: skip
 
 
 def _sigmoid_flat(args: SigmoidArgs) -> tuple:
@@ -62,9 +65,16 @@ def softmax_poly(
     label_smoothing: float,
     reduction: str,
     compute_grad: bool,
+    bias: Tensor | None = None,
+    margin: Tensor | None = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Softmax PolyLoss (class indices) and, when ``compute_grad``, its input gradient (else an empty tensor)."""
-    args = _softmax_args(class_weight, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction)
+    """Softmax PolyLoss (class indices) and, when ``compute_grad``, its input gradient (else an empty tensor).
+    The long-tail arguments (``bias = tau log prior``, ``margin``, ``logit_scale``, ``z_loss``) come last, with
+    defaults that switch them off."""
+    args = _softmax_args(class_weight, weight, normalizer, epsilon, gamma, ignore_index, label_smoothing, reduction,
+                         bias, margin, logit_scale, z_loss)  # fmt: skip
     out, grad = forward(select(x, target, args), x, target, args, compute_grad)
     return out, grad if compute_grad else x.new_empty(0)
 
@@ -99,7 +109,8 @@ def _fake(x: Tensor, loss_shape, reduction: str, compute_grad: bool) -> tuple[Te
 
 
 @softmax_poly.register_fake
-def _(x, target, class_weight, weight, normalizer, epsilon, gamma, ignore_index, ls, reduction, compute_grad):
+def _(x, target, class_weight, weight, normalizer, epsilon, gamma, ignore_index, ls, reduction, compute_grad,
+      bias=None, margin=None, logit_scale=1.0, z_loss=0.0):  # fmt: skip
     return _fake(x, target.shape, reduction, compute_grad)
 
 
@@ -117,6 +128,13 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.grad_buffer = grad if grad.numel() == inputs[0].numel() else None  # see kernels._Fused
 
 
+def _softmax_setup_context(ctx, inputs, output) -> None:
+    """As :func:`_setup_context` for the inputs up to ``compute_grad``; the long-tail arguments after it are
+    appended to ``ctx.flat`` (the order of :func:`_softmax_args`)."""
+    _setup_context(ctx, inputs[:11], output)
+    ctx.flat = (*ctx.flat, *inputs[11:])
+
+
 def _make_backward(to_args, num_inputs: int):
     def backward(ctx, grad_loss: Tensor | None, _unused: Tensor | None):
         if grad_loss is None:
@@ -130,11 +148,12 @@ def _make_backward(to_args, num_inputs: int):
     return backward
 
 
-softmax_poly.register_autograd(_make_backward(_softmax_args, 11), setup_context=_setup_context)
+softmax_poly.register_autograd(_make_backward(_softmax_args, 15), setup_context=_softmax_setup_context)
 sigmoid_poly.register_autograd(_make_backward(_sigmoid_args, 13), setup_context=_setup_context)
 
 
 def loss(x: Tensor, target: Tensor, args: SoftmaxArgs | SigmoidArgs, compute_grad: bool) -> Tensor:
     if isinstance(args, SoftmaxArgs):
-        return softmax_poly(x, target, *_softmax_flat(args), compute_grad)[0]
+        flat = _softmax_flat(args)
+        return softmax_poly(x, target, *flat[:8], compute_grad, *flat[8:])[0]
     return sigmoid_poly(x, target, *_sigmoid_flat(args), compute_grad)[0]

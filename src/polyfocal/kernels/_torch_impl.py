@@ -156,19 +156,36 @@ def softmax(
     y = target if valid is None else torch.where(valid, target, 0)
     y1 = y.unsqueeze(1)
 
-    p = torch.softmax(xc, 1)  # becomes the gradient
+    # long-tail options: the loss sees z = s (x + b - m_y onehot), built in the buffer that becomes the gradient
+    adjusted = args.bias is not None or args.margin is not None or args.logit_scale != 1.0
+    lse = smooth = None
+    if adjusted:
+        p = _adjusted_logits(xc, y1, args)
+        lse = torch.logsumexp(p, 1)
+        z_t = p.gather(1, y1).squeeze(1)
+        if label_smoothing > 0.0:  # sum_c a_c (lse - z_c), read before p is overwritten
+            if class_weight is None:
+                smooth = num_classes * lse - p.sum(1)
+            else:
+                smooth = class_weight.sum() * lse - torch.tensordot(p.movedim(1, -1), class_weight, dims=1)
+        p.sub_(lse.unsqueeze(1)).exp_()
+    else:
+        p = torch.softmax(xc, 1)  # becomes the gradient
     p_t = p.gather(1, y1).squeeze(1)
     if gamma != 0.0:  # (1 - p_y)^gamma needs 1 - p_y to relative precision: sum the other classes
         u1 = p.scatter_(1, y1, 0.0).sum(1)
     else:  # only absolute precision matters: loss and gradient are smooth in u there
         u1 = (1.0 - p_t).clamp_(min=0.0)
     ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), -torch.log(p_t))
-    ce1 = _exact_ce_of_tiny_rows(ce1, p_t, xc, y, torch.finfo(ct).tiny / torch.finfo(ct).eps)
+    tiny = torch.finfo(ct).tiny / torch.finfo(ct).eps
+    if adjusted:
+        ce1 = torch.where(p_t < tiny, lse - z_t, ce1)
+    else:
+        ce1 = _exact_ce_of_tiny_rows(ce1, p_t, xc, y, tiny)
 
     a_t = None if class_weight is None else class_weight[y]
     w_t = None if weight is None else weight[y]
-    smooth = None
-    if label_smoothing > 0.0:  # sum_c a_c (lse - x_c) = A lse - sum_c a_c x_c
+    if label_smoothing > 0.0 and not adjusted:  # sum_c a_c (lse - x_c) = A lse - sum_c a_c x_c
         lse = xc.gather(1, y1).squeeze(1) + ce1
         if class_weight is None:
             smooth = num_classes * lse - xc.sum(1)
@@ -187,6 +204,10 @@ def softmax(
         num_classes=num_classes,
         weight_sum=float(num_classes) if weight is None else weight.sum(),
     )
+    if args.z_loss != 0.0:  # z_loss * lse^2, lse of the logits the loss sees (x_y + CE without adjustments)
+        if lse is None:
+            lse = xc.gather(1, y1).squeeze(1) + ce1
+        loss = loss + args.z_loss * lse * lse
     denominator = _mean_denominator(valid, w_t, y.numel(), ct)
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
@@ -197,10 +218,14 @@ def softmax(
         return out, x.new_empty(0)
 
     scale = _row_scale(valid, normalizer, reduction, denominator, ct)
+    if args.logit_scale != 1.0:  # chain rule through z = s (...)
+        scale = scale * args.logit_scale
     k1 = k1 * scale
     k2 = k2 * scale
     a_sum = (float(num_classes) if class_weight is None else class_weight.sum()) if label_smoothing > 0.0 else 0.0
     coef = k1 + k2 * a_sum
+    if args.z_loss != 0.0:  # d(lambda lse^2)/dz = 2 lambda lse softmax(z)
+        coef = coef + (2.0 * args.z_loss) * lse * scale
     p.mul_(coef.unsqueeze(1))
     p.scatter_(1, y1, (coef * p_t - k1).unsqueeze(1))
     if label_smoothing > 0.0:
@@ -210,6 +235,17 @@ def softmax(
         else:
             p.addcmul_(k2_, class_weight.view((1, num_classes) + (1,) * (x.ndim - 2)), value=-1.0)
     return out, p.to(x.dtype)
+
+
+def _adjusted_logits(xc: torch.Tensor, y1: torch.Tensor, args: SoftmaxArgs) -> torch.Tensor:
+    """A new tensor ``s (x + b - m_y onehot_y)``: the logits the loss sees (prior bias b, target margin m, scale s)."""
+    shape = (1, xc.shape[1]) + (1,) * (xc.ndim - 2)
+    z = xc + args.bias.view(shape) if args.bias is not None else xc.clone()
+    if args.margin is not None:
+        z.scatter_add_(1, y1, -args.margin[y1.squeeze(1)].unsqueeze(1))
+    if args.logit_scale != 1.0:
+        z.mul_(args.logit_scale)
+    return z
 
 
 def _row_scale(valid, normalizer, reduction: str, denominator, dtype: torch.dtype) -> torch.Tensor | float:

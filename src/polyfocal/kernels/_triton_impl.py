@@ -64,6 +64,20 @@ def _poly(u, eps_ptr, gamma, N_EPS: tl.constexpr):
 
 
 @triton.jit
+def _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
+            HAS_SCALE: tl.constexpr):  # fmt: skip
+    """The long-tail options on a loaded ``(BLOCK_R, BLOCK_C)`` block: ``s ((x + b_c) - m_y [c = y])``
+    (masked lanes stay -inf)."""
+    if HAS_BIAS:
+        x = x + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)[None, :]
+    if HAS_MARGIN:
+        x = x - tl.where(cols[None, :] == y[:, None], m_y[:, None], 0.0)
+    if HAS_SCALE:
+        x = x * s
+    return x
+
+
+@triton.jit
 def _softmax_poly_kernel(
     x_ptr,
     y_ptr,
@@ -89,6 +103,12 @@ def _softmax_poly_kernel(
     SINGLE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    bias_ptr,  # long-tail options: (C,) bias = tau log prior, (C,) margin; s and z-loss at consts[2 + N_EPS:]
+    margin_ptr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MARGIN: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_Z: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -102,12 +122,23 @@ def _softmax_poly_kernel(
     gamma = tl.load(consts_ptr)
     ls = tl.load(consts_ptr + 1)
     x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
+    s = tl.load(consts_ptr + 2 + N_EPS).to(dt)
+    z_w = tl.load(consts_ptr + 3 + N_EPS).to(dt)
+    m_y = tl.zeros([BLOCK_R], dt)
+    if HAS_BIAS:
+        x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
+    if HAS_MARGIN:
+        m_y = tl.load(margin_ptr + y, mask=row_ok, other=0.0).to(dt)
+        x_t = x_t - m_y
+    if HAS_SCALE:
+        x_t = x_t * s
 
     if SINGLE:  # the whole row in registers: read once, reused for the gradient
         cols = tl.arange(0, BLOCK_C)
         col_ok = cols < C
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+        x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
         m = tl.maximum(tl.max(x, axis=1), -1.0e38)
         e = _exp(x - m[:, None])
         is_t = cols[None, :] == y[:, None]
@@ -130,6 +161,7 @@ def _softmax_poly_kernel(
             col_ok = cols < C
             mask = row_ok[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+            x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
             m_new = tl.maximum(m, tl.max(x, axis=1))
             rescale = _exp(m - m_new)
             e = _exp(x - m_new[:, None])
@@ -175,6 +207,8 @@ def _softmax_poly_kernel(
         loss = loss + w_poly * poly
         dl_du = w_poly * dpoly
     loss = mod * loss
+    if HAS_Z:  # z-loss: z_w * lse^2 of the logits the loss sees
+        loss = loss + z_w * lse * lse
     if not GAMMA_ZERO:
         dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
     scale = tl.where(valid, 1.0, 0.0).to(dt)
@@ -185,9 +219,13 @@ def _softmax_poly_kernel(
 
     if COMPUTE_GRAD:
         scale = tl.where(valid, scale, 0.0)  # ignored rows: 0 even when 1/denominator is inf (all ignored)
+        if HAS_SCALE:  # chain rule through z' = s (...)
+            scale = scale * s
         k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
         k2 = mod * (ls / C) * scale
         coef = k1 + k2 * a_sum
+        if HAS_Z:  # d(z_w lse^2)/dz' = 2 z_w lse softmax(z')
+            coef = coef + 2.0 * z_w * lse * scale
         if SINGLE:
             g = (coef / s_all)[:, None] * e - tl.where(is_t, k1[:, None], 0.0)
             if SMOOTH:
@@ -204,6 +242,7 @@ def _softmax_poly_kernel(
                 mask = row_ok[:, None] & col_ok[None, :]
                 offs = base[:, None] + cols[None, :].to(tl.int64) * S
                 x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+                x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
                 g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
                 if SMOOTH:
                     if HAS_A:
@@ -357,7 +396,10 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
         mean=reduction == "mean",
         ct=ct,
     )
-    consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon)), x.device, ct)
+    logit_scale, z_loss = float(args.logit_scale), float(args.z_loss)
+    consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon), logit_scale, z_loss), x.device, ct)
+    bias = None if args.bias is None else args.bias.to(device=x.device, dtype=ct).contiguous()
+    margin = None if args.margin is None else args.margin.to(device=x.device, dtype=ct).contiguous()
     loss = torch.empty(target.shape, dtype=ct, device=x.device)
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     norm = normalizer.to(ct).contiguous() if normalizer is not None else None
@@ -389,6 +431,12 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
             SINGLE=num_classes <= block_c,
             BLOCK_R=block_r,
             BLOCK_C=block_c,
+            bias_ptr=bias if bias is not None else loss,
+            margin_ptr=margin if margin is not None else loss,
+            HAS_BIAS=bias is not None,
+            HAS_MARGIN=margin is not None,
+            HAS_SCALE=logit_scale != 1.0,
+            HAS_Z=z_loss != 0.0,
         )
     return (loss if reduction == "none" else loss.sum()), grad  # "mean": the rows already carry 1/denominator
 
