@@ -27,51 +27,69 @@ _EXPORTS = {
     "poly_loss": "functional",
     "sigmoid_focal_loss": "functional",
     "softmax_focal_loss": "functional",
+    "asymmetric_loss": "functional",
+    "varifocal_loss": "functional",
+    "quality_focal_loss": "functional",
     "CrossEntropyLoss": "modules",
     "Poly1CrossEntropyLoss": "modules",
     "Poly1FocalLoss": "modules",
     "PolyLoss": "modules",
     "SigmoidFocalLoss": "modules",
     "SoftmaxFocalLoss": "modules",
+    "AsymmetricLoss": "modules",
+    "VarifocalLoss": "modules",
+    "QualityFocalLoss": "modules",
     "class_balanced_alpha": "weights",
     "all_reduce_normalizer": "distributed",
 }
 
 __all__ = [
+    "AsymmetricLoss",
     "CrossEntropyLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
     "__version__",
     "all_reduce_normalizer",
+    "asymmetric_loss",
     "class_balanced_alpha",
     "cross_entropy",
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "poly_loss",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
 ]
 
 if TYPE_CHECKING:
     from .distributed import all_reduce_normalizer
     from .functional import (
+        asymmetric_loss,
         cross_entropy,
         poly1_cross_entropy,
         poly1_focal_loss,
         poly_loss,
+        quality_focal_loss,
         sigmoid_focal_loss,
         softmax_focal_loss,
+        varifocal_loss,
     )
     from .modules import (
+        AsymmetricLoss,
         CrossEntropyLoss,
         Poly1CrossEntropyLoss,
         Poly1FocalLoss,
         PolyLoss,
+        QualityFocalLoss,
         SigmoidFocalLoss,
         SoftmaxFocalLoss,
+        VarifocalLoss,
     )
     from .weights import class_balanced_alpha
 

@@ -187,3 +187,15 @@ def check_target(input: torch.Tensor, target: object, *, activation: str) -> Tar
             f"{tuple(input.shape)} without class dim {class_dim}), got shape {tuple(target.shape)}"
         )
     return Targets(target, is_index=True)
+
+
+def check_unit_range(values: torch.Tensor, name: str) -> None:
+    """Values in [0, 1] (the varifocal / quality focal scores).  Checked on CPU tensors outside compiled graphs, where
+    a host read is free; on an accelerator or inside ``torch.compile`` it would synchronise, so it is skipped there."""
+    if values.device.type != "cpu" or torch.compiler.is_compiling() or not _data_checks_enabled(values):
+        return
+    if values.numel() == 0 or not values.dtype.is_floating_point:
+        return
+    low, high = torch.aminmax(values.detach())
+    if not (float(low) >= 0.0 and float(high) <= 1.0):  # NaN fails too
+        raise ValueError(f"expected {name} values in [0, 1], got values in [{float(low)}, {float(high)}]")

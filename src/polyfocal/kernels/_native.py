@@ -282,6 +282,8 @@ def _index_error(offending: int, num_classes: int, ignore_index: int, *, backgro
 
 def supports_call(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
     softmax_family = isinstance(args, SoftmaxArgs)
+    if not softmax_family and (args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0):
+        return False  # the detection members: not in the C kernel yet (the torch-ops kernel computes them)
     return supports(x, softmax_family or args.is_index, list(args.epsilon), softmax=softmax_family)
 
 

@@ -620,4 +620,6 @@ def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
 def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
     """CUDA tensors (and, when forced with ``backend("triton")``, CPU tensors in Triton's interpreter); float32 math
     for fp16/bf16 input, float64 for float64."""
+    if isinstance(args, SigmoidArgs) and (args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0):
+        return False  # taught below
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
