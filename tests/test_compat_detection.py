@@ -81,6 +81,7 @@ def test_timm_defaults_and_detached_gradient_differs():
 @pytest.mark.parametrize(
     "call",
     [{}, dict(reduction_override="none"), dict(avg_factor=5.0), dict(avg_factor=0.0, reduction_override="none"),
+     dict(avg_factor=0.0),  # all ignored in mmdet: sum / float32 eps
      dict(weight="w"), dict(weight="w", avg_factor=3.0)],
 )  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
