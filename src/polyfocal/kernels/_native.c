@@ -481,9 +481,12 @@ static inline int small_int_gamma(double g) { return g == 0.0 || g == 1.0 || g =
  * (times gs) to gb; returns the block's loss sum. */
 static float det_block(int variant, const float *xb, const float *tt, const float *pw_t, const float *fac,
                        int64_t len, int has_alpha, float al, float gm, float gn, float clip, int iou_weighted,
-                       int n_eps, const float *epsf, const float *coef0, float gs, float *out, float *gb) {
-    float p[BLK], q[BLK], ap[BLK], an[BLK], u[BLK], ce[BLK], dce[BLK], du[BLK], gt[BLK], at[BLK], mod[BLK];
-    float poly[BLK], dpoly[BLK];
+                       int n_eps, const float *epsf, const float *coef0, float gs, float *out, float *gb,
+                       float *restrict p, float *restrict q, float *restrict u, float *restrict ce,
+                       float *restrict mod, float *restrict at, float *restrict dpoly) {
+    /* p .. dpoly: the caller's block scratch (keeps the working set in L1); out: the loss; gb: the gradient */
+    float ap[BLK], an[BLK], dce[BLK], du[BLK], gt[BLK];
+    float *poly = out;
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
 #pragma omp simd
@@ -519,13 +522,12 @@ static float det_block(int variant, const float *xb, const float *tt, const floa
             const float ti = tt[i], w = iou_weighted ? ti : 1.0f;
             const float bce = (1.0f - ti) * ap[i] + pw_t[i] * ti * an[i];
             const float l = (ti > 0.0f ? w * bce : a * mod[i] * ap[i]) * fac[i];
-            out[i] = l;
+            poly[i] = l;
             sum += l;
             const float g = ti > 0.0f ? w * ((1.0f - ti) * p[i] - pw_t[i] * ti * q[i])
                                       : a * mod[i] * (p[i] + gm * q[i] * ap[i]);
-            dce[i] = g * fac[i] * gs;
+            gb[i] = g * fac[i] * gs;
         }
-        if (gb) memcpy(gb, dce, (size_t)len * sizeof(float));
         return sum;
     }
     if (variant == 3) { /* quality: u = |t - s| = |t q - (1 - t) p| */
@@ -603,12 +605,11 @@ static float det_block(int variant, const float *xb, const float *tt, const floa
     for (int64_t i = 0; i < len; i++) {
         const float body = at[i] * ce[i] + poly[i];
         const float l = mod[i] * body * fac[i];
-        out[i] = l;
+        poly[i] = l;
         sum += l;
         const float bracket = (u[i] > 0.0f ? gt[i] * body / u[i] : 0.0f) + dpoly[i];
-        ce[i] = mod[i] * (at[i] * dce[i] + du[i] * bracket) * fac[i] * gs;
+        gb[i] = mod[i] * (at[i] * dce[i] + du[i] * bracket) * fac[i] * gs;
     }
-    if (gb) memcpy(gb, ce, (size_t)len * sizeof(float));
     return sum;
 }
 
@@ -726,7 +727,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                 for (int64_t i = 0; i < len; i++) tt[i] = tt[i] * (1.0f - lsf) + 0.5f * lsf;
             if (variant != 0) { /* asymmetric / varifocal / quality focal: det_block, same store and sum */
                 acc += det_block(variant, xb, tt, pw_t, fac, len, has_alpha, al, gm, (float)gamma_neg, (float)clip,
-                                 iou_weighted, n_eps, epsf, coef0, gs, poly, g ? gb : NULL);
+                                 iou_weighted, n_eps, epsf, coef0, gs, poly, gb, p, q, u, ce, mod, at, dpoly);
                 if (loss) memcpy(loss + base, poly, (size_t)len * sizeof(float));
                 if (g) store_from_f32(g, xdt, base, gb, len);
                 continue;
