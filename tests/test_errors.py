@@ -107,6 +107,35 @@ CASES = [
         "prior",
     ),
     ("z_loss with sigmoid", lambda: polyfocal.poly_loss(X, Y, activation="sigmoid", z_loss=0.1), ValueError, "z_loss"),
+    # the detection / multi-label members of the sigmoid family
+    ("gamma_neg < 0", lambda: polyfocal.asymmetric_loss(X, X.sigmoid(), gamma_neg=-1.0), ValueError, "gamma_neg.*-1.0"),
+    ("gamma_neg string", lambda: polyfocal.asymmetric_loss(X, X.sigmoid(), gamma_neg="4"), TypeError, "gamma_neg"),
+    ("gamma_pos < 0", lambda: polyfocal.asymmetric_loss(X, X.sigmoid(), gamma_pos=-0.5), ValueError, "gamma.*-0.5"),
+    ("clip = 1", lambda: polyfocal.asymmetric_loss(X, X.sigmoid(), clip=1.0), ValueError, r"clip in \[0, 1\).*1.0"),
+    ("clip < 0", lambda: polyfocal.asymmetric_loss(X, X.sigmoid(), clip=-0.1), ValueError, r"clip.*-0.1"),
+    (
+        "clip via poly_loss",
+        lambda: polyfocal.poly_loss(X, X.sigmoid(), activation="sigmoid", clip=2),
+        ValueError,
+        "clip",
+    ),
+    ("gamma_neg with softmax", lambda: polyfocal.poly_loss(X, Y, gamma_neg=1.0), ValueError, "sigmoid arguments"),
+    ("beta < 0", lambda: polyfocal.quality_focal_loss(X, X.sigmoid(), beta=-0.5), ValueError, "beta.*-0.5"),
+    ("beta nan", lambda: polyfocal.quality_focal_loss(X, X.sigmoid(), beta=float("nan")), ValueError, "beta"),
+    ("varifocal alpha < 0", lambda: polyfocal.varifocal_loss(X, X.sigmoid(), alpha=-0.1), ValueError, "alpha.*-0.1"),
+    ("varifocal gamma < 0", lambda: polyfocal.varifocal_loss(X, X.sigmoid(), gamma=-2.0), ValueError, "gamma"),
+    ("varifocal score > 1", lambda: polyfocal.varifocal_loss(X, X.sigmoid() * 2), ValueError, r"score.*\[0, 1\]"),
+    ("quality score < 0", lambda: polyfocal.quality_focal_loss(X, -X.sigmoid()), ValueError, r"score.*\[0, 1\]"),
+    ("pair score < 0", lambda: polyfocal.quality_focal_loss(X, (Y, -torch.rand(4))), ValueError, r"score values"),
+    ("pair score shape", lambda: polyfocal.varifocal_loss(X, (Y, torch.rand(3))), ValueError, r"score of.*\(4,\)"),
+    ("pair score dtype", lambda: polyfocal.quality_focal_loss(X, (Y, Y)), TypeError, "floating-point"),
+    (
+        "pair with a dense target",
+        lambda: polyfocal.quality_focal_loss(X, (X.sigmoid(), torch.rand(4))),
+        ValueError,
+        "pair",
+    ),
+    ("target of three items", lambda: polyfocal.quality_focal_loss(X, (Y, Y, Y)), ValueError, "3 items"),
 ]
 
 
@@ -174,6 +203,10 @@ MODULE_CASES = [
     (lambda: polyfocal.PolyLoss(margin=[0.1, -1.0]), ValueError),
     (lambda: polyfocal.SoftmaxFocalLoss(logit_scale=-1.0), ValueError),
     (lambda: polyfocal.CrossEntropyLoss(z_loss=math.nan), ValueError),
+    (lambda: polyfocal.AsymmetricLoss(gamma_neg=-1.0), ValueError),
+    (lambda: polyfocal.AsymmetricLoss(clip=1.5), ValueError),
+    (lambda: polyfocal.VarifocalLoss(alpha=-1.0), ValueError),
+    (lambda: polyfocal.QualityFocalLoss(beta=-2.0), ValueError),
 ]
 
 

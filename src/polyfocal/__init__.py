@@ -30,6 +30,9 @@ _EXPORTS = {
     "poly_loss": "functional",
     "sigmoid_focal_loss": "functional",
     "softmax_focal_loss": "functional",
+    "asymmetric_loss": "functional",
+    "varifocal_loss": "functional",
+    "quality_focal_loss": "functional",
     "CrossEntropyLoss": "modules",
     "Poly1CrossEntropyLoss": "modules",
     "Poly1FocalLoss": "modules",
@@ -40,12 +43,16 @@ _EXPORTS = {
     "LDAMLoss": "modules",
     "LogitAdjustedLoss": "modules",
     "adjust_logits": "weights",
+    "AsymmetricLoss": "modules",
+    "VarifocalLoss": "modules",
+    "QualityFocalLoss": "modules",
     "class_balanced_alpha": "weights",
     "ldam_margins": "weights",
     "all_reduce_normalizer": "distributed",
 }
 
 __all__ = [
+    "AsymmetricLoss",
     "BalancedSoftmaxLoss",
     "CrossEntropyLoss",
     "LDAMLoss",
@@ -53,11 +60,14 @@ __all__ = [
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
     "__version__",
     "adjust_logits",
     "all_reduce_normalizer",
+    "asymmetric_loss",
     "balanced_softmax_loss",
     "class_balanced_alpha",
     "cross_entropy",
@@ -67,13 +77,16 @@ __all__ = [
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "poly_loss",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
 ]
 
 if TYPE_CHECKING:
     from .distributed import all_reduce_normalizer
     from .functional import (
+        asymmetric_loss,
         balanced_softmax_loss,
         cross_entropy,
         ldam_loss,
@@ -81,10 +94,13 @@ if TYPE_CHECKING:
         poly1_cross_entropy,
         poly1_focal_loss,
         poly_loss,
+        quality_focal_loss,
         sigmoid_focal_loss,
         softmax_focal_loss,
+        varifocal_loss,
     )
     from .modules import (
+        AsymmetricLoss,
         BalancedSoftmaxLoss,
         CrossEntropyLoss,
         LDAMLoss,
@@ -92,8 +108,10 @@ if TYPE_CHECKING:
         Poly1CrossEntropyLoss,
         Poly1FocalLoss,
         PolyLoss,
+        QualityFocalLoss,
         SigmoidFocalLoss,
         SoftmaxFocalLoss,
+        VarifocalLoss,
     )
     from .weights import adjust_logits, class_balanced_alpha, ldam_margins
 

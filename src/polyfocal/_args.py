@@ -21,13 +21,17 @@ import torch
 
 from ._params import (
     check_activation,
+    check_clip,
     check_epsilon,
     check_gamma,
+    check_gamma_neg,
     check_ignore_index,
     check_label_smoothing,
     check_logit_scale,
+    check_nonnegative,
     check_reduction,
     check_sigmoid_alpha,
+    check_sigmoid_variant,
     check_tau,
     check_z_loss,
 )
@@ -35,6 +39,7 @@ from ._validation import (
     broadcast_tensor,
     check_logits,
     check_target,
+    check_unit_range,
     compute_dtype,
     long_tail_vector,
     per_class_tensor,
@@ -60,6 +65,11 @@ class Hyper:
     tau: float = 1.0
     logit_scale: float = 1.0
     z_loss: float = 0.0
+    # sigmoid family only: the asymmetric loss (gamma_neg, clip) and the varifocal / quality focal variants
+    gamma_neg: float | None = None
+    clip: float = 0.0
+    variant: str = "poly"
+    iou_weighted: bool = True
     # the argument objects of calls without tensor arguments, built once per Hyper (see prepare's fast path)
     _plain: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -94,7 +104,13 @@ class SoftmaxArgs:
 class SigmoidArgs:
     """Sigmoid family.  ``is_index``: the target is class indices ``(N, *)`` for ``x`` ``(N, C, *)`` with index
     ``C`` = background (and ``ignore_index`` masking the whole row), else dense targets of ``x``'s shape.
-    ``weight``, ``pos_weight``, ``normalizer``: ``None`` or tensors broadcastable to ``x`` (not expanded)."""
+    ``weight``, ``pos_weight``, ``normalizer``: ``None`` or tensors broadcastable to ``x`` (not expanded).
+
+    The detection / multi-label members (see :func:`polyfocal.asymmetric_loss`, :func:`polyfocal.varifocal_loss`,
+    :func:`polyfocal.quality_focal_loss`): ``gamma_neg`` (``None``: ``gamma``) and ``clip`` make the ``"poly"``
+    variant asymmetric; ``variant`` is ``"poly"``, ``"varifocal"`` (``alpha``, ``gamma``, ``iou_weighted``) or
+    ``"quality"`` (``gamma`` is QFL's ``beta``); ``score``: ``None`` or a float tensor of the index target's shape,
+    the value of the target class's element (mmdet's ``(label, score)`` pair; 1 without it)."""
 
     is_index: bool
     alpha: float | None
@@ -107,6 +123,11 @@ class SigmoidArgs:
     label_smoothing: float
     reduction: str
     detach_modulator: bool = False
+    gamma_neg: float | None = None
+    clip: float = 0.0
+    variant: str = "poly"
+    iou_weighted: bool = True
+    score: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,10 @@ def hyper(
     tau: object = 1.0,
     logit_scale: object = 1.0,
     z_loss: object = 0.0,
+    gamma_neg: object = None,
+    clip: object = 0.0,
+    variant: str = "poly",
+    iou_weighted: bool = True,
 ) -> Hyper:
     """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
     :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions).
@@ -153,10 +178,15 @@ def hyper(
         and type(tau) in _PLAIN
         and type(logit_scale) in _PLAIN
         and type(z_loss) in _PLAIN
+        and type(gamma_neg) in _PLAIN
+        and type(clip) in _PLAIN
+        and type(variant) is str
+        and type(iou_weighted) is bool
     )
+    extra = (tau, logit_scale, z_loss, gamma_neg, clip, variant, iou_weighted)
     if plain and not torch.compiler.is_compiling():
-        return _hyper_cached(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
-    return _hyper(*values, epsilon_sequence, detach_modulator, tau, logit_scale, z_loss)
+        return _hyper_cached(*values, epsilon_sequence, detach_modulator, *extra)
+    return _hyper(*values, epsilon_sequence, detach_modulator, *extra)
 
 
 @functools.lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
@@ -177,6 +207,10 @@ def _hyper(
     tau: object = 1.0,
     logit_scale: object = 1.0,
     z_loss: object = 0.0,
+    gamma_neg: object = None,
+    clip: object = 0.0,
+    variant: object = "poly",
+    iou_weighted: object = True,
 ) -> Hyper:
     activation = check_activation(activation)
     tau_v, scale_v, z_v = check_tau(tau), check_logit_scale(logit_scale), check_z_loss(z_loss)
@@ -184,6 +218,12 @@ def _hyper(
         raise ValueError(
             "expected logit_scale=1 and z_loss=0 for activation='sigmoid' (softmax-family arguments), "
             f"got logit_scale={logit_scale!r}, z_loss={z_loss!r}"
+        )
+    variant = check_sigmoid_variant(variant)
+    if activation == "softmax" and (gamma_neg is not None or (clip is not None and clip != 0) or variant != "poly"):
+        raise ValueError(
+            "expected gamma_neg=None, clip=0 and the 'poly' variant for activation='softmax' (they are sigmoid "
+            f"arguments), got gamma_neg={gamma_neg!r}, clip={clip!r}, variant={variant!r}"
         )
     eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
     while eps and eps[-1] == 0.0:
@@ -195,11 +235,17 @@ def _hyper(
         ignore_index=check_ignore_index(ignore_index),
         label_smoothing=check_label_smoothing(label_smoothing),
         reduction=check_reduction(reduction),
-        alpha=check_sigmoid_alpha(alpha) if activation == "sigmoid" else None,
+        alpha=(check_nonnegative(alpha, "alpha") if variant == "varifocal" else check_sigmoid_alpha(alpha))
+        if activation == "sigmoid"
+        else None,
         detach_modulator=bool(detach_modulator),
         tau=tau_v,
         logit_scale=scale_v,
         z_loss=z_v,
+        gamma_neg=check_gamma_neg(gamma_neg),
+        clip=check_clip(clip),
+        variant=variant,
+        iou_weighted=bool(iou_weighted),
     )
 
 
@@ -215,6 +261,7 @@ def prepare(
     prior: object = None,
     margin: object = None,
     values_checked: bool = False,
+    score: object = None,
 ) -> Call:
     """Stage 2: tensors against the input; returns the canonical :class:`Call`.  ``prior`` / ``margin``: the
     softmax family's long-tail vectors; ``values_checked=True`` (modules, which check them at construction)
@@ -226,6 +273,7 @@ def prepare(
         and normalizer is None
         and prior is None
         and margin is None
+        and score is None
         and type(input) is torch.Tensor
         and type(target) is torch.Tensor
         and input.dtype in _FLOATS
@@ -237,15 +285,17 @@ def prepare(
                 if args is None:
                     args = h._plain.setdefault("softmax", _softmax_args(h, None, None, None, None, None))
                 return Call(input, target, args, target.shape)
-        elif input.ndim and target.dtype is input.dtype and target.shape == input.shape:
+        elif h.variant == "poly" and input.ndim and target.dtype is input.dtype and target.shape == input.shape:
             args = h._plain.get("sigmoid")
             if args is None:
-                args = h._plain.setdefault("sigmoid", _sigmoid_args(h, False, None, None, None))
+                args = h._plain.setdefault("sigmoid", _sigmoid_args(h, False, None, None, None, None))
             return Call(input, target, args, input.shape)
     x = check_logits(input)
     ct = compute_dtype(x)
     device = x.device
     if h.activation == "softmax":
+        if score is not None:
+            raise ValueError("expected score=None for activation='softmax' (a sigmoid-family argument), got a value")
         if x.ndim == 0:
             raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
         if pos_weight is not None:
@@ -294,6 +344,9 @@ def prepare(
     norm = broadcast_tensor(normalizer, "normalizer", x.shape, device=device, dtype=ct)
     out_shape = x.shape
     y = targets.values
+    score_t = _check_score(score, y, targets.is_index, x, ct) if score is not None else None
+    if h.variant != "poly" and not targets.is_index and y.dtype.is_floating_point:
+        check_unit_range(y, "score (the soft target)")
     if targets.is_index:
         if y.dtype != torch.int64:
             y = y.long()
@@ -302,13 +355,14 @@ def prepare(
             weight_t, pos_weight_t, norm = (
                 None if v is None else v.unsqueeze(0) for v in (weight_t, pos_weight_t, norm)
             )
+            score_t = None if score_t is None else score_t.reshape(1)
     elif x.ndim == 0:
         x, y = x.reshape(1), y.reshape(1)
         weight_t, pos_weight_t, norm = (None if v is None else v.reshape(1) for v in (weight_t, pos_weight_t, norm))
     weight_t, pos_weight_t, norm = (
         None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
     )
-    return Call(x, y, _sigmoid_args(h, targets.is_index, weight_t, pos_weight_t, norm), out_shape)
+    return Call(x, y, _sigmoid_args(h, targets.is_index, weight_t, pos_weight_t, norm, score_t), out_shape)
 
 
 _FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
@@ -332,7 +386,7 @@ def _softmax_args(h: Hyper, class_weight, weight, normalizer, bias, margin) -> S
     )
 
 
-def _sigmoid_args(h: Hyper, is_index: bool, weight, pos_weight, normalizer) -> SigmoidArgs:
+def _sigmoid_args(h: Hyper, is_index: bool, weight, pos_weight, normalizer, score) -> SigmoidArgs:
     return SigmoidArgs(
         is_index=is_index,
         alpha=h.alpha,
@@ -345,4 +399,27 @@ def _sigmoid_args(h: Hyper, is_index: bool, weight, pos_weight, normalizer) -> S
         label_smoothing=h.label_smoothing,
         reduction=h.reduction,
         detach_modulator=h.detach_modulator,
+        gamma_neg=h.gamma_neg,
+        clip=h.clip,
+        variant=h.variant,
+        iou_weighted=h.iou_weighted,
+        score=score,
     )
+
+
+def _check_score(score: object, y: torch.Tensor, is_index: bool, x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """mmdet's per-anchor quality score beside class indices: a float tensor of the index target's shape, values in
+    [0, 1] (checked on CPU tensors; elsewhere a data-dependent check would synchronise the device)."""
+    if not is_index:
+        raise ValueError("expected class-index targets with a score (the (label, score) pair form), got a dense target")
+    if not isinstance(score, torch.Tensor) or not score.dtype.is_floating_point:
+        kind = f"dtype {score.dtype}" if isinstance(score, torch.Tensor) else type(score).__name__
+        raise TypeError(f"expected score to be a floating-point tensor, got {kind}")
+    if score.shape != y.shape:
+        raise ValueError(
+            f"expected score of the class-index target's shape {tuple(y.shape)}, got shape {tuple(score.shape)}"
+        )
+    if score.device != x.device:
+        raise ValueError(f"expected score on the input's device {x.device}, got {score.device}")
+    check_unit_range(score, "score")
+    return score.to(ct)

@@ -191,15 +191,26 @@ def sigmoid_poly_loss(
     pos_weight: torch.Tensor | None,
     label_smoothing: float,
     modulator_grad: bool = True,
+    gamma_neg: float | None = None,
+    clip: float = 0.0,
+    variant: str = "poly",
+    iou_weighted: bool = True,
 ) -> torch.Tensor:
     """Element-wise sigmoid PolyLoss; ``t`` has ``x``'s shape and dtype, values in [0, 1].
 
     ``hard=True`` promises ``t`` is exactly 0 or 1 (it came from class indices), which allows the
-    cheaper ``log(1 - p_t) = logsigmoid(-x)`` / ``logsigmoid(x)``.
+    cheaper ``log(1 - p_t) = logsigmoid(-x)`` / ``logsigmoid(x)``.  ``gamma_neg`` / ``clip`` (asymmetric loss) and
+    ``variant`` (``"varifocal"``, ``"quality"``) select the detection members: :func:`_sigmoid_detection_loss`.
     """
     if label_smoothing > 0.0:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
         hard = False
+    if variant != "poly" or gamma_neg is not None or clip > 0.0:
+        loss = _sigmoid_detection_loss(
+            x, t, epsilon=epsilon, gamma=gamma, alpha=alpha, pos_weight=pos_weight, modulator_grad=modulator_grad,
+            gamma_neg=gamma_neg, clip=clip, variant=variant, iou_weighted=iou_weighted,
+        )  # fmt: skip
+        return loss if weight is None else loss * weight
     if pos_weight is not None and pos_weight.requires_grad:  # torch's BCE refuses a gradient for pos_weight
         ce = (1.0 - t) * F.softplus(x) + pos_weight * t * F.softplus(-x)
     else:
@@ -220,6 +231,77 @@ def sigmoid_poly_loss(
             log_1m_pt = torch.where(exact, hard_part, soft)
     loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=None, modulator_grad=modulator_grad)
     return loss if weight is None else loss * weight
+
+
+def _bce(x: torch.Tensor, t: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+    if pos_weight is not None and pos_weight.requires_grad:  # torch's BCE refuses a gradient for pos_weight
+        return (1.0 - t) * F.softplus(x) + pos_weight * t * F.softplus(-x)
+    return F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+
+
+def _power(log_u: torch.Tensor, g: torch.Tensor | float) -> torch.Tensor:
+    """``u^g = exp(g log u)`` with ``0^0 = 1`` and no NaN in either derivative where ``g = 0`` and ``u = 0``."""
+    if isinstance(g, torch.Tensor):
+        return torch.exp(g * torch.where(g == 0, 0.0, log_u))
+    return torch.ones_like(log_u) if g == 0.0 else torch.exp(g * log_u)
+
+
+def _sigmoid_detection_loss(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    epsilon: tuple[float, ...],
+    gamma: float,
+    alpha: float | None,
+    pos_weight: torch.Tensor | None,
+    modulator_grad: bool,
+    gamma_neg: float | None,
+    clip: float,
+    variant: str,
+    iou_weighted: bool,
+) -> torch.Tensor:
+    """The asymmetric (``"poly"`` with ``gamma_neg`` / ``clip``), varifocal and quality focal losses, in log space.
+
+    Modulating factors are ``exp(g * log u)``; ``log u`` comes from log-sigmoids for exact 0/1 targets (relative
+    precision at any logit) and from ``_safe_log`` of a sum of non-negative parts otherwise, so ``u = 0`` (below the
+    clip margin, or ``s`` exactly equal to a soft ``q``) gives ``u^g = 0`` with zero, not NaN, derivatives.
+    """
+    exact_one, exact_zero = t == 1.0, t == 0.0
+    log_s, log_1ms = F.logsigmoid(x), F.logsigmoid(-x)
+    if variant == "varifocal":
+        positive = _bce(x, t, pos_weight) * (t if iou_weighted else 1.0)
+        # negatives (t <= 0): alpha s^gamma (-log(1 - s)); s^gamma = exp(gamma log s)
+        negative = (1.0 if alpha is None else alpha) * _power(log_s, gamma) * F.softplus(x)
+        return torch.where(t > 0, positive, negative)
+    if variant == "quality":
+        s, one_minus_s = torch.exp(log_s), torch.exp(log_1ms)
+        distance = (t * one_minus_s - (1.0 - t) * s).abs()  # |t - s| as a difference of non-negative parts
+        log_u = torch.where(exact_one, log_1ms, torch.where(exact_zero, log_s, _safe_log(distance)))
+        ce = _bce(x, t, pos_weight)
+        g: torch.Tensor | float = gamma
+    else:  # asymmetric: probability margin on the negatives, gamma_t = gamma t + gamma_neg (1 - t)
+        s = torch.exp(log_s)
+        if clip > 0.0:
+            s_m = (s - clip).clamp(min=0.0)
+            ce_neg = -torch.log1p(-s_m)
+            log_neg = _safe_log(s_m)
+        else:
+            s_m, ce_neg, log_neg = s, F.softplus(x), log_s
+        ce_pos = F.softplus(-x) if pos_weight is None else pos_weight * F.softplus(-x)
+        ce = t * ce_pos + (1.0 - t) * ce_neg
+        soft = _safe_log(t * torch.exp(log_1ms) + (1.0 - t) * s_m)
+        log_u = torch.where(exact_one, log_1ms, torch.where(exact_zero, log_neg, soft))
+        g = gamma if gamma_neg is None or gamma_neg == gamma else gamma * t + gamma_neg * (1.0 - t)
+        if alpha is not None:
+            ce = (alpha * t + (1.0 - alpha) * (1.0 - t)) * ce
+    modulator = _power(log_u, g)
+    if not modulator_grad:
+        modulator = modulator.detach()
+    loss = modulator * ce
+    for j, eps in enumerate(epsilon, start=1):
+        if eps != 0.0:
+            loss = loss + eps * _power(log_u, g + j)
+    return loss
 
 
 def _reduce(loss: torch.Tensor, normalizer: torch.Tensor | None, reduction: str, denominator) -> torch.Tensor:
@@ -271,12 +353,14 @@ def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs) -> to
             valid = (y != args.ignore_index).unsqueeze(1)
             y = torch.where(y == args.ignore_index, num_classes, y)
         t = index_to_multi_hot(y, num_classes, ct)
+        if args.score is not None:  # (label, score): the target class's element is the score
+            t = t * args.score.to(ct).unsqueeze(1)
     else:
         t = target.to(ct)
     loss = sigmoid_poly_loss(
         xc,
         t,
-        hard=args.is_index or not target.dtype.is_floating_point,
+        hard=(args.is_index and args.score is None) or not target.dtype.is_floating_point,
         epsilon=args.epsilon,
         gamma=args.gamma,
         alpha=args.alpha,
@@ -284,6 +368,10 @@ def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs) -> to
         pos_weight=args.pos_weight,
         label_smoothing=args.label_smoothing,
         modulator_grad=not args.detach_modulator,
+        gamma_neg=args.gamma_neg,
+        clip=args.clip,
+        variant=args.variant,
+        iou_weighted=args.iou_weighted,
     )
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)

@@ -162,3 +162,49 @@ def check_z_loss(z_loss: object) -> float:
     if not (_finite(value) and value >= 0):
         raise ValueError(f"expected z_loss to be a finite number >= 0, got {z_loss!r}")
     return value
+
+
+# --- the dense-detection / multi-label members of the sigmoid family (asymmetric, varifocal, quality focal) ---
+
+SIGMOID_VARIANTS = ("poly", "varifocal", "quality")
+
+
+def check_gamma_neg(gamma_neg: object) -> float | None:
+    """The negatives' focusing parameter of the asymmetric loss: ``None`` (same as ``gamma``) or a number >= 0."""
+    if gamma_neg is None:
+        return None
+    value = _real(gamma_neg, "gamma_neg")
+    if value is None:
+        raise TypeError(f"expected gamma_neg to be a real number >= 0 or None, got {_describe(gamma_neg)}")
+    value = float(value)
+    if not _finite(value) or value < 0:
+        raise ValueError(f"expected gamma_neg to be a finite number >= 0 (None: the same as gamma), got {gamma_neg!r}")
+    return value
+
+
+def check_clip(clip: object) -> float:
+    """The asymmetric loss's probability margin: ``s_m = max(s - clip, 0)`` for the negatives, in [0, 1)."""
+    value = _real(clip, "clip") if clip is not None else 0.0
+    if value is None:
+        raise TypeError(f"expected clip to be a number in [0, 1) (0 or None disables it), got {_describe(clip)}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"expected clip in [0, 1) (0 or None disables the probability margin), got {clip!r}")
+    return value
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """A finite number >= 0 (``beta`` of the quality focal loss, ``gamma`` / ``alpha`` of the varifocal loss)."""
+    number = _real(value, name)
+    if number is None:
+        raise TypeError(f"expected {name} to be a real number >= 0, got {_describe(value)}")
+    number = float(number)
+    if not _finite(number) or number < 0:
+        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
+    return number
+
+
+def check_sigmoid_variant(variant: object) -> str:
+    if not isinstance(variant, str) or variant not in SIGMOID_VARIANTS:
+        raise ValueError(f"expected variant to be one of {SIGMOID_VARIANTS}, got {variant!r}")
+    return variant

@@ -228,3 +228,15 @@ def long_tail_vector(
             shown = values.tolist() if values.numel() <= 16 else f"{values[bad][0].item()!r} at a bad entry"
             raise ValueError(f"expected every {name} entry finite and {bound}, got {shown}")
     return tensor.to(device=device, dtype=torch.float64)
+
+
+def check_unit_range(values: torch.Tensor, name: str) -> None:
+    """Values in [0, 1] (the varifocal / quality focal scores).  Checked on CPU tensors outside compiled graphs, where
+    a host read is free; on an accelerator or inside ``torch.compile`` it would synchronise, so it is skipped there."""
+    if values.device.type != "cpu" or torch.compiler.is_compiling() or not _data_checks_enabled(values):
+        return
+    if values.numel() == 0 or not values.dtype.is_floating_point:
+        return
+    low, high = torch.aminmax(values.detach())
+    if not (float(low) >= 0.0 and float(high) <= 1.0):  # NaN fails too
+        raise ValueError(f"expected {name} values in [0, 1], got values in [{float(low)}, {float(high)}]")

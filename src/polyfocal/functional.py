@@ -27,8 +27,10 @@ import torch
 
 from . import kernels
 from ._args import Hyper, hyper, prepare
+from ._params import check_nonnegative
 
 __all__ = [
+    "asymmetric_loss",
     "balanced_softmax_loss",
     "cross_entropy",
     "ldam_loss",
@@ -36,8 +38,10 @@ __all__ = [
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "poly_loss",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
 ]
 
 Reduction: TypeAlias = Literal["none", "mean", "sum"]
@@ -59,6 +63,7 @@ def _apply(
     prior: object = None,
     margin: object = None,
     values_checked: bool = False,
+    score: object = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Stage 2 of the validation (tensors), then the loss: the one path of every public function and module."""
@@ -73,6 +78,7 @@ def _apply(
         prior=prior,
         margin=margin,
         values_checked=values_checked,
+        score=score,
     )
     if inplace is not False:
         kernels.check_inplace(input, call.x, call.target, call.args, inplace)
@@ -105,6 +111,8 @@ def poly_loss(
     margin: ClassVector = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    gamma_neg: float | None = None,
+    clip: float = 0.0,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
@@ -192,6 +200,9 @@ def poly_loss(
             logit; :func:`polyfocal.ldam_margins` gives LDAM's.
         logit_scale: ``s > 0`` multiplying the (adjusted) logits.
         z_loss: :math:`\lambda \ge 0`, the weight of the z-loss.
+        gamma_neg: sigmoid only: the negatives' focusing parameter of the asymmetric loss (``None``: ``gamma``);
+            see :func:`asymmetric_loss` for how it combines with soft targets.
+        clip: sigmoid only: the asymmetric loss's probability margin, in [0, 1); 0 disables it.
 
     Returns:
         The reduced loss (0-D) or, with ``reduction="none"``, the element loss: the input's shape without
@@ -221,6 +232,8 @@ def poly_loss(
         tau=tau,
         logit_scale=logit_scale,
         z_loss=z_loss,
+        gamma_neg=gamma_neg,
+        clip=clip,
     )
     return _apply(
         input,
@@ -622,3 +635,190 @@ for _public in (
     softmax_focal_loss,
 ):
     _public.__prepare_scriptable__ = _refuse_torchscript  # type: ignore[attr-defined]  # read by torch.jit.script
+
+
+# --- the dense-detection and multi-label members of the sigmoid family ---------------------------------------
+
+
+def asymmetric_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    epsilon: Epsilon = 0.0,
+    alpha: float | None = None,
+    normalizer: Normalizer = None,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    detach_modulator: bool = False,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Asymmetric loss (ASL; Ridnik et al., ICCV 2021, https://arxiv.org/abs/2009.14119) for multi-label input.
+
+    With :math:`s = \sigma(x)` and the probability margin :math:`s_m = \max(s - \text{clip}, 0)`:
+
+    .. math::
+
+        \ell = -t\,(1-s)^{\gamma_+} \log s \;-\; (1-t)\,s_m^{\gamma_-} \log(1 - s_m)
+
+    for 0/1 targets (``clip=0`` disables the margin).  It is the sigmoid :func:`poly_loss` with ``gamma=gamma_pos``,
+    ``gamma_neg`` and ``clip``.  **Soft targets** combine as in the rest of the family (and in the ASL listings):
+    one :math:`p_t = t s + (1-t)(1-s_m)`, the exponent :math:`\gamma_t = t\gamma_+ + (1-t)\gamma_-` and
+    :math:`\ell = \alpha_t (1-p_t)^{\gamma_t}\,(-w_+ t\log s - (1-t)\log(1-s_m)) + \sum_j \epsilon_j
+    (1-p_t)^{j+\gamma_t}`; so ``gamma_neg == gamma_pos`` with ``clip=0`` is exactly :func:`sigmoid_focal_loss`
+    (``alpha=None``) for every target.  ``epsilon`` adds the Poly-N terms of that :math:`1-p_t`.
+
+    ``detach_modulator=True`` is ASL's ``disable_torch_grad_focal_loss``: the factor :math:`(1-p_t)^{\gamma_t}` is
+    a constant for autograd (the composite path computes it).  The default reduction is ``"mean"`` over the
+    elements; the original listings return ``-loss.sum()`` (:class:`polyfocal.compat.timm.AsymmetricLossMultiLabel`).
+    See :func:`poly_loss` for ``weight``, ``pos_weight``, ``normalizer``, ``ignore_index`` and class-index targets.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, t = torch.randn(4, 6), torch.randint(0, 2, (4, 6)).float()
+        >>> s = x.sigmoid()
+        >>> s_m = (s - 0.05).clamp(min=0)
+        >>> manual = -(t * torch.log(s) + (1 - t) * s_m**4 * torch.log(1 - s_m))
+        >>> torch.allclose(polyfocal.asymmetric_loss(x, t, reduction="none"), manual, atol=1e-6)
+        True
+    """
+    h = hyper(
+        activation="sigmoid",
+        epsilon=epsilon,
+        gamma=gamma_pos,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        detach_modulator=detach_modulator,
+        gamma_neg=gamma_neg,
+        clip=clip,
+    )
+    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
+
+
+def _score_pair(target: object) -> tuple[object, object]:
+    """``(label, score)`` (mmdet's pair form) or a plain target."""
+    if isinstance(target, (tuple, list)):
+        if len(target) != 2:
+            raise ValueError(f"expected target to be a tensor or a (label, score) pair, got {len(target)} items")
+        return target[0], target[1]
+    return target, None
+
+
+def varifocal_loss(
+    input: torch.Tensor,
+    score: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    *,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+    iou_weighted: bool = True,
+    normalizer: Normalizer = None,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    ignore_index: int | None = -100,
+    reduction: Reduction = "mean",
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Varifocal loss (VFL; Zhang et al., CVPR 2021, https://arxiv.org/abs/2008.13367), as in mmdet.
+
+    ``score`` is the IoU-aware classification target :math:`q \in [0, 1]` of the input's shape (or mmdet-style
+    ``(label, score)``: class indices, index C = background, and the target class's score).  With
+    :math:`s = \sigma(x)`:
+
+    .. math::
+
+        \ell = \begin{cases} -q\,\big(q \log s + (1-q)\log(1-s)\big) & q > 0 \\
+                              -\alpha\, s^{\gamma} \log(1-s) & q = 0 \end{cases}
+
+    ``iou_weighted=False`` drops the leading :math:`q` of the positives.  ``alpha`` (>= 0) weighs the negatives
+    only (not the :math:`\alpha` of focal loss: VFL's negatives equal :func:`sigmoid_focal_loss`'s with
+    ``alpha=1 - alpha_vfl`` when that is in [0, 1]).  No ``epsilon``: the positives are a soft-target BCE with no
+    modulating factor and the negatives a focal term, so there is no single :math:`1 - p_t` to expand.
+    ``pos_weight`` scales the :math:`\log s` part of the positives.  Scores outside [0, 1] raise ``ValueError``
+    (checked on CPU tensors).  ``"mean"`` divides by the number of (non-ignored) elements; mmdet's ``avg_factor``
+    is ``reduction="sum"`` with ``normalizer=avg_factor`` (see :class:`polyfocal.compat.mmdet.VarifocalLoss`).
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> x, q = torch.randn(4, 3), torch.tensor([[0.0, 0.7, 0.0], [0.9, 0.0, 0.0], [0.0] * 3, [0.0, 0.0, 0.3]])
+        >>> s = x.sigmoid()
+        >>> weight = torch.where(q > 0, q, 0.75 * s**2)
+        >>> manual = F.binary_cross_entropy_with_logits(x, q, reduction="none") * weight
+        >>> torch.allclose(polyfocal.varifocal_loss(x, q, reduction="none"), manual)
+        True
+    """
+    target, pair_score = _score_pair(score)
+    h = hyper(
+        activation="sigmoid",
+        epsilon=0.0,
+        gamma=gamma,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        variant="varifocal",
+        iou_weighted=iou_weighted,
+    )
+    return _apply(
+        input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, score=pair_score, inplace=inplace
+    )
+
+
+def quality_focal_loss(
+    input: torch.Tensor,
+    score: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    *,
+    beta: float = 2.0,
+    epsilon: Epsilon = 0.0,
+    normalizer: Normalizer = None,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    ignore_index: int | None = -100,
+    reduction: Reduction = "mean",
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Quality focal loss (QFL, the classification part of GFL; Li et al., NeurIPS 2020,
+    https://arxiv.org/abs/2006.04388).
+
+    .. math:: \ell = |q - s|^{\beta}\,\mathrm{BCE}(x, q) + \sum_j \epsilon_j |q - s|^{j+\beta}
+
+    with :math:`s = \sigma(x)` and the soft target :math:`q \in [0, 1]`: ``score`` of the input's shape, or mmdet's
+    ``(label, score)`` pair (class indices ``(N,)`` with index C = background, and the per-anchor quality score of
+    the target class).  For 0/1 targets QFL is :func:`sigmoid_focal_loss` with ``gamma=beta, alpha=None``, and
+    ``epsilon`` gives the Poly-N terms of :math:`|q - s|`.  At :math:`s = q` exactly the modulating factor is 0 and
+    its derivative is taken as 0 (for ``beta < 1`` the true derivative diverges as :math:`s \to q`).
+    ``"mean"`` divides by the number of (non-ignored) elements; mmdet sums over classes and averages over anchors
+    (:class:`polyfocal.compat.mmdet.QualityFocalLoss`).
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, label, score = torch.randn(4, 3), torch.tensor([0, 3, 2, 3]), torch.tensor([0.8, 0.0, 0.4, 0.0])
+        >>> q = torch.zeros(4, 3)
+        >>> q[0, 0], q[2, 2] = 0.8, 0.4
+        >>> torch.allclose(polyfocal.quality_focal_loss(x, (label, score)), polyfocal.quality_focal_loss(x, q))
+        True
+    """
+    target, pair_score = _score_pair(score)
+    h = hyper(
+        activation="sigmoid",
+        epsilon=epsilon,
+        gamma=check_nonnegative(beta, "beta"),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        variant="quality",
+    )
+    return _apply(
+        input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, score=pair_score, inplace=inplace
+    )
+
+
+for _public in (asymmetric_loss, quality_focal_loss, varifocal_loss):
+    _public.__prepare_scriptable__ = _refuse_torchscript  # type: ignore[attr-defined]

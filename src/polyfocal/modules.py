@@ -19,11 +19,14 @@ from ._args import hyper
 from ._params import (
     _is_real_number,
     check_activation,
+    check_clip,
     check_epsilon,
     check_gamma,
+    check_gamma_neg,
     check_ignore_index,
     check_label_smoothing,
     check_logit_scale,
+    check_nonnegative,
     check_reduction,
     check_sigmoid_alpha,
     check_tau,
@@ -33,6 +36,7 @@ from ._validation import long_tail_vector
 from .functional import Activation, ClassVector, Epsilon, Normalizer, Reduction
 
 __all__ = [
+    "AsymmetricLoss",
     "BalancedSoftmaxLoss",
     "CrossEntropyLoss",
     "LDAMLoss",
@@ -40,8 +44,10 @@ __all__ = [
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
 ]
 
 
@@ -622,3 +628,211 @@ class Poly1FocalLoss(_SigmoidFamilyLoss):
             label_smoothing=label_smoothing,
             reduction=reduction,
         )
+
+
+# --- the dense-detection and multi-label members of the sigmoid family ---------------------------------------
+
+
+class _DetectionLoss(_PolyFamilyLoss):
+    """Sigmoid-family modules whose hyperparameters go beyond ``_PolyFamilyLoss``'s (asymmetric, varifocal, quality
+    focal): each subclass says how its attributes map onto :func:`polyfocal._args.hyper`."""
+
+    _activation = "sigmoid"
+    _EXTRA: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._HYPER_NAMES = _PolyFamilyLoss._HYPER_NAMES | frozenset(cls._EXTRA)
+
+    def _hyper_kwargs(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _rebuild_hyper(self) -> None:
+        h = hyper(activation="sigmoid", reduction=self.reduction, **self._hyper_kwargs())  # type: ignore[arg-type]
+        object.__setattr__(self, "_hyper", h)
+
+    @staticmethod
+    def _check(name: str, value: object, activation: str) -> None:
+        if name == "gamma_neg":
+            check_gamma_neg(value)
+        elif name == "clip":
+            check_clip(value)
+        elif name in ("gamma_pos", "beta"):
+            check_nonnegative(value, name)
+        else:
+            _PolyFamilyLoss._check(name, value, activation)
+
+    def _detection_loss(self, input: torch.Tensor, target: object, normalizer: Normalizer) -> torch.Tensor:
+        label, score = PF._score_pair(target)
+        return PF._apply(
+            input,
+            label,  # type: ignore[arg-type]
+            self._hyper,
+            weight=getattr(self, "weight", None),
+            pos_weight=getattr(self, "pos_weight", None),
+            normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
+            score=score,
+            inplace=self.inplace,
+        )
+
+
+class AsymmetricLoss(_DetectionLoss):
+    """Module form of :func:`polyfocal.asymmetric_loss`; ``forward(input, target, normalizer=None)``.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, t = torch.randn(4, 6), torch.randint(0, 2, (4, 6)).float()
+        >>> torch.equal(polyfocal.AsymmetricLoss(gamma_neg=2.0)(x, t), polyfocal.asymmetric_loss(x, t, gamma_neg=2.0))
+        True
+    """
+
+    _EXTRA = ("gamma_pos", "gamma_neg", "clip", "detach_modulator")
+
+    def __init__(
+        self,
+        *,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 4.0,
+        clip: float = 0.05,
+        epsilon: Epsilon = 0.0,
+        alpha: float | None = None,
+        normalizer: Normalizer = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+        detach_modulator: bool = False,
+    ) -> None:
+        super().__init__(
+            gamma_pos=gamma_pos,
+            gamma_neg=gamma_neg,
+            clip=clip,
+            epsilon=epsilon,
+            alpha=alpha,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            detach_modulator=detach_modulator,
+        )
+
+    def _hyper_kwargs(self) -> dict[str, object]:
+        return dict(
+            epsilon=self.epsilon,
+            gamma=self.gamma_pos,
+            alpha=self.alpha,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            detach_modulator=self.detach_modulator,
+            gamma_neg=self.gamma_neg,
+            clip=self.clip,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._detection_loss(input, target, normalizer)
+
+
+class VarifocalLoss(_DetectionLoss):
+    """Module form of :func:`polyfocal.varifocal_loss`; ``forward(input, score, normalizer=None)`` with ``score`` a
+    tensor of the input's shape or a ``(label, score)`` pair.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, q = torch.randn(4, 3), torch.rand(4, 3) * (torch.rand(4, 3) > 0.7)
+        >>> torch.equal(polyfocal.VarifocalLoss()(x, q), polyfocal.varifocal_loss(x, q))
+        True
+    """
+
+    _EXTRA = ("iou_weighted",)
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+        iou_weighted: bool = True,
+        normalizer: Normalizer = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
+        reduction: Reduction = "mean",
+    ) -> None:
+        check_nonnegative(alpha, "alpha")
+        super().__init__(
+            alpha=float(alpha),
+            gamma=gamma,
+            iou_weighted=iou_weighted,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+
+    @staticmethod
+    def _check(name: str, value: object, activation: str) -> None:
+        if name == "alpha":  # VFL's alpha weighs the negatives: any number >= 0 (mmdet asserts alpha >= 0)
+            check_nonnegative(value, "alpha")
+        else:
+            _DetectionLoss._check(name, value, activation)
+
+    def _hyper_kwargs(self) -> dict[str, object]:
+        return dict(
+            epsilon=0.0,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            ignore_index=self.ignore_index,
+            variant="varifocal",
+            iou_weighted=bool(self.iou_weighted),
+        )
+
+    def forward(self, input: torch.Tensor, score: object, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._detection_loss(input, score, normalizer)
+
+
+class QualityFocalLoss(_DetectionLoss):
+    """Module form of :func:`polyfocal.quality_focal_loss`; ``forward(input, score, normalizer=None)`` with
+    ``score`` a tensor of the input's shape or a ``(label, score)`` pair.
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> x, label, score = torch.randn(4, 3), torch.tensor([0, 3, 2, 3]), torch.rand(4)
+        >>> torch.equal(polyfocal.QualityFocalLoss(beta=1.5)(x, (label, score)),
+        ...             polyfocal.quality_focal_loss(x, (label, score), beta=1.5))
+        True
+    """
+
+    _EXTRA = ("beta",)
+
+    def __init__(
+        self,
+        *,
+        beta: float = 2.0,
+        epsilon: Epsilon = 0.0,
+        normalizer: Normalizer = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(
+            beta=beta,
+            epsilon=epsilon,
+            normalizer=normalizer,
+            weight=weight,
+            pos_weight=pos_weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+
+    def _hyper_kwargs(self) -> dict[str, object]:
+        return dict(epsilon=self.epsilon, gamma=self.beta, ignore_index=self.ignore_index, variant="quality")
+
+    def forward(self, input: torch.Tensor, score: object, normalizer: Normalizer = None) -> torch.Tensor:
+        return self._detection_loss(input, score, normalizer)

@@ -19,6 +19,15 @@ with the adjusted logits :math:`z' = s\,(z + \tau \log(\pi / \textstyle\sum_c \p
 
     \ell = \alpha_t (1 - p_t)^{\gamma}\,\big(-w_{+} t \log p - (1-t) \log(1-p)\big)
          + \sum_j \epsilon_j (1 - p_t)^{j+\gamma},\qquad p_t = t p + (1-t)(1-p) \quad\text{(sigmoid)}
+
+The detection / multi-label members of the sigmoid family (``gamma_neg``, ``clip``, ``variant``):
+
+* asymmetric (``gamma_neg`` / ``clip``): :math:`p_m = \max(p - \text{clip}, 0)`,
+  :math:`p_t = t p + (1-t)(1-p_m)`, :math:`\gamma_t = \gamma t + \gamma_- (1-t)`,
+  :math:`\ell = \alpha_t (1-p_t)^{\gamma_t} (-w_+ t \log p - (1-t)\log(1-p_m)) + \sum_j \epsilon_j (1-p_t)^{j+\gamma_t}`
+* varifocal: :math:`\ell = \mathrm{BCE}(x, t)\,(t \text{ or } 1)` for :math:`t > 0`,
+  :math:`\alpha |p - t|^\gamma\,\mathrm{BCE}(x, t)` for :math:`t \le 0`
+* quality: :math:`\ell = |t - p|^\gamma\,\mathrm{BCE}(x, t) + \sum_j \epsilon_j |t - p|^{j+\gamma}`
 """
 
 from __future__ import annotations
@@ -58,6 +67,11 @@ def poly_loss_reference(
     margin: object = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    gamma_neg: float | None = None,
+    clip: float = 0.0,
+    variant: str = "poly",
+    iou_weighted: bool = True,
+    score: object = None,
 ) -> torch.Tensor:
     """The PolyLoss family in float64 from the textbook formulas (see the module docstring).
 
@@ -123,17 +137,31 @@ def poly_loss_reference(
                 mask = (y != ignore_index).to(torch.float64).unsqueeze(1)
                 y[y == ignore_index] = num_classes
             t = torch.nn.functional.one_hot(y, num_classes + 1).movedim(-1, 1)[:, :num_classes].to(torch.float64)
+        if score is not None and not (target.dtype.is_floating_point or target.shape == x.shape):
+            t = t * _f64(score).unsqueeze(1)  # mmdet's (label, score) pair: the target class's element is the score
         t = t * (1 - ls) + 0.5 * ls
         pw = _f64(pos_weight) if pos_weight is not None else 1.0
         p = torch.sigmoid(x)
         ce = -(pw * t * torch.log(p) + (1 - t) * torch.log(1 - p))
-        p_t = t * p + (1 - t) * (1 - p)
-        alpha_t = 1.0 if alpha is None else float(alpha) * t + (1 - float(alpha)) * (1 - t)
-        modulator = (1 - p_t) ** gamma
-        if detach_modulator:
-            modulator = modulator.detach()
-        poly = sum(e * (1 - p_t) ** (j + gamma) for j, e in enumerate(eps, start=1))
-        loss = alpha_t * modulator * ce + poly
+        if variant == "varifocal":
+            a = 1.0 if alpha is None else float(alpha)
+            focal_weight = torch.where(t > 0, t if iou_weighted else torch.ones_like(t), a * (p - t).abs() ** gamma)
+            loss = ce * focal_weight
+        elif variant == "quality":
+            distance = (t - p).abs()
+            poly = sum(e * distance ** (j + gamma) for j, e in enumerate(eps, start=1))
+            loss = distance**gamma * ce + poly
+        else:
+            p_m = p if clip == 0 else (p - clip).clamp(min=0)  # the asymmetric loss's probability margin
+            ce = -(pw * t * torch.log(p) + (1 - t) * torch.log(1 - p_m))
+            p_t = t * p + (1 - t) * (1 - p_m)
+            g = gamma if gamma_neg is None else gamma * t + gamma_neg * (1 - t)
+            alpha_t = 1.0 if alpha is None else float(alpha) * t + (1 - float(alpha)) * (1 - t)
+            modulator = (1 - p_t) ** g
+            if detach_modulator:
+                modulator = modulator.detach()
+            poly = sum(e * (1 - p_t) ** (j + g) for j, e in enumerate(eps, start=1))
+            loss = alpha_t * modulator * ce + poly
         if weight is not None:
             loss = loss * _f64(weight)
         if mask is not None:

@@ -15,6 +15,9 @@ PaddleDetection ``FocalLoss``                 :class:`polyfocal.compat.ppdet.Foc
 yatengLG ``focal_loss`` (focal-loss-torch)    :class:`polyfocal.compat.yatenglg.focal_loss`
 clcarwin ``FocalLoss``                        :class:`polyfocal.compat.clcarwin.FocalLoss`
 YOLOv5 ``FocalLoss``                          :class:`polyfocal.compat.yolov5.FocalLoss`
+timm ``AsymmetricLossMultiLabel``             :class:`polyfocal.compat.timm.AsymmetricLossMultiLabel`
+mmdet ``VarifocalLoss``                       :class:`polyfocal.compat.mmdet.VarifocalLoss`
+mmdet ``QualityFocalLoss``                    :class:`polyfocal.compat.mmdet.QualityFocalLoss`
 ============================================  ==========================================================
 """
 
@@ -28,7 +31,17 @@ from torch import nn
 from .. import functional as PF
 from .._params import check_reduction
 
-__all__ = ["Poly1CrossEntropyLoss", "Poly1FocalLoss", "clcarwin", "paddle", "ppdet", "yatenglg", "yolov5"]
+__all__ = [
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "clcarwin",
+    "mmdet",
+    "paddle",
+    "ppdet",
+    "timm",
+    "yatenglg",
+    "yolov5",
+]
 
 
 def _check_num_classes(num_classes: object) -> int:

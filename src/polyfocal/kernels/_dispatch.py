@@ -197,7 +197,7 @@ def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
     if isinstance(args, SoftmaxArgs):
         others += (args.class_weight, args.bias, args.margin)
     else:
-        others += (args.pos_weight,)
+        others += (args.pos_weight, args.score)
     return any(v is not None and v.requires_grad for v in others)
 
 

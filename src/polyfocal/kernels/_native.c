@@ -540,6 +540,152 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     return 0;
 }
 
+/* u^k for k in {0, 1, 2, 3, 4} (a per-element float) by products: selects, so the loop vectorises */
+static inline float ipow4(float a, float k) {
+    const float b = a * a;
+    return k == 0.0f ? 1.0f : (k == 1.0f ? a : (k == 2.0f ? b : (k == 3.0f ? b * a : b * b)));
+}
+
+static inline int small_int_gamma(double g) { return g == 0.0 || g == 1.0 || g == 2.0 || g == 3.0 || g == 4.0; }
+
+/* The detection / multi-label members on one block (same math as _torch_impl.detection_terms): variant 1 = poly
+ * with gamma_neg / clip (asymmetric loss), 2 = varifocal, 3 = quality focal.  Inputs: xb (len floats), tt targets,
+ * pw_t, fac (weight * validity / normaliser).  Writes the scaled element losses to out and, if gb, the gradient
+ * (times gs) to gb; returns the block's loss sum. */
+static float det_block(int variant, const float *xb, const float *tt, const float *pw_t, const float *fac,
+                       int64_t len, int has_alpha, float al, float gm, float gn, float clip, int iou_weighted,
+                       int n_eps, const float *epsf, const float *coef0, float gs, float *out, float *gb,
+                       float *restrict p, float *restrict q, float *restrict u, float *restrict ce,
+                       float *restrict mod, float *restrict at, float *restrict dpoly) {
+    /* p .. dpoly: the caller's block scratch (keeps the working set in L1); out: the loss; gb: the gradient */
+    float ap[BLK], an[BLK], dce[BLK], du[BLK], gt[BLK];
+    float *poly = out;
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+        const float e = p[i], w1 = 1.0f + e;
+        q[i] = w1 == 1.0f ? e : logf(w1) * (e / (w1 - 1.0f));
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+        const float xv = xb[i], tail = q[i], e = p[i];
+        ap[i] = (xv > 0.0f ? xv : 0.0f) + tail; /* -log(1 - s) */
+        an[i] = (xv < 0.0f ? -xv : 0.0f) + tail; /* -log s */
+        const float big = 1.0f / (1.0f + e), small = e * big;
+        p[i] = xv >= 0.0f ? big : small;
+        q[i] = xv >= 0.0f ? small : big;
+    }
+    int hard = 1;
+#pragma omp simd reduction(& : hard)
+    for (int64_t i = 0; i < len; i++) hard &= (tt[i] == 0.0f) | (tt[i] == 1.0f);
+    if (variant == 2) { /* varifocal: t > 0: w BCE(x, t); t = 0: alpha s^gamma (-log(1 - s)) */
+        const float a = has_alpha ? al : 1.0f;
+        const int ig = small_int_gamma(gm);
+        if (ig) {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) mod[i] = ipow4(p[i], gm);
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) mod[i] = expf(-gm * an[i]);
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < len; i++) {
+            const float ti = tt[i], w = iou_weighted ? ti : 1.0f;
+            const float bce = (1.0f - ti) * ap[i] + pw_t[i] * ti * an[i];
+            const float l = (ti > 0.0f ? w * bce : a * mod[i] * ap[i]) * fac[i];
+            poly[i] = l;
+            sum += l;
+            const float g = ti > 0.0f ? w * ((1.0f - ti) * p[i] - pw_t[i] * ti * q[i])
+                                      : a * mod[i] * (p[i] + gm * q[i] * ap[i]);
+            gb[i] = g * fac[i] * gs;
+        }
+        return sum;
+    }
+    if (variant == 3) { /* quality: u = |t - s| = |t q - (1 - t) p| */
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) {
+            const float ti = tt[i], delta = ti * q[i] - (1.0f - ti) * p[i];
+            u[i] = delta < 0.0f ? -delta : delta;
+            ce[i] = (1.0f - ti) * ap[i] + pw_t[i] * ti * an[i];
+            dce[i] = (1.0f - ti) * p[i] - pw_t[i] * ti * q[i];
+            du[i] = (delta > 0.0f ? -1.0f : (delta < 0.0f ? 1.0f : 0.0f)) * p[i] * q[i];
+            gt[i] = gm;
+            at[i] = 1.0f;
+        }
+    } else { /* asymmetric: s_m = max(s - clip, 0), u = t q + (1 - t) s_m, g_t = gamma t + gamma_neg (1 - t) */
+        if (clip > 0.0f) {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                const float d = p[i] - clip;
+                u[i] = d > 0.0f ? d : 0.0f; /* s_m for now */
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) { /* -log1p(-s_m), Kahan's form */
+                const float z = -u[i], w1 = 1.0f + z;
+                ce[i] = -(w1 == 1.0f ? z : logf(w1) * (z / (w1 - 1.0f)));
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                const float on = p[i] >= clip ? 1.0f : 0.0f, sm = u[i];
+                dce[i] = on * p[i] * q[i] / (1.0f - sm);
+                du[i] = on;
+            }
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                u[i] = p[i];
+                ce[i] = ap[i];
+                dce[i] = p[i];
+                du[i] = 1.0f;
+            }
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) {
+            const float ti = tt[i], sm = u[i], on = du[i];
+            u[i] = ti * q[i] + (1.0f - ti) * sm;
+            ce[i] = (1.0f - ti) * ce[i] + pw_t[i] * ti * an[i];
+            dce[i] = (1.0f - ti) * dce[i] - pw_t[i] * ti * q[i];
+            du[i] = ((1.0f - ti) * on - ti) * p[i] * q[i];
+            gt[i] = gm * ti + gn * (1.0f - ti);
+            at[i] = has_alpha ? (2.0f * al - 1.0f) * ti + (1.0f - al) : 1.0f;
+        }
+    }
+    /* u^g_t: products for small integer exponents (hard targets, or one exponent), else exp(g log u) */
+    const int products = small_int_gamma(gm) && (variant == 3 || (small_int_gamma(gn) && (hard || gm == gn)));
+    if (products) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) mod[i] = ipow4(u[i], gt[i]);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) mod[i] = logf(u[i]);
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) mod[i] = gt[i] == 0.0f ? 1.0f : expf(gt[i] * mod[i]);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) poly[i] = dpoly[i] = 0.0f;
+    for (int jj = n_eps; jj >= 1; jj--) { /* sum_j eps_j u^j and sum_j j eps_j u^(j-1) */
+        const float e = epsf[jj - 1], c = coef0[jj - 1];
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) {
+            poly[i] = (poly[i] + e) * u[i];
+            dpoly[i] = dpoly[i] * u[i] + c;
+        }
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < len; i++) {
+        const float body = at[i] * ce[i] + poly[i];
+        const float l = mod[i] * body * fac[i];
+        poly[i] = l;
+        sum += l;
+        const float bracket = (u[i] > 0.0f ? gt[i] * body / u[i] : 0.0f) + dpoly[i];
+        gb[i] = mod[i] * (at[i] * dce[i] + du[i] * bracket) * fac[i] * gs;
+    }
+    return sum;
+}
+
 /* Sigmoid PolyLoss, element-wise over x (dtype xdt) viewed as (N, L), processed in flat blocks of BLK elements.
  * Targets: dense t (N, L) contiguous in the dtype tdt (float32 / bfloat16 / float16 / uint8), or class indices
  * y (N,) with L = C classes per row (index C = background, ignore_index masks the row).  w / pw / norm: NULL
@@ -551,7 +697,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                int64_t L, const float *w, int64_t ws0, int64_t ws1, const float *pw, int64_t ps0, int64_t ps1,
                const float *norm, int64_t ns0, int64_t ns1, int has_alpha, double alpha, const double *eps,
                int n_eps, double gamma, double ls, int mean, float *loss, float *out, void *g, int nthreads,
-               int64_t *bad) {
+               int64_t *bad, int variant, double gamma_neg, double clip, int iou_weighted, const float *score) {
     const int64_t numel = N * L;
     /* The mean denominator (non-ignored elements) and, for class indices, the range check [0, L] (L = background):
      * returns 1 with *bad = the first offending index, before anything is written. */
@@ -579,10 +725,11 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
     const int flat_n = !norm || (ns0 == L && ns1 == 1);
     const int walk = (y != NULL) || !flat_w || !flat_pw || !flat_n;
     const float gm = (float)gamma, al = (float)alpha, lsf = (float)ls, gs = (float)grad_scale;
-    float epsf[16], coef[16];
+    float epsf[16], coef[16], coef0[16];
     for (int j = 0; j < n_eps && j < 16; j++) {
         epsf[j] = (float)eps[j];
         coef[j] = (float)(eps[j] * (j + 1 + gamma));
+        coef0[j] = (float)(eps[j] * (j + 1));
     }
 #pragma omp parallel num_threads(nthreads) if (numel >= 16384 && nthreads > 1)
     {
@@ -611,7 +758,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                             ts[j] = 0.0f;
                             fs[j] = f;
                         }
-                        if (yv >= col && yv < col + seg) ts[yv - col] = 1.0f;
+                        if (yv >= col && yv < col + seg) ts[yv - col] = score ? score[row] : 1.0f;
                     } else {
                         for (int64_t j = 0; j < seg; j++) fs[j] = 1.0f;
                     }
@@ -652,6 +799,13 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
             if (ls > 0.0)
 #pragma omp simd
                 for (int64_t i = 0; i < len; i++) tt[i] = tt[i] * (1.0f - lsf) + 0.5f * lsf;
+            if (variant != 0) { /* asymmetric / varifocal / quality focal: det_block, same store and sum */
+                acc += det_block(variant, xb, tt, pw_t, fac, len, has_alpha, al, gm, (float)gamma_neg, (float)clip,
+                                 iou_weighted, n_eps, epsf, coef0, gs, poly, gb, p, q, u, ce, mod, at, dpoly);
+                if (loss) memcpy(loss + base, poly, (size_t)len * sizeof(float));
+                if (g) store_from_f32(g, xdt, base, gb, len);
+                continue;
+            }
             /* one libm call per loop (GCC vectorises these through libmvec); e = exp(-|x|) gives everything:
              * log1p(e), and sigmoid(x), sigmoid(-x) as 1/(1+e), e/(1+e) */
             #pragma omp simd

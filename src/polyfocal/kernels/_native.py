@@ -125,7 +125,8 @@ def library() -> ctypes.CDLL | None:
                                    _i, _i64p, _p, _p, _d, _d]  # fmt: skip
         lib.pf_sigmoid.restype = ctypes.c_int
         lib.pf_sigmoid.argtypes = [_p, _i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _i64, _p, _i64,
-                                   _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _i64p]  # fmt: skip
+                                   _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _i64p, _i, _d, _d, _i,
+                                   _p]  # fmt: skip
     _state["lib"] = lib
     return lib
 
@@ -146,6 +147,7 @@ def _eps_array(epsilon: tuple[float, ...]):
 # dtype codes of the C kernels (DT_* in _native.c): logits and gradient, dense sigmoid targets
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _TARGET_DTYPES = {**_DTYPES, torch.uint8: 3, torch.bool: 3}
+_VARIANTS = {"poly": 0, "varifocal": 2, "quality": 3}  # 1: "poly" with gamma_neg / clip (the asymmetric loss)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -253,9 +255,16 @@ def sigmoid_forward(
     label_smoothing,
     reduction,
     compute_grad,
+    gamma_neg=None,
+    clip=0.0,
+    variant="poly",
+    iou_weighted=True,
+    score=None,
     grad_into=None,
 ):
-    """Same contract as :func:`._torch_impl.sigmoid_forward`; ``grad_into=x`` writes the gradient over ``x``."""
+    """Same contract as :func:`._torch_impl.sigmoid_forward`; ``variant``, ``gamma_neg``, ``clip``,
+    ``iou_weighted`` and ``score`` select the asymmetric / varifocal / quality focal members; ``grad_into=x``
+    writes the gradient over ``x``."""
     lib = library()
     x = x if x.is_contiguous() else x.contiguous()
     if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
@@ -280,13 +289,18 @@ def sigmoid_forward(
         if not none:
             out.fill_(float("nan") if reduction == "mean" else 0.0)  # a mean over nothing is nan, as in torch
         return out, x.new_empty(0) if grad is None else grad
+    code = _VARIANTS[variant]
+    if code == 0 and (gamma_neg is not None or clip > 0.0):
+        code = 1  # the asymmetric loss
+    score = None if score is None else score.to(torch.float32).contiguous()
     bad = ctypes.c_int64()
     status = lib.pf_sigmoid(
         x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), int(ignore_index), n, length, _ptr(w), ws0, ws1,
         _ptr(pw), ps0, ps1, _ptr(norm), ns0, ns1, int(alpha is not None), 0.0 if alpha is None else float(alpha),
         _eps_array(tuple(epsilon)), len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"),
         out.data_ptr() if none else None, None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(),
-        ctypes.byref(bad),
+        ctypes.byref(bad), code, float(gamma if gamma_neg is None else gamma_neg), float(clip), int(iou_weighted),
+        _ptr(score),
     )  # fmt: skip
     if status:
         raise _index_error(bad.value, length, ignore_index, background=True)
@@ -323,5 +337,6 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
     return sigmoid_forward(
         x, target, args.is_index, args.weight, args.pos_weight, args.normalizer, args.alpha, list(args.epsilon),
-        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad, grad_into,
+        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad, args.gamma_neg, args.clip,
+        args.variant, args.iou_weighted, args.score, grad_into,
     )  # fmt: skip

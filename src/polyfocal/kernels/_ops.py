@@ -42,14 +42,17 @@ def _softmax_args(class_weight, weight, normalizer, epsilon, gamma, ignore_index
 
 def _sigmoid_flat(args: SigmoidArgs) -> tuple:
     return (args.is_index, args.weight, args.pos_weight, args.normalizer, args.alpha, list(args.epsilon),
-            args.gamma, _ignore(args.ignore_index), args.label_smoothing, args.reduction)  # fmt: skip
+            args.gamma, _ignore(args.ignore_index), args.label_smoothing, args.reduction,
+            args.gamma_neg, args.clip, args.variant, args.iou_weighted, args.score)  # fmt: skip
 
 
-def _sigmoid_args(is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, ls, reduction):
+def _sigmoid_args(is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, ls, reduction,
+                  gamma_neg=None, clip=0.0, variant="poly", iou_weighted=True, score=None):  # fmt: skip
     return SigmoidArgs(is_index=is_index, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer,
                        epsilon=tuple(epsilon), gamma=gamma,
                        ignore_index=None if ignore_index == NO_IGNORE else ignore_index, label_smoothing=ls,
-                       reduction=reduction)  # fmt: skip
+                       reduction=reduction, gamma_neg=gamma_neg, clip=clip, variant=variant,
+                       iou_weighted=iou_weighted, score=score)  # fmt: skip
 
 
 @torch.library.custom_op("polyfocal::softmax_poly", mutates_args=())
@@ -94,11 +97,17 @@ def sigmoid_poly(
     label_smoothing: float,
     reduction: str,
     compute_grad: bool,
+    gamma_neg: float | None = None,
+    clip: float = 0.0,
+    variant: str = "poly",
+    iou_weighted: bool = True,
+    score: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sigmoid PolyLoss (dense or class-index targets) and its input gradient as in :func:`softmax_poly`."""
     args = _sigmoid_args(
-        is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, label_smoothing, reduction
-    )
+        is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, label_smoothing, reduction,
+        gamma_neg, clip, variant, iou_weighted, score,
+    )  # fmt: skip
     out, grad = forward(select(x, target, args), x, target, args, compute_grad)
     return out, grad if compute_grad else x.new_empty(0)
 
@@ -115,7 +124,8 @@ def _(x, target, class_weight, weight, normalizer, epsilon, gamma, ignore_index,
 
 
 @sigmoid_poly.register_fake
-def _(x, target, is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, ls, reduction, cg):
+def _(x, target, is_index, weight, pos_weight, normalizer, alpha, epsilon, gamma, ignore_index, ls, reduction, cg,
+      gamma_neg=None, clip=0.0, variant="poly", iou_weighted=True, score=None):  # fmt: skip
     return _fake(x, x.shape, reduction, cg)
 
 
@@ -149,11 +159,20 @@ def _make_backward(to_args, num_inputs: int):
 
 
 softmax_poly.register_autograd(_make_backward(_softmax_args, 15), setup_context=_softmax_setup_context)
-sigmoid_poly.register_autograd(_make_backward(_sigmoid_args, 13), setup_context=_setup_context)
+
+
+def _sigmoid_setup_context(ctx, inputs, output) -> None:
+    """As :func:`_setup_context`; the detection arguments follow ``compute_grad`` (index 12) in this schema."""
+    _setup_context(ctx, inputs[:13], output)
+    ctx.flat = tuple(inputs[2:12]) + tuple(inputs[13:])
+
+
+sigmoid_poly.register_autograd(_make_backward(_sigmoid_args, 18), setup_context=_sigmoid_setup_context)
 
 
 def loss(x: Tensor, target: Tensor, args: SoftmaxArgs | SigmoidArgs, compute_grad: bool) -> Tensor:
     if isinstance(args, SoftmaxArgs):
         flat = _softmax_flat(args)
         return softmax_poly(x, target, *flat[:8], compute_grad, *flat[8:])[0]
-    return sigmoid_poly(x, target, *_sigmoid_flat(args), compute_grad)[0]
+    flat = _sigmoid_flat(args)
+    return sigmoid_poly(x, target, *flat[:10], compute_grad, *flat[10:])[0]

@@ -27,7 +27,7 @@ import torch
 from .._args import SigmoidArgs, SoftmaxArgs
 from .._validation import check_index_range, compute_dtype
 
-__all__ = ["NO_IGNORE", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
+__all__ = ["NO_IGNORE", "detection_terms", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
 
 NO_IGNORE = -(2**63)  # the C and Triton kernels' ignore_index for "nothing is ignored" (no class index equals it)
 _BLOCK_ELEMENTS = 1 << 16  # sigmoid block: 64K elements (256 KiB in fp32) per temporary: ~25 of them stay < 0.25x
@@ -311,6 +311,90 @@ def sigmoid_terms(
     return loss, grad
 
 
+def detection_terms(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    pos_weight: torch.Tensor | None,
+    alpha: float | None,
+    epsilon: list[float],
+    gamma: float,
+    gamma_neg: float | None,
+    clip: float,
+    variant: str,
+    iou_weighted: bool,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Loss and derivative of the asymmetric, varifocal and quality focal members (see :mod:`polyfocal._core`).
+
+    With :math:`p = \sigma(x)`, :math:`q = \sigma(-x)`, :math:`a_+ = -\log q`, :math:`a_- = -\log p`:
+
+    * asymmetric (``"poly"``): :math:`p_m = \max(p - c, 0)`, :math:`u = t q + (1-t) p_m`,
+      :math:`\mathrm{CE} = \text{pw}\,t a_- - (1-t)\log(1-p_m)`, :math:`g = \gamma t + \gamma_-(1-t)`,
+      :math:`\ell = u^g(\alpha_t\mathrm{CE} + \sum_j\epsilon_j u^j)`; with :math:`u' = pq((1-t)[p \ge c] - t)`,
+      :math:`\partial\ell/\partial x = u^g[\alpha_t \mathrm{CE}' + u'(g(\alpha_t\mathrm{CE} + P)/u + P')]`,
+      :math:`P = \sum_j \epsilon_j u^j`, :math:`P' = \sum_j j\epsilon_j u^{j-1}`; the bracket's :math:`1/u` term is
+      0 where :math:`u = 0` (there :math:`u^g = 0`, or :math:`g = 0`).
+    * varifocal: :math:`t > 0`: :math:`w\,\mathrm{BCE}`, derivative :math:`w((1-t)p - \text{pw}\,t q)` (:math:`w = t`
+      or 1); :math:`t = 0`: :math:`\alpha p^\gamma a_+`, derivative :math:`\alpha p^\gamma (p + \gamma q a_+)`.
+    * quality: :math:`\delta = t q - (1-t) p = t - p`, :math:`u = |\delta|`, :math:`u' = -\mathrm{sign}(\delta) pq`,
+      :math:`\ell = u^\beta(\mathrm{BCE} + P)`, same bracket as above with :math:`\alpha_t = 1`.
+    """
+    softplus_tail = torch.log1p(torch.exp(-x.abs()))
+    a_pos = x.clamp(min=0.0) + softplus_tail  # -log q = -log(1 - p)
+    a_neg = (-x).clamp(min=0.0) + softplus_tail  # -log p
+    p, q = torch.exp(-a_neg), torch.exp(-a_pos)
+    one_minus_t = 1.0 - t
+    pw_t = t if pos_weight is None else pos_weight * t
+    pq = p * q
+    if variant == "varifocal":
+        positive = t > 0
+        w_pos = t if iou_weighted else 1.0
+        bce = one_minus_t * a_pos + pw_t * a_neg
+        a = 1.0 if alpha is None else alpha
+        mod = torch.exp(-gamma * a_neg) if gamma != 0.0 else 1.0  # p^gamma
+        loss = torch.where(positive, w_pos * bce, a * mod * a_pos)
+        if not need_grad:
+            return loss, None
+        grad = torch.where(positive, w_pos * (one_minus_t * p - pw_t * q), a * mod * (p + gamma * q * a_pos))
+        return loss, grad
+    if variant == "quality":
+        delta = t * q - one_minus_t * p
+        u = delta.abs()
+        ce = one_minus_t * a_pos + pw_t * a_neg
+        dce = one_minus_t * p - pw_t * q
+        du = -torch.sign(delta) * pq
+        g: torch.Tensor | float = gamma
+        alpha_t: torch.Tensor | float = 1.0
+    else:
+        if clip > 0.0:
+            s_m = (p - clip).clamp(min=0.0)
+            ce_neg = -torch.log1p(-s_m)
+            on = (p >= clip).to(x.dtype)  # torch.clamp's derivative passes at the kink itself
+            dce_neg = on * pq / (1.0 - s_m)
+        else:
+            s_m, ce_neg, on, dce_neg = p, a_pos, 1.0, p
+        u = torch.addcmul(t * q, one_minus_t, s_m)
+        ce = one_minus_t * ce_neg + pw_t * a_neg
+        dce = one_minus_t * dce_neg - pw_t * q
+        du = (one_minus_t * on - t) * pq
+        g = gamma if gamma_neg is None or gamma_neg == gamma else gamma * t + gamma_neg * one_minus_t
+        alpha_t = 1.0 if alpha is None else (2.0 * alpha - 1.0) * t + (1.0 - alpha)
+    if isinstance(g, torch.Tensor):
+        mod = torch.where(g == 0, 1.0, torch.exp(g * torch.log(u)))
+    else:
+        mod = modulator(torch.log(u), g)
+    poly, dpoly = poly_terms(u, epsilon, 0.0)  # sum_j eps_j u^j and sum_j j eps_j u^(j-1)
+    body = alpha_t * ce + poly
+    loss = mod * body
+    if not need_grad:
+        return loss, None
+    positive_u = u > 0
+    bracket = torch.where(positive_u, g * body / torch.where(positive_u, u, 1.0), 0.0) + dpoly
+    grad = mod * (alpha_t * dce + du * bracket)
+    return loss, grad
+
+
 def sigmoid(
     x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,25 +426,43 @@ def sigmoid(
     loss_out = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     sums = []
+    detection = args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0
     rows = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
     for start in range(0, n, rows):
         sl = slice(start, start + rows)
         xb = x[sl].to(ct)
         if is_index:
             tb = (classes == y[sl].unsqueeze(1)).to(ct)
+            if args.score is not None:  # (label, score): the target class's element is the score
+                tb = tb * args.score[sl].unsqueeze(1)
         else:
             tb = target[sl].to(ct)
         if label_smoothing > 0.0:
             tb = tb * (1.0 - label_smoothing) + 0.5 * label_smoothing
-        lb, gb = sigmoid_terms(
-            xb,
-            tb,
-            pos_weight=None if pos_weight is None else pos_weight[sl],
-            alpha=args.alpha,
-            epsilon=list(args.epsilon),
-            gamma=args.gamma,
-            need_grad=compute_grad,
-        )
+        if detection:
+            lb, gb = detection_terms(
+                xb,
+                tb,
+                pos_weight=None if pos_weight is None else pos_weight[sl],
+                alpha=args.alpha,
+                epsilon=list(args.epsilon),
+                gamma=args.gamma,
+                gamma_neg=args.gamma_neg,
+                clip=args.clip,
+                variant=args.variant,
+                iou_weighted=args.iou_weighted,
+                need_grad=compute_grad,
+            )
+        else:
+            lb, gb = sigmoid_terms(
+                xb,
+                tb,
+                pos_weight=None if pos_weight is None else pos_weight[sl],
+                alpha=args.alpha,
+                epsilon=list(args.epsilon),
+                gamma=args.gamma,
+                need_grad=compute_grad,
+            )
         factor = None
         for f in (
             None if weight is None else weight[sl],

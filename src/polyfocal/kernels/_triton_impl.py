@@ -7,7 +7,8 @@ r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch for loss an
   that writes ``grad = P exp(x - lse) - K1 onehot - K2 a`` in the input dtype.  All math is fp32 (fp64 for
   fp64 input); the second pass re-reads the row from L2 for the usual ``C``.
 * sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program, per-block
-  partial sums for ``"mean"``/``"sum"`` (summed by torch: deterministic, no atomics).
+  partial sums for ``"mean"``/``"sum"`` (summed by torch: deterministic, no atomics); the asymmetric, varifocal and
+  quality focal members in their own kernel (:func:`._torch_impl.detection_terms`).
 * :func:`scale_unless_one_`: ``grad *= grad_output`` with a device-side branch, so a backward with
   ``grad_output == 1`` (the usual ``loss.backward()``) costs one launch and no pass and no host sync.
 
@@ -547,6 +548,147 @@ def _sigmoid_poly_kernel(
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _sigmoid_detection_kernel(
+    x_ptr,
+    t_ptr,
+    score_ptr,
+    w_ptr,
+    pw_ptr,
+    norm_ptr,
+    consts_ptr,  # [alpha, gamma, ls, eps_1, ..., eps_n, gamma_neg, clip] in the compute dtype
+    stats_ptr,  # [., ., 1 / mean denominator (1 unless "mean")]
+    loss_ptr,
+    partial_ptr,
+    g_ptr,
+    numel,
+    C,
+    S,
+    ignore_index,
+    w_s0,
+    w_s1,
+    w_s2,
+    pw_s0,
+    pw_s1,
+    pw_s2,
+    n_s0,
+    n_s1,
+    n_s2,
+    VARIANT: tl.constexpr,  # 1 asymmetric ("poly" with gamma_neg / clip), 2 varifocal, 3 quality focal
+    IOU_WEIGHTED: tl.constexpr,
+    IS_INDEX: tl.constexpr,
+    HAS_SCORE: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_PW: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    N_EPS: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    STORE_LOSS: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The detection members (:func:`._torch_impl.detection_terms`), element-wise like :func:`_sigmoid_poly_kernel`."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    dt: tl.constexpr = DT
+    alpha = tl.load(consts_ptr)
+    gamma = tl.load(consts_ptr + 1)
+    ls = tl.load(consts_ptr + 2)
+    gamma_neg = tl.load(consts_ptr + 3 + N_EPS)
+    clip = tl.load(consts_ptr + 4 + N_EPS)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
+    scale = tl.where(ok, 1.0, 0.0).to(dt)
+    row = offs // (C * S)
+    cls = (offs // S) % C
+    sp = offs % S
+    if IS_INDEX:
+        y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
+        scale = tl.where(y != ignore_index, scale, 0.0)
+        on_target = tl.full([BLOCK], 1.0, dt)
+        if HAS_SCORE:
+            on_target = tl.load(score_ptr + row * S + sp, mask=ok, other=0.0).to(dt)
+        t = tl.where(cls == y, on_target, 0.0).to(dt)
+    else:
+        t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
+    if SMOOTH:
+        t = t * (1.0 - ls) + 0.5 * ls
+    tail = _log1p(_exp(-tl.abs(x)))
+    a_pos = tl.maximum(x, 0.0) + tail  # -log(1 - s)
+    a_neg = tl.maximum(-x, 0.0) + tail  # -log s
+    p = _exp(-a_neg)
+    q = _exp(-a_pos)
+    pq = p * q
+    if HAS_PW:
+        pw = tl.load(pw_ptr + row * pw_s0 + cls * pw_s1 + sp * pw_s2, mask=ok, other=1.0).to(dt)
+    else:
+        pw = tl.full([BLOCK], 1.0, dt)
+    one_minus_t = 1.0 - t
+    if VARIANT == 2:
+        w_pos = t if IOU_WEIGHTED else tl.full([BLOCK], 1.0, dt)
+        a = alpha if HAS_ALPHA else 1.0
+        mod = _exp(-gamma * a_neg)  # s^gamma
+        bce = one_minus_t * a_pos + pw * t * a_neg
+        loss = tl.where(t > 0.0, w_pos * bce, a * mod * a_pos)
+        g = tl.where(t > 0.0, w_pos * (one_minus_t * p - pw * t * q), a * mod * (p + gamma * q * a_pos))
+    else:
+        if VARIANT == 3:
+            delta = t * q - one_minus_t * p
+            u = tl.abs(delta)
+            ce = one_minus_t * a_pos + pw * t * a_neg
+            dce = one_minus_t * p - pw * t * q
+            du = tl.where(delta > 0.0, -pq, tl.where(delta < 0.0, pq, 0.0))
+            g_t = tl.full([BLOCK], 1.0, dt) * gamma
+            alpha_t = tl.full([BLOCK], 1.0, dt)
+        else:
+            if HAS_CLIP:
+                s_m = tl.maximum(p - clip, 0.0)
+                ce_neg = -_log1p(-s_m)
+                on = tl.where(p >= clip, 1.0, 0.0)
+                dce_neg = on * pq / (1.0 - s_m)
+            else:
+                s_m = p
+                ce_neg = a_pos
+                on = tl.full([BLOCK], 1.0, dt)
+                dce_neg = p
+            u = t * q + one_minus_t * s_m
+            ce = one_minus_t * ce_neg + pw * t * a_neg
+            dce = one_minus_t * dce_neg - pw * t * q
+            du = (one_minus_t * on - t) * pq
+            g_t = gamma * t + gamma_neg * one_minus_t
+            if HAS_ALPHA:
+                alpha_t = (2.0 * alpha - 1.0) * t + (1.0 - alpha)
+            else:
+                alpha_t = tl.full([BLOCK], 1.0, dt)
+        positive_u = u > 0.0
+        log_u = _log(tl.where(positive_u, u, 1.0))
+        mod = tl.where(g_t == 0.0, 1.0, tl.where(positive_u, _exp(g_t * log_u), 0.0))
+        poly = tl.zeros([BLOCK], dt)
+        dpoly = tl.zeros([BLOCK], dt)
+        if N_EPS > 0:
+            poly, dpoly = _poly(u, consts_ptr + 3, 0.0, N_EPS)  # sum_j eps_j u^j, sum_j j eps_j u^(j-1)
+        body = alpha_t * ce + poly
+        loss = mod * body
+        bracket = tl.where(positive_u, g_t * body / tl.where(positive_u, u, 1.0), 0.0) + dpoly
+        g = mod * (alpha_t * dce + du * bracket)
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
+    if HAS_NORM:
+        scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
+    inv = tl.load(stats_ptr + 2).to(dt)
+    loss = loss * scale * inv
+    if STORE_LOSS:
+        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(loss, axis=0).to(partial_ptr.dtype.element_ty))
+    if COMPUTE_GRAD:
+        g = tl.where(scale != 0.0, g * scale * inv, 0.0)
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+
+
 def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
     """Same contract as :func:`._torch_impl.sigmoid`."""
     ct = compute_dtype(x)
@@ -593,7 +735,49 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     partial = torch.empty(max(programs, 1), dtype=ct, device=x.device) if reduction != "none" else None
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     out = loss if loss is not None else partial
-    if numel:
+    detection = args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0
+    if numel and detection:
+        consts = _const(
+            (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon),
+             float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip)),
+            x.device,
+            ct,
+        )  # fmt: skip
+        score = None if args.score is None else args.score.to(ct).contiguous()
+        _sigmoid_detection_kernel[(programs,)](
+            x,
+            target if target.dtype != torch.bool else target.to(torch.uint8),
+            score if score is not None else x,
+            dense[0] if dense[0] is not None else x,
+            dense[1] if dense[1] is not None else x,
+            dense[2] if dense[2] is not None else x,
+            consts,
+            stats,
+            out,
+            out,
+            grad if compute_grad else out,
+            numel,
+            num_classes,
+            inner,
+            ignore_index,
+            *strides,
+            VARIANT={"poly": 1, "varifocal": 2, "quality": 3}[args.variant],
+            IOU_WEIGHTED=bool(args.iou_weighted),
+            IS_INDEX=is_index,
+            HAS_SCORE=score is not None,
+            HAS_ALPHA=alpha is not None,
+            HAS_W=dense[0] is not None,
+            HAS_PW=dense[1] is not None,
+            HAS_NORM=dense[2] is not None,
+            N_EPS=len(epsilon),
+            HAS_CLIP=args.clip > 0.0,
+            STORE_LOSS=loss is not None,
+            COMPUTE_GRAD=compute_grad,
+            SMOOTH=label_smoothing > 0.0,
+            DT=_TL_DTYPE[ct],
+            BLOCK=block,
+        )
+    elif numel:
         _sigmoid_poly_kernel[(programs,)](
             x,
             target if target.dtype != torch.bool else target.to(torch.uint8),
