@@ -143,7 +143,35 @@ FORMULAS = {
     "sigmoid-focal-g1.5": lambda w: _sigmoid_poly(w.x, w.target, 1.5),
     "sigmoid-poly1-focal": lambda w: _sigmoid_poly(w.x, w.target, 2.0, 1.0),
     "sigmoid-focal-index": lambda w: _sigmoid_poly(w.x, _dense(w), 2.0),
+    "logit-adjusted": lambda w: F.cross_entropy(w.x + torch.log(w.weight / w.weight.sum()), w.target),
+    "ldam": lambda w: F.cross_entropy(30.0 * (w.x - F.one_hot(w.target, w.x.shape[1]) * _ldam(w.weight)), w.target),
+    "ce+z-loss": lambda w: F.cross_entropy(w.x, w.target) + 1e-4 * (torch.logsumexp(w.x, 1) ** 2).mean(),
+    "asymmetric": lambda w: _asl(w.x, w.target),
+    "varifocal": lambda w: _vfl(w.x, w.target),
+    "quality-focal": lambda w: _qfl(w.x, w.target),
 }
+
+
+def _ldam(counts: torch.Tensor, max_margin: float = 0.5) -> torch.Tensor:
+    m = counts ** (-0.25)
+    return (m * (max_margin / m.max())).float().to(counts.dtype)  # ldam_margins returns float32
+
+
+def _asl(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # Ridnik et al.: gamma_pos 0, gamma_neg 4, clip .05
+    s = torch.sigmoid(x)
+    s_m = (s - 0.05).clamp(min=0)
+    return (-(t * torch.log(s) + (1 - t) * s_m**4 * torch.log(1 - s_m))).mean()
+
+
+def _vfl(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # mmdet, iou_weighted: q * BCE(q) / .75 s^2 BCE(0)
+    s = torch.sigmoid(x)
+    bce = F.binary_cross_entropy_with_logits(x, q, reduction="none")
+    return torch.where(q > 0, q * bce, 0.75 * s**2 * bce).mean()
+
+
+def _qfl(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # Li et al.: |q - s|^beta BCE(q)
+    s = torch.sigmoid(x)
+    return ((q - s).abs() ** 2 * F.binary_cross_entropy_with_logits(x, q, reduction="none")).mean()
 
 
 def test_every_row_has_a_formula():

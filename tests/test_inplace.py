@@ -158,3 +158,22 @@ def test_inplace_with_the_long_tail_options(backend):
         logits = x * 1.0
         (got,) = torch.autograd.grad(polyfocal.softmax_focal_loss(logits, y, inplace=True, **kw), x)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda v, t, **k: polyfocal.asymmetric_loss(v, t, **k),
+        lambda v, t, **k: polyfocal.varifocal_loss(v, t, **k),
+        lambda v, t, **k: polyfocal.quality_focal_loss(v, t, **k),
+    ],
+)
+def test_inplace_with_the_detection_losses(backend, fn):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 6, generator=gen, requires_grad=True)
+    t = torch.rand(30, 6, generator=gen) * (torch.rand(30, 6, generator=gen) < 0.3)
+    with kernels.backend(backend):
+        (expected,) = torch.autograd.grad(fn(x * 1.0, t), x)
+        (got,) = torch.autograd.grad(fn(x * 1.0, t, inplace=True), x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

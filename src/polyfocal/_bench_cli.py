@@ -23,6 +23,9 @@ VARIANT_NAMES = (
     "poly1",
     "polyN",
     "poly1-focal-softmax",
+    "logit-adjusted",
+    "ldam",
+    "ce+z-loss",
     "torch-bce",
     "tv-focal",
     "eager-poly1-focal",
@@ -30,6 +33,9 @@ VARIANT_NAMES = (
     "sigmoid-focal-g1.5",
     "sigmoid-poly1-focal",
     "sigmoid-focal-index",
+    "asymmetric",
+    "varifocal",
+    "quality-focal",
 )
 
 

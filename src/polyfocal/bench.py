@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as pf
+from . import weights
 from ._bench_cli import register
 from .cli import CLIError
 
@@ -174,6 +175,15 @@ _TABLE: dict[tuple[str, str], dict[str, tuple[str, Callable[[Workload], torch.Te
             "softmax_focal_loss(gamma=2, epsilon=1)",
             lambda w: pf.softmax_focal_loss(w.x, w.target, gamma=2.0, epsilon=1.0),
         ),
+        "logit-adjusted": (
+            "logit_adjusted_loss(prior=counts, tau=1): ce's cost + a per-column bias",
+            lambda w: pf.logit_adjusted_loss(w.x, w.target, prior=w.weight),
+        ),
+        "ldam": (
+            "ldam_loss(margin=ldam_margins(counts), logit_scale=30)",
+            lambda w: pf.ldam_loss(w.x, w.target, margin=weights.ldam_margins(w.weight)),
+        ),
+        "ce+z-loss": ("cross_entropy(z_loss=1e-4)", lambda w: pf.cross_entropy(w.x, w.target, z_loss=1e-4)),
     },
     ("sigmoid", "baseline"): {
         "torch-bce": (
@@ -200,6 +210,12 @@ _TABLE: dict[tuple[str, str], dict[str, tuple[str, Callable[[Workload], torch.Te
             "sigmoid_focal_loss, index targets, C = background",
             lambda w: pf.sigmoid_focal_loss(w.x, w.target_index, **_FL),
         ),
+        "asymmetric": (
+            "asymmetric_loss(gamma_pos=0, gamma_neg=4, clip=.05), 0/1 targets",
+            lambda w: pf.asymmetric_loss(w.x, w.target),
+        ),
+        "varifocal": ("varifocal_loss(alpha=.75, gamma=2), 0/1 scores", lambda w: pf.varifocal_loss(w.x, w.target)),
+        "quality-focal": ("quality_focal_loss(beta=2), 0/1 scores", lambda w: pf.quality_focal_loss(w.x, w.target)),
     },
 }
 VARIANTS: dict[str, Variant] = {
