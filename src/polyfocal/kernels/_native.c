@@ -153,7 +153,7 @@ static inline float exp_nonpos(float v) {
 }
 
 /* sum_j eps_j u^j and sum_j eps_j (j + gamma) u^(j-1) */
-static void poly_terms(double u, const double *eps, int n_eps, double gamma, double *poly, double *dpoly) {
+__attribute__((unused)) static void poly_terms(double u, const double *eps, int n_eps, double gamma, double *poly, double *dpoly) {
     double p = 0.0, d = 0.0;
     for (int k = n_eps; k >= 1; k--) {
         p = (p + eps[k - 1]) * u;
@@ -162,6 +162,11 @@ static void poly_terms(double u, const double *eps, int n_eps, double gamma, dou
     *poly = p;
     *dpoly = d;
 }
+
+/* The file builds as one unit, or as three compiled in parallel and linked into one library by _native.py
+ * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block): the cold first build's wall time is
+ * about half its CPU time on two cores. */
+#if !defined(PF_PART) || PF_PART == 1
 
 typedef struct {
     const float *a, *w; /* class_weight = alpha * weight, weight: (C,) or NULL */
@@ -294,7 +299,7 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
 }
 #undef XB
 
-static inline float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
+__attribute__((noinline)) static float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
     return k->adj ? sm_row_impl(k, xr, gr, t, scale, 1) : sm_row_impl(k, xr, gr, t, scale, 0);
 }
 
@@ -428,7 +433,7 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
     }
 }
 
-static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
+__attribute__((noinline)) static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
                     const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
                     void *g, float *es) {
     if (k->adj || k->zl != 0.0)
@@ -540,6 +545,9 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     return 0;
 }
 
+#endif /* PF_PART 1 */
+#if !defined(PF_PART) || PF_PART >= 2
+
 /* u^k for k in {0, 1, 2, 3, 4} (a per-element float) by products: selects, so the loop vectorises */
 static inline float ipow4(float a, float k) {
     const float b = a * a;
@@ -548,11 +556,22 @@ static inline float ipow4(float a, float k) {
 
 static inline int small_int_gamma(double g) { return g == 0.0 || g == 1.0 || g == 2.0 || g == 3.0 || g == 4.0; }
 
+#ifdef PF_PART /* det_block is shared between parts 2 and 3 (hidden: not exported from the library) */
+#define PF_DET __attribute__((noinline, visibility("hidden")))
+#else
+#define PF_DET __attribute__((noinline)) static
+#endif
+PF_DET float det_block(int variant, const float *xb, const float *tt, const float *pw_t, const float *fac,
+                       int64_t len, int has_alpha, float al, float gm, float gn, float clip, int iou_weighted,
+                       int n_eps, const float *epsf, const float *coef0, float gs, float *out, float *gb,
+                       float *restrict p, float *restrict q, float *restrict u, float *restrict ce,
+                       float *restrict mod, float *restrict at, float *restrict dpoly);
+#if !defined(PF_PART) || PF_PART == 3
 /* The detection / multi-label members on one block (same math as _torch_impl.detection_terms): variant 1 = poly
  * with gamma_neg / clip (asymmetric loss), 2 = varifocal, 3 = quality focal.  Inputs: xb (len floats), tt targets,
  * pw_t, fac (weight * validity / normaliser).  Writes the scaled element losses to out and, if gb, the gradient
  * (times gs) to gb; returns the block's loss sum. */
-static float det_block(int variant, const float *xb, const float *tt, const float *pw_t, const float *fac,
+PF_DET float det_block(int variant, const float *xb, const float *tt, const float *pw_t, const float *fac,
                        int64_t len, int has_alpha, float al, float gm, float gn, float clip, int iou_weighted,
                        int n_eps, const float *epsf, const float *coef0, float gs, float *out, float *gb,
                        float *restrict p, float *restrict q, float *restrict u, float *restrict ce,
@@ -685,6 +704,8 @@ static float det_block(int variant, const float *xb, const float *tt, const floa
     }
     return sum;
 }
+#endif /* PF_PART 3 */
+#if !defined(PF_PART) || PF_PART == 2
 
 /* Sigmoid PolyLoss, element-wise over x (dtype xdt) viewed as (N, L), processed in flat blocks of BLK elements.
  * Targets: dense t (N, L) contiguous in the dtype tdt (float32 / bfloat16 / float16 / uint8), or class indices
@@ -884,3 +905,6 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
     }
     return 0;
 }
+
+#endif /* PF_PART 2 */
+#endif /* PF_PART >= 2 */
