@@ -155,13 +155,7 @@ def check_logit_scale(logit_scale: object) -> float:
 
 
 def check_z_loss(z_loss: object) -> float:
-    value = _real(z_loss, "z_loss")
-    if value is None:
-        raise TypeError(f"expected z_loss to be a finite real number >= 0, got {_describe(z_loss)}")
-    value = float(value)
-    if not (_finite(value) and value >= 0):
-        raise ValueError(f"expected z_loss to be a finite number >= 0, got {z_loss!r}")
-    return value
+    return check_nonnegative(z_loss, "z_loss")
 
 
 # --- the dense-detection / multi-label members of the sigmoid family (asymmetric, varifocal, quality focal) ---

@@ -256,12 +256,28 @@ def _status_kib(key: str) -> int:
         return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
-def _memory_child(spec: dict[str, Any]) -> float:
-    """Run in a fresh process: extra peak RSS of one forward+backward of ``spec["name"]``, in logits' bytes."""
+def _fixed_mmap_threshold() -> None:
     with contextlib.suppress(OSError, AttributeError):  # glibc: fixed 128 KiB mmap threshold, see module doc
         import ctypes
 
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _peak_extra(run: Callable[[], Any], logits: torch.Tensor) -> float:
+    """Extra peak RSS of ``run()`` in ``logits``' bytes: clear_refs=5 resets VmHWM to the current RSS."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    out = run()
+    peak = _status_kib("VmHWM")
+    del out
+    return (peak - base) * 1024 / (logits.numel() * logits.element_size())
+
+
+def _memory_child(spec: dict[str, Any]) -> float:
+    """Run in a fresh process: extra peak RSS of one forward+backward of ``spec["name"]``, in logits' bytes."""
+    _fixed_mmap_threshold()
     torch.set_num_threads(spec["threads"])
     v = VARIANTS[spec["name"]]
     n, c = spec["shape"]
@@ -269,32 +285,15 @@ def _memory_child(spec: dict[str, Any]) -> float:
     _run_once(v, small)  # warm-up: lazy initialisations
     del small
     wl = make_workload(v.family, (n, c), DTYPES[spec["dtype"]])
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
-    out = _run_once(v, wl)
-    peak = _status_kib("VmHWM")
-    del out
-    return (peak - base) * 1024 / (wl.x.numel() * wl.x.element_size())
+    return _peak_extra(lambda: _run_once(v, wl), wl.x)
 
 
-def _memory_zygote(specs_json: str) -> None:
-    """Child-process entry: fork one grandchild per spec (two at a time), print the results as JSON.
-
-    This process imports torch and runs each callable once on 8 rows with one thread (lazy imports and
-    registrations happen once, here), so forking it is safe (no OpenMP pool exists) and each grandchild starts
-    from the same small heap without paying those costs again.
-    """
-    specs, results = json.loads(specs_json), {}
-    torch.set_num_threads(1)  # no OpenMP pool before fork
-    for spec in specs:  # lazy imports / registrations once here, not in every child (8 rows, negligible heap)
-        v = VARIANTS[spec["name"]]
-        _run_once(v, make_workload(v.family, (8, spec["shape"][1]), DTYPES[spec["dtype"]]))
-    gc.collect()
+def _fork_each(specs: list[dict[str, Any]], child: Callable[[dict[str, Any]], float], at_once: int) -> list:
+    """Run ``child(spec)`` in one forked grandchild per spec, ``at_once`` at a time; ``None`` where one failed."""
+    results: dict[int, Any] = {}
     pending, running = list(enumerate(specs)), {}
     while pending or running:
-        while pending and len(running) < 2:
+        while pending and len(running) < at_once:
             i, spec = pending.pop(0)
             r, w = os.pipe()
             pid = os.fork()
@@ -302,7 +301,7 @@ def _memory_zygote(specs_json: str) -> None:
                 code = 1
                 try:
                     os.close(r)
-                    os.write(w, json.dumps(_memory_child(spec)).encode())
+                    os.write(w, json.dumps(child(spec)).encode())
                     code = 0
                 except BaseException:
                     import traceback
@@ -317,25 +316,46 @@ def _memory_zygote(specs_json: str) -> None:
         with os.fdopen(r) as f:
             data = f.read()
         results[i] = json.loads(data) if status == 0 and data else None
-    print(json.dumps([results[i] for i in range(len(specs))]))
+    return [results[i] for i in range(len(specs))]
+
+
+def _launch_zygote(entry: str, specs: list[dict[str, Any]]) -> list[float | None]:
+    """Run ``polyfocal.bench.<entry>(specs as JSON)`` in a fresh interpreter and read its JSON list back."""
+    import subprocess
+
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = f"import sys, polyfocal.bench as b; b.{entry}(sys.argv[1])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(specs)], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return [None] * len(specs)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_zygote(specs_json: str) -> None:
+    """Child-process entry: fork one grandchild per spec (two at a time), print the results as JSON.
+
+    This process imports torch and runs each callable once on 8 rows with one thread (lazy imports and
+    registrations happen once, here), so forking it is safe (no OpenMP pool exists) and each grandchild starts
+    from the same small heap without paying those costs again.
+    """
+    specs = json.loads(specs_json)
+    torch.set_num_threads(1)  # no OpenMP pool before fork
+    for spec in specs:  # lazy imports / registrations once here, not in every child (8 rows, negligible heap)
+        v = VARIANTS[spec["name"]]
+        _run_once(v, make_workload(v.family, (8, spec["shape"][1]), DTYPES[spec["dtype"]]))
+    gc.collect()
+    print(json.dumps(_fork_each(specs, _memory_child, at_once=2)))
 
 
 def cpu_peak_memory(
     names: Sequence[str], shapes: dict[str, tuple[int, int]], dtype: str = "float32"
 ) -> list[float | None]:
     """Extra peak memory of each callable (``None`` where a child failed), each in a fresh forked process."""
-    import subprocess
-
     specs = [{"name": n, "shape": list(shapes[VARIANTS[n].family]), "dtype": dtype, "threads": 1} for n in names]
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    code = "import sys, polyfocal.bench as b; b._memory_zygote(sys.argv[1])"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(specs)], capture_output=True, text=True, env=env, check=False
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return [None] * len(names)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _launch_zygote("_memory_zygote", specs)
 
 
 def _cuda_peak_memory(v: Variant, wl: Workload) -> float:
@@ -599,62 +619,23 @@ def matrix_inputs(family: str, shape: Sequence[int], dtype: str, device: str = "
 
 def _matrix_memory_child(spec: dict[str, Any]) -> float:
     """In a fresh process: extra peak RSS of one forward+backward of a matrix row, in logits' bytes."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, see the module doc
+    _fixed_mmap_threshold()
     torch.set_num_threads(1)
     fn = MATRIX_ROWS[spec["row"]][2]
     small = [min(d, 8) for d in spec["shape"]]
     fn(*matrix_inputs(spec["family"], small, spec["dtype"])).backward()  # warm-up: lazy initialisations
     x, target = matrix_inputs(spec["family"], spec["shape"], spec["dtype"])
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
-    fn(x, target).backward()
-    peak = _status_kib("VmHWM")
-    return (peak - base) * 1024 / (x.numel() * x.element_size())
+    return _peak_extra(lambda: fn(x, target).backward(), x)
 
 
 def _matrix_memory_zygote(specs_json: str) -> None:
-    """Child-process entry for the matrix: one forked grandchild per spec, sequentially (the cells are large)."""
-    specs, results = json.loads(specs_json), []
+    """Child-process entry for the matrix: one forked grandchild per spec, one at a time (the cells are large)."""
+    specs = json.loads(specs_json)
     torch.set_num_threads(1)
     for spec in specs:  # imports and registrations once, before any fork
         MATRIX_ROWS[spec["row"]][2](*matrix_inputs(spec["family"], [2] * len(spec["shape"]), spec["dtype"])).backward()
     gc.collect()
-    for spec in specs:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (grandchild)
-            code = 1
-            try:
-                os.close(r)
-                os.write(w, json.dumps(_matrix_memory_child(spec)).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(r) as f:
-            data = f.read()
-        results.append(json.loads(data) if status == 0 and data else None)
-    print(json.dumps(results))
-
-
-def _matrix_cpu_memory(specs: list[dict[str, Any]]) -> list[float | None]:
-    import subprocess
-
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    code = "import sys, polyfocal.bench as b; b._matrix_memory_zygote(sys.argv[1])"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(specs)], capture_output=True, text=True, env=env, check=False
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return [None] * len(specs)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(_fork_each(specs, _matrix_memory_child, at_once=1)))
 
 
 def _time_rows(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], budget_s: float, rng: random.Random):
@@ -751,7 +732,7 @@ def run_matrix(
         # logits are below what page-granular RSS can resolve (one 4 KiB page is 12x an 8x10 float32 input)
         first = [r for r in rows if r["threads"] == thread_counts[0] and _logits_bytes(r) >= 1 << 20]
         specs = [{"family": r["family"], "shape": r["shape"], "dtype": r["dtype"], "row": r["row"]} for r in first]
-        for r, m in zip(first, _matrix_cpu_memory(specs), strict=True):
+        for r, m in zip(first, _launch_zygote("_matrix_memory_zygote", specs), strict=True):
             for other in rows:
                 if (other["cell"], other["row"]) == (r["cell"], r["row"]):
                     other["extra_peak_memory"] = m
