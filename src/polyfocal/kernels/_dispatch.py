@@ -201,6 +201,14 @@ def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
     return any(v is not None and v.requires_grad for v in others)
 
 
+def _is_one(grad_loss: Tensor) -> bool:
+    """``grad_loss == 1`` for a 0-D CPU tensor, read straight from its memory for float32 (``float()`` on a
+    tensor is a dispatcher round trip, a tenth of a small call)."""
+    if grad_loss.dtype is torch.float32 and grad_loss.is_contiguous():
+        return ctypes.c_float.from_address(grad_loss.data_ptr()).value == 1.0
+    return float(grad_loss) == 1.0
+
+
 def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
     """``grad *= grad_output`` in place (the buffer is ours to hand out), skipping the pass when it is 1.
 
@@ -211,7 +219,7 @@ def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
     if grad.is_cuda and triton_available():
         return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
     if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
-        return grad if float(grad_loss) == 1.0 else grad.mul_(grad_loss)  # a host read is free on CPU
+        return grad if _is_one(grad_loss) else grad.mul_(grad_loss)  # a host read is free on CPU
     return grad.mul_(grad_loss)
 
 
@@ -225,14 +233,6 @@ def backward_input(x: Tensor, target: Tensor, args: Args, name: str, grad: Tenso
     if grad is None:  # a second backward (retain_graph) recomputes the buffer handed out by the first
         grad = forward(name, x.detach(), target, args, True)[1]
     return scale_by_grad_output(grad, grad_loss, args)
-
-
-def _is_one(grad_loss: Tensor) -> bool:
-    """``grad_loss == 1`` for a 0-D CPU tensor, read straight from its memory for float32 (``float()`` on a
-    tensor is a dispatcher round trip, a tenth of a small call)."""
-    if grad_loss.dtype is torch.float32 and grad_loss.is_contiguous():
-        return ctypes.c_float.from_address(grad_loss.data_ptr()).value == 1.0
-    return float(grad_loss) == 1.0
 
 
 class _Fused(torch.autograd.Function):
@@ -257,16 +257,8 @@ class _Fused(torch.autograd.Function):
             return None, None
         grad, ctx.grad_buffer = ctx.grad_buffer, None  # handed out once
         target, args, name = ctx.call
-        if (  # the common case first, in a few attribute tests: a CPU buffer, reduced loss, grad_output == 1
-            grad is not None
-            and args.reduction != "none"
-            and type(grad_loss) is torch.Tensor
-            and grad_loss.is_cpu
-            and grad.is_cpu
-            and not torch.is_grad_enabled()
-            and _is_one(grad_loss)
-        ):
-            return grad, None
+        if grad is not None and not torch.is_grad_enabled():  # the common case: no saved tensor to unpack
+            return scale_by_grad_output(grad, grad_loss, args), None
         (x,) = ctx.saved_tensors
         return backward_input(x, target, args, name, grad, grad_loss), None
 
@@ -275,7 +267,8 @@ class _FusedInplace(torch.autograd.Function):
     """``inplace=True``: the forward writes the gradient over the logits; the backward hands out that storage."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, args: Args, name: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, call: tuple[Tensor, Args, str]) -> Tensor:  # type: ignore[override]
+        target, args, name = call
         out, grad = forward_inplace(name, x, target, args)
         torch.autograd.graph.increment_version(x)  # x now holds the gradient: nodes that saved x raise
         ctx.set_materialize_grads(False)
@@ -285,19 +278,19 @@ class _FusedInplace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor | None):  # type: ignore[override]
         if grad_loss is None:
-            return None, None, None, None
+            return None, None
         grad, ctx.grad_buffer = ctx.grad_buffer, None
         if grad is None or torch.is_grad_enabled():
             raise RuntimeError(
                 "polyfocal: inplace=True overwrote the logits with their gradient: a second backward "
                 "(retain_graph=True) or a double backward (create_graph=True) cannot recompute it; use inplace=False"
             )
-        return scale_by_grad_output(grad, grad_loss, ctx.args), None, None, None
+        return scale_by_grad_output(grad, grad_loss, ctx.args), None
 
 
 def loss_inplace(x: Tensor, target: Tensor, args: Args) -> Tensor:
     """Eager fused call with ``inplace=True`` (checked by :func:`check_inplace`)."""
-    return _FusedInplace.apply(x, target, args, select(x, target, args))
+    return _FusedInplace.apply(x, (target, args, select(x, target, args)))
 
 
 def fused(x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> Tensor:
