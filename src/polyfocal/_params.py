@@ -64,14 +64,19 @@ def check_activation(activation: object) -> str:
     return activation
 
 
+def check_nonnegative(value: object, name: str) -> float:
+    """A finite number >= 0: ``gamma``, ``z_loss``, QFL's ``beta``, VFL's ``alpha``."""
+    number = _real(value, name)
+    if number is None:
+        raise TypeError(f"expected {name} to be a real number >= 0, got {_describe(value)}")
+    number = float(number)
+    if not _finite(number) or number < 0:
+        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
+    return number
+
+
 def check_gamma(gamma: object) -> float:
-    value = _real(gamma, "gamma")
-    if value is None:
-        raise TypeError(f"expected gamma to be a real number >= 0, got {_describe(gamma)}")
-    value = float(value)
-    if not _finite(value) or value < 0:
-        raise ValueError(f"expected gamma to be a finite number >= 0, got {gamma!r}")
-    return value
+    return check_nonnegative(gamma, "gamma")
 
 
 def check_epsilon(epsilon: object, *, allow_sequence: bool = True) -> tuple[float, ...]:
@@ -185,17 +190,6 @@ def check_clip(clip: object) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"expected clip in [0, 1) (0 or None disables the probability margin), got {clip!r}")
     return value
-
-
-def check_nonnegative(value: object, name: str) -> float:
-    """A finite number >= 0 (``beta`` of the quality focal loss, ``gamma`` / ``alpha`` of the varifocal loss)."""
-    number = _real(value, name)
-    if number is None:
-        raise TypeError(f"expected {name} to be a real number >= 0, got {_describe(value)}")
-    number = float(number)
-    if not _finite(number) or number < 0:
-        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
-    return number
 
 
 def check_sigmoid_variant(variant: object) -> str:
