@@ -358,18 +358,19 @@ def cpu_peak_memory(
     return _launch_zygote("_memory_zygote", specs)
 
 
-def _cuda_peak_memory(v: Variant, wl: Workload) -> float:
-    _run_once(v, wl)
-    wl.x.grad = None
+def _cuda_peak_memory(run: Callable[[], Any], logits: torch.Tensor) -> float:
+    """Extra peak CUDA memory of ``run()`` (after one warm-up call) in ``logits``' bytes."""
+    run()
+    logits.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = _run_once(v, wl)
+    out = run()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     del out
-    wl.x.grad = None
-    return extra / (wl.x.numel() * wl.x.element_size())
+    logits.grad = None
+    return extra / (logits.numel() * logits.element_size())
 
 
 def _versions() -> dict[str, str | None]:
@@ -484,7 +485,9 @@ def run_bench(
     mem: dict[str, float | None] = dict.fromkeys(names)
     note = "skipped (--no-memory)"
     if memory and device == "cuda":
-        mem.update({n: _cuda_peak_memory(VARIANTS[n], wls[VARIANTS[n].family]) for n in names})
+        for n in names:
+            v, wl = VARIANTS[n], wls[VARIANTS[n].family]
+            mem[n] = _cuda_peak_memory(lambda v=v, wl=wl: _run_once(v, wl), wl.x)
         note = "torch.cuda.max_memory_allocated - memory_allocated before, after reset_peak_memory_stats"
     elif memory and not os.access("/proc/self/clear_refs", os.W_OK):
         note = "skipped: /proc/self/clear_refs is not writable"
@@ -717,14 +720,7 @@ def run_matrix(
         for r in rows:
             x, target = matrix_inputs(r["family"], r["shape"], r["dtype"], device)
             fn = MATRIX_ROWS[r["row"]][2]
-            fn(x, target).backward()
-            x.grad = None
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            fn(x, target).backward()
-            torch.cuda.synchronize()
-            r["extra_peak_memory"] = (torch.cuda.max_memory_allocated() - before) / (x.numel() * x.element_size())
+            r["extra_peak_memory"] = _cuda_peak_memory(lambda fn=fn, x=x, target=target: fn(x, target).backward(), x)
         note = "torch.cuda.max_memory_allocated - memory_allocated before"
     elif memory and not os.access("/proc/self/clear_refs", os.W_OK):
         note = "skipped: /proc/self/clear_refs is not writable"
