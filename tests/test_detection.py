@@ -245,6 +245,41 @@ def test_asymmetric_clip_kink_is_finite_and_flat_below(backend, gamma_neg):
         assert abs(grad[0, 3]) < 1e-3
 
 
+FLT_MIN = torch.finfo(torch.float32).tiny  # 1.1754943508222875e-38
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("clip", [FLT_MIN, 1e-6, 1e-3])
+@pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(0.0, 1.0), (1.0, 4.0)])
+def test_asymmetric_tiny_clip_is_precise_in_float32(backend, clip, gamma_pos, gamma_neg):
+    """Issue 18: a tiny non-zero clip made ``1 - p_m = 1 - (p - clip)`` cancel in float32 as p -> 1 (gradient 4e-5
+    off at x = 8.496, t = 0.677; ``-log(1 - p_m)`` = 87 instead of 17 once p rounds to 1).  Float32 values and input
+    gradients, soft and 0/1 targets, logits up to 17, against the float64 reference at the tolerance the other
+    members meet in float32 (rtol 2e-5, atol 2e-6)."""
+    dev = _device(backend)
+    gen = torch.Generator().manual_seed(18)
+    ramp = torch.linspace(-17.0, 17.0, 35, dtype=torch.float64)
+    x = torch.cat([torch.tensor([8.496, 12.0, 15.5, 16.0, 17.0], dtype=torch.float64), ramp]).view(8, 5)
+    x = torch.cat([x, torch.randn(8, 5, generator=gen, dtype=torch.float64) * 6]).float()
+    soft = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    soft[0, 0] = 0.677
+    ref_kw = dict(activation="sigmoid", epsilon=(), gamma=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+    for t in (torch.where(soft < 0.3, 0.0, soft).float(), (soft > 0.6).float()):
+        with kernels.backend(backend):
+            loss, grad = _loss_and_grad(
+                lambda v, t=t: polyfocal.asymmetric_loss(
+                    v, t.to(dev), gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, reduction="none"
+                ),
+                x.to(dev),
+            )
+        ref, ref_grad = _loss_and_grad(
+            lambda v, t=t: poly_loss_reference(v, t.double(), reduction="none", **ref_kw), x.double()
+        )
+        assert loss.dtype == grad.dtype == torch.float32
+        torch.testing.assert_close(loss.cpu().double(), ref, rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=2e-5, atol=2e-6)
+
+
 def test_gradcheck_and_gradgradcheck_float64_composite():
     gen = torch.Generator().manual_seed(2)
     x = (torch.randn(4, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_()
@@ -254,6 +289,7 @@ def test_gradcheck_and_gradgradcheck_float64_composite():
     calls = [
         lambda v: polyfocal.asymmetric_loss(v, (q > 0).double(), gamma_pos=0.5, gamma_neg=2.5, clip=0.05, epsilon=1.0),
         lambda v: polyfocal.asymmetric_loss(v, q, gamma_pos=1.0, gamma_neg=4.0, clip=0.05),
+        lambda v: polyfocal.asymmetric_loss(v * 4, q, gamma_pos=0.0, gamma_neg=1.0, clip=1e-6),  # the log-space clip
         lambda v: polyfocal.varifocal_loss(v, q, gamma=1.5),
         lambda v: polyfocal.varifocal_loss(v, (y, score)),
         lambda v: polyfocal.quality_focal_loss(v, q, beta=2.0, epsilon=0.5),
