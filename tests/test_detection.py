@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import polyfocal
@@ -417,6 +417,14 @@ def test_modules_equal_functions_and_validate():
 
 
 @settings(max_examples=40, deadline=None)
+# Issue 18: the draw that failed on a fresh clone (FLT_MIN clip, soft targets), 1e-6 and a float64 subnormal clip,
+# and tiny positive exponents: pinned here so every profile, derandomised CI included, runs them
+@example(rows=40, cols=9, variant="asl", g1=0.0, g2=1.0, clip=FLT_MIN, hard=False, seed=0)
+@example(rows=40, cols=9, variant="asl", g1=0.0, g2=1.0, clip=1e-6, hard=False, seed=4)
+@example(rows=40, cols=9, variant="asl", g1=5e-324, g2=1.0, clip=5e-324, hard=False, seed=1)
+@example(rows=40, cols=9, variant="asl", g1=FLT_MIN, g2=FLT_MIN, clip=0.0, hard=True, seed=2)
+@example(rows=40, cols=9, variant="vfl", g1=FLT_MIN, g2=5e-324, clip=0.0, hard=False, seed=3)
+@example(rows=40, cols=9, variant="qfl", g1=FLT_MIN, g2=0.0, clip=0.0, hard=False, seed=5)
 @given(
     rows=st.integers(1, 40),
     cols=st.integers(1, 9),
@@ -445,9 +453,9 @@ def test_property_torch_and_native_match_reference(rows, cols, variant, g1, g2, 
     expected, expected_grad = _loss_and_grad(
         lambda v: poly_loss_reference(v, t, activation="sigmoid", epsilon=(), reduction="sum", **ref), x
     )
-    for backend in ("torch", "native") if _native.available() else ("torch",):
-        dtype = torch.float32 if backend == "native" else torch.float64
-        tol = dict(rtol=1e-4, atol=1e-5) if backend == "native" else dict(rtol=1e-8, atol=1e-10)
+    runs = [("torch", torch.float64), ("torch", torch.float32), ("composite", torch.float32)]
+    for backend, dtype in runs + ([("native", torch.float32)] if _native.available() else []):
+        tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-8, atol=1e-10)
         with kernels.backend(backend):
             loss, grad = _loss_and_grad(
                 lambda v, d=dtype: FUNCTIONS[variant](v, t.to(d), reduction="sum", **call), x.to(dtype)
