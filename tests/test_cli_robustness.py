@@ -391,6 +391,36 @@ def test_help_and_argument_errors_import_nothing_heavy(argv):
     assert proc.stdout.strip().splitlines()[-1] == "IMPORTED []", proc.stdout[-500:] + proc.stderr[-2000:]
 
 
+def test_compare_help_lists_every_loss_name_and_key_of_the_parser_table():
+    """Issue 18: the help stopped at poly1-focal while the default run uses la:tau=1."""
+    from polyfocal.experiments.losses import _LOSSES, parse_loss_spec
+
+    proc = polyfocal("compare", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    compact = re.sub(r"\s+", "", proc.stdout)  # argparse wraps lines, also after a hyphen
+    for name, (_, defaults) in _LOSSES.items():
+        assert f"{name}({','.join(defaults)})" in compact, name
+        for key in defaults:  # and the parser takes every key the help lists
+            value = {"eps": "1", "drw": "2", "alpha": "none"}.get(key, "0.5")
+            parse_loss_spec(f"{name}:{key}={value}" + (",eps=1" if name == "polyN" and key != "eps" else ""))
+    with pytest.raises(ValueError, match="expected a loss name") as err:
+        parse_loss_spec("hinge")
+    assert all(name in str(err.value) for name in _LOSSES)  # the error lists the same names
+
+
+def test_a_baseline_other_than_ce_is_announced(tmp_path, capsys):
+    argv = ["--epochs", "1", "--seeds", "1", "--no-progress", "--no-plots"]
+    assert main(["compare", "--out", str(tmp_path / "a"), "--losses", "focal", "poly1", *argv]) == 0
+    captured = capsys.readouterr()
+    notice = [line for line in captured.err.splitlines() if "notice" in line]
+    assert len(notice) == 1 and "no ce among --losses" in notice[0] and "focal:gamma=2" in notice[0], captured.err
+    assert "--baseline" in notice[0] and "Paired difference vs focal:gamma=2" in captured.out
+    for losses, extra in ((["ce", "focal"], []), (["focal", "poly1"], ["--baseline", "poly1"])):
+        out = str(tmp_path / f"b{len(extra)}")
+        assert main(["compare", "--out", out, "--losses", *losses, *extra, *argv]) == 0
+        assert "notice" not in capsys.readouterr().err
+
+
 def test_top_level_help_lists_bench_and_bench_help_still_works():
     top = polyfocal("--help")
     assert top.returncode == 0 and "bench" in top.stdout and "compare" in top.stdout

@@ -76,6 +76,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``compare``, ``sweep`` and ``plot`` to the ``polyfocal`` command line."""
+    from .losses import spec_names_and_keys  # the parser's own table (no torch import)
+
     p = subparsers.add_parser(
         "compare",
         help="train one small model per (loss, seed) and compare the losses",
@@ -88,12 +90,15 @@ def register(subparsers: Any) -> None:
         default=list(_DEFAULT_LOSSES),
         metavar="SPEC",
         help="loss specs NAME[:KEY=VALUE,...], space-separated; a value without KEY= extends the previous key "
-        "(polyN:eps=1,0.5,gamma=1). Names and keys: ce (alpha, beta, ls), focal (gamma, eps, alpha, beta, ls), "
-        "poly1 (eps, alpha, beta, ls), polyN (eps..., gamma, alpha, beta, ls), sigmoid-focal (gamma, alpha, eps), "
-        "poly1-focal (eps, gamma, alpha); softmax alpha=cb is class-balanced "
+        f"(polyN:eps=1,0.5,gamma=1). Names and keys: {spec_names_and_keys()}; softmax alpha=cb is class-balanced "
         f"(default: {' '.join(_DEFAULT_LOSSES)})",
     )
-    p.add_argument("--baseline", default=None, help="loss the paired differences are taken against (default ce)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="loss the paired differences are taken against (default ce; without ce among --losses, the first loss, "
+        "with a notice)",
+    )
     p.add_argument("--out", default=f"{DEFAULT_OUT}/compare", help="results directory (default %(default)s)")
     _add_training_args(p)
     _allow_negative_values(p)
@@ -333,6 +338,12 @@ def run_compare(args: argparse.Namespace) -> int:
     baseline = args.baseline
     if baseline is not None:
         baseline = _parse_specs([baseline])[0].label
+    elif len(specs) > 1 and "ce" not in [s.label for s in specs] and os.environ.get("RANK", "0") == "0":
+        print(
+            f"polyfocal: notice: no ce among --losses, so the paired differences are taken against "
+            f"{specs[0].label} (the first loss); pass --baseline NAME to choose another",
+            file=sys.stderr,
+        )
 
     def publish(summary: dict[str, Any], config: Any) -> None:
         from .report import plot_results, write_summary
