@@ -493,3 +493,26 @@ def test_readme_says_what_is_reproducible_across_machines():
     assert "bit-identical for the same code, seed and thread count" not in text
     paragraph = text.split("**Reproducibility", 1)[1].split("\n\n", 1)[0]
     assert "same machine" in paragraph and "last digit" in paragraph and "CPU" in paragraph
+
+
+def test_readme_sentences_of_issue_18_are_true():
+    from polyfocal.experiments.losses import DEFAULT_LOSSES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    experiments = _section("Experiments: polyfocal compare")
+    counts = re.findall(r"default (\d+) losses x (\d+) seeds", readme)
+    assert counts and set(counts) == {(str(len(DEFAULT_LOSSES)), "5")}, counts
+    compare_text = experiments + _section("Set up and run")
+    cold = set(re.findall(r"(?<![\d.])(\d+) s cold", compare_text))
+    assert len(cold) == 1, cold  # one cold time for the one cold run of polyfocal compare
+    results_line = next(line for line in experiments.splitlines() if line.startswith("Results measured here"))
+    assert set(re.findall(r"(\d+) s\b", results_line)) <= cold, results_line
+    assert "bit-identical run files" not in readme
+    paragraph = experiments.split("**Reproducibility", 1)[1].split("\n\n", 1)[0]
+    assert "train_seconds" in paragraph  # the one field that differs between two runs (test_experiments checks it)
+    forest = experiments.split("forest.png", 1)[1].split("per_class_recall.png", 1)[0]
+    assert "Holm" in forest and "legend" in forest
+    flat = " ".join(experiments.split())
+    assert "the first epoch took" not in readme and "estimate from the epochs after the first" in flat
+    assert "notice" in experiments and "--baseline" in experiments
+

@@ -428,6 +428,10 @@ def test_same_seed_gives_identical_results_and_different_seeds_differ(tmp_path):
     for x, y in zip(a, b, strict=True):
         assert (x["metrics"], x["per_class_recall"], x["curves"]) == (y["metrics"], y["per_class_recall"], y["curves"])
     assert a[0]["curves"]["train_loss"] != a[1]["curves"]["train_loss"]
+    # what the README says: the run files are identical in everything but train_seconds
+    for seed in (0, 1):
+        fa, fb = (json.loads(run_path(tmp_path / d, spec[0], seed).read_text()) for d in ("a", "b"))
+        assert set(fa) == set(fb) and [k for k in fa if fa[k] != fb[k]] in ([], ["train_seconds"])
 
 
 def test_compare_cli_writes_results_consistent_with_the_run_files(tmp_path, capsys):
