@@ -515,4 +515,3 @@ def test_readme_sentences_of_issue_18_are_true():
     flat = " ".join(experiments.split())
     assert "the first epoch took" not in readme and "estimate from the epochs after the first" in flat
     assert "notice" in experiments and "--baseline" in experiments
-
