@@ -253,9 +253,9 @@ FLT_MIN = torch.finfo(torch.float32).tiny  # 1.1754943508222875e-38
 @pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(0.0, 1.0), (1.0, 4.0)])
 def test_asymmetric_tiny_clip_is_precise_in_float32(backend, clip, gamma_pos, gamma_neg):
     """Issue 18: a tiny non-zero clip made ``1 - p_m = 1 - (p - clip)`` cancel in float32 as p -> 1 (gradient 4e-5
-    off at x = 8.496, t = 0.677; at x = 17, clip FLT_MIN, ``-log(1 - p_m)`` was 16.6 (torch ops) or inf (native), not 17).  Float32 values and input
-    gradients, soft and 0/1 targets, logits up to 17, against the float64 reference at the tolerance the other
-    members meet in float32 (rtol 2e-5, atol 2e-6)."""
+    off at x = 8.496, t = 0.677; at x = 17, clip FLT_MIN, ``-log(1 - p_m)`` was 16.6 (torch ops) or inf (native),
+    not 17).  Float32 values and input gradients, soft and 0/1 targets, logits up to 17, against the float64
+    reference at the tolerance the other members meet in float32 (rtol 2e-5, atol 2e-6)."""
     dev = _device(backend)
     gen = torch.Generator().manual_seed(18)
     ramp = torch.linspace(-17.0, 17.0, 35, dtype=torch.float64)
