@@ -270,9 +270,11 @@ def _run(
     *,
     baseline: str | None,
     publish: Callable[[dict[str, Any], Any], None],
+    notice: str | None = None,
 ) -> bool:
     """Check ``--out``, lock it, run the experiment and (rank 0, still holding the lock) call
-    ``publish(summary, config)``.  Returns whether this process published."""
+    ``publish(summary, config)``.  Returns whether this process published.  ``notice`` goes to stderr (rank 0)
+    once every argument has been checked, before training."""
     from .outdir import OutputError, check_writable
 
     if baseline is not None and baseline not in [s.label for s in specs]:
@@ -293,6 +295,9 @@ def _run(
     try:
         lock = _lock_out(args, ctx)
         try:
+            if notice is not None and ctx.is_main:
+                print(notice, file=sys.stderr)
+                sys.stderr.flush()
             try:
                 records = run_experiment(
                     specs, seeds, config, args.out, ctx=ctx, ddp=args.ddp, progress=not args.no_progress
@@ -338,12 +343,6 @@ def run_compare(args: argparse.Namespace) -> int:
     baseline = args.baseline
     if baseline is not None:
         baseline = _parse_specs([baseline])[0].label
-    elif len(specs) > 1 and "ce" not in [s.label for s in specs] and os.environ.get("RANK", "0") == "0":
-        print(
-            f"polyfocal: notice: no ce among --losses, so the paired differences are taken against "
-            f"{specs[0].label} (the first loss); pass --baseline NAME to choose another",
-            file=sys.stderr,
-        )
 
     def publish(summary: dict[str, Any], config: Any) -> None:
         from .report import plot_results, write_summary
@@ -365,7 +364,14 @@ def run_compare(args: argparse.Namespace) -> int:
         )
         sys.stdout.flush()
 
-    _run(args, specs, baseline=baseline, publish=publish)
+    notice = None
+    labels = [s.label for s in specs]
+    if baseline is None and len(set(labels)) == len(labels) > 1 and "ce" not in labels:
+        notice = (
+            f"polyfocal: notice: no ce among --losses, so the paired differences are taken against {labels[0]} "
+            "(the first loss); pass --baseline NAME to choose another"
+        )
+    _run(args, specs, baseline=baseline, publish=publish, notice=notice)
     return 0
 
 
