@@ -424,10 +424,10 @@ def run_experiment(
             return
         left = pace.epoch_finished()
         bar.update(1)
-        if left is None or pace.done == total_epochs:
+        if left is None:
             return
-        bar.set_postfix_str(f"estimate: {format_seconds(left)} left", refresh=False)
-        if pace.done == 2:  # the first estimate without the first epoch's warm-up; the bar's postfix updates it
+        bar.set_postfix_str(f"estimate: {format_seconds(left)} left" if pace.done < total_epochs else "", refresh=False)
+        if pace.done == 2 < total_epochs:  # the first estimate without the first epoch's warm-up
             bar.write(
                 f"polyfocal: {len(todo)} run(s) x {config.epochs} epochs; estimate from the epochs after the first: "
                 f"about {format_seconds(left)} left (updated on the progress bar)",
