@@ -148,7 +148,7 @@ def test_two_compare_processes_on_one_out_train_each_run_once(tmp_path):
     results = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
-    trained = [err for _, err in results if "the first epoch took" in err]
+    trained = [err for _, err in results if "estimate from the epochs after the first" in err]
     assert len(trained) == 1  # the other one waited, then found every run finished
     assert results[0][0].split("results:")[0] == results[1][0].split("results:")[0]  # the same tables
     names = sorted(p.name for p in out.iterdir())
@@ -308,9 +308,55 @@ def test_progress_estimates_the_whole_run_after_the_first_epoch(tmp_path, capsys
         == 0
     )
     err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]", err) if "the first epoch took" in line]
-    assert len(lines) == 1 and "4 run(s) x 3 epochs" in lines[0] and "in all" in lines[0], err[-2000:]
+    lines = [line for line in re.split(r"[\r\n]", err) if "estimate from the epochs after the first" in line]
+    assert len(lines) == 1 and "4 run(s) x 3 epochs" in lines[0] and " left" in lines[0], err[-2000:]
     assert "/12 [" in err  # one bar over all 4 x 3 epochs: its remaining time covers the whole run
+    assert "estimate: " in err  # the bar's postfix: the estimate, updated after every epoch
+
+
+def _known_pace(first: float, per_epoch: float, per_run: float, epochs: int):
+    """A clock for a job whose first epoch takes ``first`` s (warm-up), every later one ``per_epoch`` s, plus
+    ``per_run`` s between runs (data, model, final evaluation): the pace of the issue's run (1.6 s, then 22 s for
+    30 x 30 epochs in all).  Returns (clock, the true end time of epoch k, k = 1..)."""
+    ends = []
+
+    def end_of(k: int) -> float:
+        return first + (k - 1) * per_epoch + ((k - 1) // epochs) * per_run
+
+    ticks = iter(range(1, 10**6))
+    return (lambda: ends.append(end_of(next(ticks))) or ends[-1]), end_of
+
+
+def test_estimate_leaves_out_the_first_epoch_and_tracks_a_known_pace():
+    from polyfocal.experiments.runner import PaceEstimate
+
+    runs, epochs = 30, 30
+    total = runs * epochs
+    clock, end_of = _known_pace(first=1.6, per_epoch=0.022, per_run=0.05, epochs=epochs)
+    pace = PaceEstimate(total, clock=clock)
+    assert pace.epoch_finished() is None  # the first epoch only starts the clock
+    for k in range(2, total + 1):
+        left = pace.epoch_finished()
+        truth = end_of(total) - end_of(k)
+        if k >= 2 * epochs or k == 2:  # from the start of the third run the per-run cost is in the running mean
+            assert left == pytest.approx(truth, rel=0.1, abs=0.5), (k, left, truth)
+    assert left == 0.0
+    # the old estimate, first epoch x all epochs, was 24 min for this 21 s job
+    assert 1.6 * total > 60 * (end_of(total) - end_of(1))
+
+
+def test_the_printed_estimate_is_the_known_pace(tmp_path, capsys, monkeypatch):
+    from polyfocal.experiments import runner
+
+    # 2 losses x 2 seeds x 3 epochs; the first epoch "takes" 30 s, every later one 2 s: 10 epochs (20 s) are left
+    # after the second; the first-epoch rule said 6 min
+    clock, _ = _known_pace(first=30.0, per_epoch=2.0, per_run=0.0, epochs=3)
+    monkeypatch.setattr(runner, "_clock", clock)
+    argv = ["compare", "--out", str(tmp_path / "r"), "--losses", "ce", "focal", "--epochs", "3", "--seeds", "2"]
+    assert main([*argv, "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    line = next(line for line in re.split(r"[\r\n]", err) if "estimate from the epochs after the first" in line)
+    assert "about 20 s left" in line, line
 
 
 # ---------------------------------------------------------------- 10. --help without torch, modes, defaults
@@ -343,6 +389,36 @@ print("IMPORTED", [m for m in heavy if m in sys.modules])
 def test_help_and_argument_errors_import_nothing_heavy(argv):
     proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=ENV, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "IMPORTED []", proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_compare_help_lists_every_loss_name_and_key_of_the_parser_table():
+    """Issue 18: the help stopped at poly1-focal while the default run uses la:tau=1."""
+    from polyfocal.experiments.losses import _LOSSES, parse_loss_spec
+
+    proc = polyfocal("compare", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    compact = re.sub(r"\s+", "", proc.stdout)  # argparse wraps lines, also after a hyphen
+    for name, (_, defaults) in _LOSSES.items():
+        assert f"{name}({','.join(defaults)})" in compact, name
+        for key in defaults:  # and the parser takes every key the help lists
+            value = {"eps": "1", "drw": "2", "alpha": "none"}.get(key, "0.5")
+            parse_loss_spec(f"{name}:{key}={value}" + (",eps=1" if name == "polyN" and key != "eps" else ""))
+    with pytest.raises(ValueError, match="expected a loss name") as err:
+        parse_loss_spec("hinge")
+    assert all(name in str(err.value) for name in _LOSSES)  # the error lists the same names
+
+
+def test_a_baseline_other_than_ce_is_announced(tmp_path, capsys):
+    argv = ["--epochs", "1", "--seeds", "1", "--no-progress", "--no-plots"]
+    assert main(["compare", "--out", str(tmp_path / "a"), "--losses", "focal", "poly1", *argv]) == 0
+    captured = capsys.readouterr()
+    notice = [line for line in captured.err.splitlines() if "notice" in line]
+    assert len(notice) == 1 and "no ce among --losses" in notice[0] and "focal:gamma=2" in notice[0], captured.err
+    assert "--baseline" in notice[0] and "Paired difference vs focal:gamma=2" in captured.out
+    for losses, extra in ((["ce", "focal"], []), (["focal", "poly1"], ["--baseline", "poly1"])):
+        out = str(tmp_path / f"b{len(extra)}")
+        assert main(["compare", "--out", out, "--losses", *losses, *extra, *argv]) == 0
+        assert "notice" not in capsys.readouterr().err
 
 
 def test_top_level_help_lists_bench_and_bench_help_still_works():
@@ -417,3 +493,25 @@ def test_readme_says_what_is_reproducible_across_machines():
     assert "bit-identical for the same code, seed and thread count" not in text
     paragraph = text.split("**Reproducibility", 1)[1].split("\n\n", 1)[0]
     assert "same machine" in paragraph and "last digit" in paragraph and "CPU" in paragraph
+
+
+def test_readme_sentences_of_issue_18_are_true():
+    from polyfocal.experiments.losses import DEFAULT_LOSSES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    experiments = _section("Experiments: polyfocal compare")
+    counts = re.findall(r"default (\d+) losses x (\d+) seeds", readme)
+    assert counts and set(counts) == {(str(len(DEFAULT_LOSSES)), "5")}, counts
+    compare_text = experiments + _section("Set up and run")
+    cold = set(re.findall(r"(?<![\d.])(\d+) s cold", compare_text))
+    assert len(cold) == 1, cold  # one cold time for the one cold run of polyfocal compare
+    results_line = next(line for line in experiments.splitlines() if line.startswith("Results measured here"))
+    assert set(re.findall(r"(\d+) s\b", results_line)) <= cold, results_line
+    assert "bit-identical run files" not in readme
+    paragraph = experiments.split("**Reproducibility", 1)[1].split("\n\n", 1)[0]
+    assert "train_seconds" in paragraph  # the one field that differs between two runs (test_experiments checks it)
+    forest = experiments.split("forest.png", 1)[1].split("per_class_recall.png", 1)[0]
+    assert "Holm" in forest and "legend" in forest
+    flat = " ".join(experiments.split())
+    assert "the first epoch took" not in readme and "estimate from the epochs after the first" in flat
+    assert "notice" in experiments and "--baseline" in experiments

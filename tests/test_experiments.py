@@ -301,6 +301,48 @@ def test_a_single_loss_prints_no_paired_table():
     assert md.count("| ce |") == 1
 
 
+def test_forest_fills_only_what_survives_holm_says_so_and_its_title_clears_the_panels():
+    """Issue 18: forest.png filled every raw p < 0.05 (10 cells looked significant where the table's † marked 4)
+    and its suptitle overlapped the first panel's title."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    per_loss = {
+        "ce": [0.60, 0.70, 0.80, 0.75, 0.65],
+        "a": [0.65, 0.75, 0.85, 0.80, 0.70],  # +5 on every seed: p ~ 0, survives Holm
+        "b": [0.62, 0.71, 0.84, 0.78, 0.66],  # interval excludes 0, Holm does not keep it
+        "c": [0.50, 0.80, 0.70, 0.90, 0.60],  # interval includes 0
+    }
+    records = _records(per_loss)
+    for r in records:
+        r["dataset"]["name"] = "digits-lt50"
+    summary = summarize(records)
+    marks = {e["loss"]: e["vs_baseline"]["accuracy"] for e in summary["losses"][1:]}
+    assert marks["a"]["p_holm"] < 0.05 and marks["b"]["p"] < 0.05 < marks["b"]["p_holm"] and marks["c"]["p"] > 0.05
+    rows = [r for r in summary_markdown(summary).splitlines() if r.startswith("| ") and "[" in r]
+    cells = {r.split("|")[1].strip(): r for r in rows}
+    assert "*†" in cells["a"] and "*" in cells["b"] and "†" not in cells["b"] and "*" not in cells["c"]
+    fig = result_figures(summary)["forest"]
+    try:
+        for ax in fig.axes:
+            bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            filled = [mcolors.to_hex(b.lines[0].get_markerfacecolor()) != "#ffffff" for b in bars]
+            assert filled == [True, False, False], ax.get_title()  # a, b, c in table order: only a is filled
+        (legend,) = fig.legends
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert any("Holm" in t and "†" in t for t in texts) and any("not after Holm" in t for t in texts), texts
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1  # not cut off
+        for ax in fig.axes:
+            assert not title.overlaps(ax.title.get_window_extent(renderer)), ax.get_title()
+            assert not legend.get_window_extent(renderer).overlaps(ax.get_tightbbox(renderer))
+    finally:
+        plt.close(fig)
+
+
 def test_figures_label_every_axis_use_percent_and_show_the_paired_differences():
     import matplotlib.pyplot as plt
     from matplotlib.container import ErrorbarContainer
@@ -386,6 +428,10 @@ def test_same_seed_gives_identical_results_and_different_seeds_differ(tmp_path):
     for x, y in zip(a, b, strict=True):
         assert (x["metrics"], x["per_class_recall"], x["curves"]) == (y["metrics"], y["per_class_recall"], y["curves"])
     assert a[0]["curves"]["train_loss"] != a[1]["curves"]["train_loss"]
+    # what the README says: the run files are identical in everything but train_seconds
+    for seed in (0, 1):
+        fa, fb = (json.loads(run_path(tmp_path / d, spec[0], seed).read_text()) for d in ("a", "b"))
+        assert set(fa) == set(fb) and [k for k in fa if fa[k] != fb[k]] in ([], ["train_seconds"])
 
 
 def test_compare_cli_writes_results_consistent_with_the_run_files(tmp_path, capsys):

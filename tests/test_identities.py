@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import polyfocal
 
 REDUCTIONS = ("none", "mean", "sum")
+FLT_MIN = torch.finfo(torch.float32).tiny  # a tiny positive parameter hypothesis draws now and then (issue 18)
 
 
 def _values_and_grads(fn, x, *args, **kwargs):
@@ -160,6 +161,8 @@ def test_sigmoid_focal_equals_torchvision(alpha, gamma, reduction, dtype):
 
 
 @settings(max_examples=40, deadline=None)
+@example(gamma=FLT_MIN, alpha=[0.05, 1.0, 2.0, 0.5], seed=1)  # tiny positive exponents (issue 18)
+@example(gamma=5e-324, alpha=[1.0, 1.0, 1.0, 1.0], seed=2)
 @given(
     gamma=st.floats(0.0, 5.0),
     alpha=st.lists(st.floats(0.05, 2.0), min_size=4, max_size=4),
@@ -177,6 +180,8 @@ def test_softmax_focal_over_ce_ratio_is_alpha_t_times_modulator(gamma, alpha, se
 
 
 @settings(max_examples=40, deadline=None)
+@example(gamma=FLT_MIN, alpha=5e-324, seed=1)  # tiny positive and subnormal parameters (issue 18)
+@example(gamma=5e-324, alpha=1.0 - 2.0**-53, seed=2)
 @given(gamma=st.floats(0.0, 5.0), alpha=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
 def test_sigmoid_focal_over_bce_ratio_is_alpha_t_times_modulator(gamma, alpha, seed):
     gen = torch.Generator().manual_seed(seed)

@@ -364,7 +364,8 @@ def test_modules_match_the_functions_and_keep_vectors_as_buffers():
             dict(epsilon=(), prior=PRIOR, tau=1.5, gamma=1.0),
         ),
         (polyfocal.BalancedSoftmaxLoss(prior=PRIOR, z_loss=0.1), dict(epsilon=(), prior=PRIOR, z_loss=0.1)),
-        (polyfocal.LDAMLoss(margin=m), dict(epsilon=(), margin=m, logit_scale=30.0)),
+        (polyfocal.LDAMLoss(margin=m), dict(epsilon=(), margin=m)),  # logit_scale 1 by default, as everywhere
+        (polyfocal.LDAMLoss(margin=m, logit_scale=30.0), dict(epsilon=(), margin=m, logit_scale=30.0)),
         (polyfocal.PolyLoss(prior=PRIOR, margin=m, logit_scale=2.0), dict(prior=PRIOR, margin=m, logit_scale=2.0)),
         (polyfocal.SoftmaxFocalLoss(prior=PRIOR, z_loss=0.1), dict(gamma=2.0, epsilon=(), prior=PRIOR, z_loss=0.1)),
         (polyfocal.CrossEntropyLoss(prior=PRIOR, tau=0.5), dict(epsilon=(), prior=PRIOR, tau=0.5)),
@@ -455,3 +456,26 @@ def test_compare_cli_defaults_are_the_loss_modules_defaults():
     from polyfocal.experiments.losses import DEFAULT_LOSSES
 
     assert experiments_cli._DEFAULT_LOSSES == DEFAULT_LOSSES
+
+
+def test_logit_scale_defaults_to_1_everywhere():
+    """Issue 18: one rule for the logit_scale default (ldam_loss had 30 while every other loss and the CLI's ldam spec
+    had 1): 1 on every function and module, LDAM's included."""
+    import inspect
+
+    from polyfocal.experiments.losses import parse_loss_spec
+
+    owners = [getattr(polyfocal, n) for n in polyfocal.__all__]
+    defaults = {}
+    for obj in owners:
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        if callable(fn) and "logit_scale" in inspect.signature(fn).parameters:
+            defaults[obj.__name__] = inspect.signature(fn).parameters["logit_scale"].default
+    assert {"ldam_loss", "LDAMLoss", "poly_loss", "cross_entropy"} <= set(defaults)
+    assert set(defaults.values()) == {1.0}, defaults
+    assert parse_loss_spec("ldam").params["s"] == 1.0
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 1])
+    m = polyfocal.ldam_margins([100, 10, 1])
+    z = x - m[y, None] * torch.nn.functional.one_hot(y, 3)
+    torch.testing.assert_close(polyfocal.ldam_loss(x, y, margin=m), torch.nn.functional.cross_entropy(z, y))
+    torch.testing.assert_close(polyfocal.LDAMLoss(margin=m)(x, y), polyfocal.ldam_loss(x, y, margin=m))

@@ -283,7 +283,9 @@ def _sigmoid_detection_loss(
         s = torch.exp(log_s)
         if clip > 0.0:
             s_m = (s - clip).clamp(min=0.0)
-            ce_neg = -torch.log1p(-s_m)
+            # -log(1 - s_m) = -log(min(1 - s + c, 1)) in log space from log(1 - s) = logsigmoid(-x): forming 1 - s_m
+            # from s cancels as s -> 1 for a tiny clip; clamp's derivative passes at the kink s = c, as s_m's does
+            ce_neg = (-_logaddexp(log_1ms, torch.full_like(log_1ms, math.log(clip)))).clamp(min=0.0)
             log_neg = _safe_log(s_m)
         else:
             s_m, ce_neg, log_neg = s, F.softplus(x), log_s

@@ -181,7 +181,7 @@ _TABLE: dict[tuple[str, str], dict[str, tuple[str, Callable[[Workload], torch.Te
         ),
         "ldam": (
             "ldam_loss(margin=ldam_margins(counts), logit_scale=30)",
-            lambda w: pf.ldam_loss(w.x, w.target, margin=weights.ldam_margins(w.weight)),
+            lambda w: pf.ldam_loss(w.x, w.target, margin=weights.ldam_margins(w.weight), logit_scale=30.0),
         ),
         "ce+z-loss": ("cross_entropy(z_loss=1e-4)", lambda w: pf.cross_entropy(w.x, w.target, z_loss=1e-4)),
     },

@@ -487,7 +487,7 @@ def ldam_loss(
     target: torch.Tensor,
     *,
     margin: ClassVector,
-    logit_scale: float = 30.0,
+    logit_scale: float = 1.0,
     gamma: float = 0.0,
     epsilon: Epsilon = 0.0,
     alpha: ClassVector = None,
@@ -504,17 +504,21 @@ def ldam_loss(
     .. math:: \ell = -\log \frac{e^{s (z_y - m_y)}}{e^{s (z_y - m_y)} + \sum_{c \ne y} e^{s z_c}}
 
     ``margin`` per class, e.g. :func:`polyfocal.ldam_margins` of the training counts (:math:`m_c \propto
-    n_c^{-1/4}`); ``logit_scale`` is the paper's ``s`` (30 in its code, for normalised features / weights).  The
-    paper's deferred re-weighting (DRW) passes ``weight=polyfocal.class_balanced_alpha(counts, beta=0.9999)`` from a
-    later epoch on.  See :func:`poly_loss` for the remaining arguments.
+    n_c^{-1/4}`).  ``logit_scale`` is the paper's ``s`` and, as on every loss, defaults to 1 (no scaling): the
+    paper's ``s = 30`` is for cosine logits (normalised features and weights); pass ``logit_scale=30.0`` with those,
+    not with a plain linear layer's logits.  The paper's deferred re-weighting (DRW) passes
+    ``weight=polyfocal.class_balanced_alpha(counts, beta=0.9999)`` from a later epoch on.  See :func:`poly_loss` for
+    the remaining arguments.
 
     Example:
         >>> import torch, torch.nn.functional as F
         >>> import polyfocal
         >>> x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 2])
         >>> m = polyfocal.ldam_margins([100, 10, 1], max_margin=0.5)
-        >>> z = 30.0 * (x - m[y, None] * F.one_hot(y, 3))
+        >>> z = x - m[y, None] * F.one_hot(y, 3)
         >>> torch.allclose(polyfocal.ldam_loss(x, y, margin=m), F.cross_entropy(z, y))
+        True
+        >>> torch.allclose(polyfocal.ldam_loss(x, y, margin=m, logit_scale=30.0), F.cross_entropy(30.0 * z, y))
         True
     """
     h = hyper(

@@ -473,6 +473,7 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
 
 class LDAMLoss(_PolyFamilyLoss):
     """Module form of :func:`polyfocal.ldam_loss`; ``margin`` is a buffer (e.g. :func:`polyfocal.ldam_margins`).
+    ``logit_scale`` defaults to 1, as on every loss (pass the paper's 30 for cosine logits).
 
     For the paper's deferred re-weighting (DRW), assign ``criterion.weight = polyfocal.class_balanced_alpha(counts,
     beta=0.9999)`` at the DRW epoch (or build the module with it then).
@@ -490,7 +491,7 @@ class LDAMLoss(_PolyFamilyLoss):
         self,
         *,
         margin: ClassVector,
-        logit_scale: float = 30.0,
+        logit_scale: float = 1.0,
         gamma: float = 0.0,
         epsilon: Epsilon = 0.0,
         alpha: ClassVector = None,

@@ -76,6 +76,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``compare``, ``sweep`` and ``plot`` to the ``polyfocal`` command line."""
+    from .losses import spec_names_and_keys  # the parser's own table (no torch import)
+
     p = subparsers.add_parser(
         "compare",
         help="train one small model per (loss, seed) and compare the losses",
@@ -88,12 +90,15 @@ def register(subparsers: Any) -> None:
         default=list(_DEFAULT_LOSSES),
         metavar="SPEC",
         help="loss specs NAME[:KEY=VALUE,...], space-separated; a value without KEY= extends the previous key "
-        "(polyN:eps=1,0.5,gamma=1). Names and keys: ce (alpha, beta, ls), focal (gamma, eps, alpha, beta, ls), "
-        "poly1 (eps, alpha, beta, ls), polyN (eps..., gamma, alpha, beta, ls), sigmoid-focal (gamma, alpha, eps), "
-        "poly1-focal (eps, gamma, alpha); softmax alpha=cb is class-balanced "
+        f"(polyN:eps=1,0.5,gamma=1). Names and keys: {spec_names_and_keys()}; softmax alpha=cb is class-balanced "
         f"(default: {' '.join(_DEFAULT_LOSSES)})",
     )
-    p.add_argument("--baseline", default=None, help="loss the paired differences are taken against (default ce)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="loss the paired differences are taken against (default ce; without ce among --losses, the first loss, "
+        "with a notice)",
+    )
     p.add_argument("--out", default=f"{DEFAULT_OUT}/compare", help="results directory (default %(default)s)")
     _add_training_args(p)
     _allow_negative_values(p)
@@ -265,9 +270,11 @@ def _run(
     *,
     baseline: str | None,
     publish: Callable[[dict[str, Any], Any], None],
+    notice: str | None = None,
 ) -> bool:
     """Check ``--out``, lock it, run the experiment and (rank 0, still holding the lock) call
-    ``publish(summary, config)``.  Returns whether this process published."""
+    ``publish(summary, config)``.  Returns whether this process published.  ``notice`` goes to stderr (rank 0)
+    once every argument has been checked, before training."""
     from .outdir import OutputError, check_writable
 
     if baseline is not None and baseline not in [s.label for s in specs]:
@@ -288,6 +295,9 @@ def _run(
     try:
         lock = _lock_out(args, ctx)
         try:
+            if notice is not None and ctx.is_main:
+                print(notice, file=sys.stderr)
+                sys.stderr.flush()
             try:
                 records = run_experiment(
                     specs, seeds, config, args.out, ctx=ctx, ddp=args.ddp, progress=not args.no_progress
@@ -354,7 +364,14 @@ def run_compare(args: argparse.Namespace) -> int:
         )
         sys.stdout.flush()
 
-    _run(args, specs, baseline=baseline, publish=publish)
+    notice = None
+    labels = [s.label for s in specs]
+    if baseline is None and len(set(labels)) == len(labels) > 1 and "ce" not in labels:
+        notice = (
+            f"polyfocal: notice: no ce among --losses, so the paired differences are taken against {labels[0]} "
+            "(the first loss); pass --baseline NAME to choose another"
+        )
+    _run(args, specs, baseline=baseline, publish=publish, notice=notice)
     return 0
 
 

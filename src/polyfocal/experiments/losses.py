@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # parsing a spec needs no torch: argument errors stay fast
     import torch
 
-__all__ = ["DEFAULT_LOSSES", "LossSpec", "build_loss", "parse_loss_spec"]
+__all__ = ["DEFAULT_LOSSES", "LossSpec", "build_loss", "parse_loss_spec", "spec_names_and_keys"]
 
 DEFAULT_LOSSES = ("ce", "focal:gamma=2", "poly1:eps=1", "poly1:eps=2", "poly1-focal", "la:tau=1")
 
@@ -125,6 +125,12 @@ def _number(key: str, text: str, spec: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"expected a finite number for {key!r} in loss spec {spec!r}, got {text!r}")
     return value
+
+
+def spec_names_and_keys() -> str:
+    """Every loss name with its parameter keys, from the table the parser uses: ``"ce (alpha, beta, ls), ..."``
+    (``compare --help`` prints it, so the help cannot leave a name or a key out)."""
+    return ", ".join(f"{name} ({', '.join(defaults)})" for name, (_, defaults) in _LOSSES.items())
 
 
 def parse_loss_spec(spec: str) -> LossSpec:

@@ -159,6 +159,18 @@ def _significant(d: dict[str, Any]) -> bool:
     return not math.isnan(d["ci_low"]) and (d["ci_low"] > 0 or d["ci_high"] < 0)
 
 
+def _forest_mark(d: dict[str, Any]) -> str:
+    """The mark of a paired cell, in the table and in forest.png: ``"holm"`` (*†: the interval excludes 0 and the
+    Holm-adjusted p < 0.05), ``"raw"`` (* only: the interval excludes 0) or ``"none"``."""
+    if _significant(d):
+        return "holm" if d.get("p_holm", math.nan) < SIGNIFICANCE else "raw"
+    return "none"
+
+
+# forest.png: (colour, marker face) per mark; only what survives Holm is filled
+_FOREST_STYLE = {"holm": ("C3", "C3"), "raw": ("C1", "white"), "none": ("C0", "white")}
+
+
 def _bound(x: float, *, away_from_zero: bool) -> str:
     """A bound in percentage points, 1 decimal, more if needed so that a bound that excludes 0 does not print
     as 0.0 (then the printed interval agrees with the significance mark)."""
@@ -208,9 +220,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells = []
             for m in summary["metrics"]:
                 d = e["vs_baseline"][m]
-                mark = ""
-                if _significant(d):
-                    mark = " *†" if d.get("p_holm", math.nan) < SIGNIFICANCE else " *"
+                mark = {"holm": " *†", "raw": " *", "none": ""}[_forest_mark(d)]
                 cells.append(f"{100 * d['mean']:+.1f} {_interval(d)}{mark}")
             lines.append(f"| {e['loss']} | " + " | ".join(cells) + " |")
         lines += [
@@ -312,35 +322,40 @@ def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
 
     paired = [e for e in losses if e["vs_baseline"]]
     if paired:
-        fig, axes = plt.subplots(len(ms), 1, figsize=(7, len(ms) * (0.45 * len(paired) + 1.1)), squeeze=False)
+        from matplotlib.lines import Line2D
+
+        k_cmp = summary.get("comparisons", 0)
+        fig, axes = plt.subplots(
+            len(ms), 1, figsize=(7, len(ms) * (0.45 * len(paired) + 1.1) + 1.0), squeeze=False, layout="constrained"
+        )
         ys = list(range(len(paired)))[::-1]
         for ax, m in zip(axes[:, 0], ms, strict=True):
             for y, e in zip(ys, paired, strict=True):
                 d = e["vs_baseline"][m]
                 mean = 100 * d["mean"]
                 lo, hi = 100 * _nan0(d["mean"] - d["ci_low"]), 100 * _nan0(d["ci_high"] - d["mean"])
-                sig = _significant(d)
-                ax.errorbar(
-                    [mean],
-                    [y],
-                    xerr=[[lo], [hi]],
-                    fmt="o",
-                    capsize=3,
-                    color="C3" if sig else "C0",
-                    markerfacecolor="C3" if sig else "white",
-                )
+                color, face = _FOREST_STYLE[_forest_mark(d)]
+                ax.errorbar([mean], [y], xerr=[[lo], [hi]], fmt="o", capsize=3, color=color, markerfacecolor=face)
             ax.axvline(0.0, color="grey", lw=0.8, ls="--")
             ax.set_yticks(ys, [e["loss"] for e in paired])
             ax.set_ylim(-0.6, len(paired) - 0.4)
             ax.set_ylabel("loss")
             ax.set_xlabel(f"Δ {METRICS[m][0]} vs {summary['baseline']} (percentage points)")
             ax.set_title(f"{METRICS[m][0]} ({_direction(m)})", fontsize=10)
+        labels = {
+            "holm": f"*† survives Holm's correction for the {k_cmp} comparisons (adjusted p < 0.05)",
+            "raw": "* interval excludes 0 (raw p < 0.05), not after Holm's correction",
+            "none": "interval includes 0",
+        }
+        handles = [
+            Line2D([], [], marker="o", ls="", color=_FOREST_STYLE[key][0], markerfacecolor=_FOREST_STYLE[key][1])
+            for key in labels
+        ]
+        fig.legend(handles, list(labels.values()), loc="outside lower center", fontsize=8, frameon=False)
         fig.suptitle(
-            f"{name}: paired difference vs {summary['baseline']}, mean and 95% t-interval over {nseeds} seeds "
-            "(filled: interval excludes 0)",
+            f"{name}: paired difference vs {summary['baseline']},\nmean and 95% t-interval over {nseeds} seeds",
             fontsize=10,
         )
-        fig.tight_layout()
         figs["forest"] = fig
 
     fig, ax = plt.subplots(figsize=(8, 4))

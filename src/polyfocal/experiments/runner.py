@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "DistContext",
     "ExperimentError",
+    "PaceEstimate",
     "TrainConfig",
     "evaluate",
     "load_dataset",
@@ -315,12 +316,36 @@ def train_run(
 
 def _warm_up() -> None:
     """Pay the one-time costs (torchmetrics' import, ~1 s of lazy imports in the first optimizer step) before
-    the clock of the first epoch starts, so that the time estimate made from that epoch holds."""
+    the first epoch (the time estimate leaves that epoch out anyway: :class:`PaceEstimate`)."""
     import torchmetrics.functional.classification  # noqa: F401
 
     w = torch.zeros(1, requires_grad=True)
     w.grad = torch.zeros(1)
     torch.optim.Adam([w]).step()
+
+
+class PaceEstimate:
+    """The time left in a job of ``total`` epochs, from the pace since the end of its first epoch.
+
+    The first epoch carries one-time costs (the first batches' allocations, lazy imports, kernel builds, loading
+    the data for the first run) that the later ones do not: an estimate from it alone was 60x too long.  So the
+    first epoch only starts the clock; from the second on the estimate is ``(epochs left) x (mean time of an epoch
+    since the first)``, a running mean that also spreads the per-run costs (data, model, final evaluation) over the
+    epochs, and it is updated after every epoch.  ``clock`` returns seconds (``time.perf_counter`` by default)."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.total, self.clock = total, clock
+        self.done = 0
+        self._first_end = 0.0
+
+    def epoch_finished(self) -> float | None:
+        """Count one finished epoch; return the estimated seconds left, or ``None`` after the first epoch."""
+        now = self.clock()
+        self.done += 1
+        if self.done == 1:
+            self._first_end = now
+            return None
+        return (now - self._first_end) / (self.done - 1) * (self.total - self.done)
 
 
 def _check_existing(path: Path, config: TrainConfig, spec: LossSpec, seed: int) -> dict[str, Any] | None:
@@ -359,7 +384,8 @@ def run_experiment(
     """Train every (loss, seed) run not already finished under ``out_dir``; return all run records.
 
     With ``progress`` (rank 0) one tqdm bar counts the epochs of all runs to train, so its remaining-time
-    estimate covers the whole experiment; after the first epoch a line on stderr states that estimate.
+    estimate covers the whole experiment; after the second epoch a line on stderr states the estimate of
+    :class:`PaceEstimate` (which leaves out the first epoch's warm-up) and the bar's postfix updates it.
     Checks that ``out_dir`` is writable, then validates the data and every existing run file before writing
     anything.  Each finished run is written atomically to :func:`run_path` (then
     ``on_run_finished(record, path)`` is called), so an interruption loses at most the run in progress.
@@ -391,20 +417,20 @@ def run_experiment(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_epochs, desc="training", unit="epoch", dynamic_ncols=True)
-    done = 0
-    start = time.perf_counter()
+    pace = PaceEstimate(total_epochs, clock=_clock)
 
     def epoch_finished(epoch: int) -> None:
-        nonlocal done
         if bar is None:
             return
-        done += 1
+        left = pace.epoch_finished()
         bar.update(1)
-        if done == 1 and total_epochs > 1:  # the whole run's time, from the first epoch
-            first = time.perf_counter() - start
+        if left is None:
+            return
+        bar.set_postfix_str(f"estimate: {format_seconds(left)} left" if pace.done < total_epochs else "", refresh=False)
+        if pace.done == 2 < total_epochs:  # the first estimate without the first epoch's warm-up
             bar.write(
-                f"polyfocal: the first epoch took {format_seconds(first)}; {len(todo)} run(s) x {config.epochs} "
-                f"epochs at that pace: about {format_seconds(first * total_epochs)} in all",
+                f"polyfocal: {len(todo)} run(s) x {config.epochs} epochs; estimate from the epochs after the first: "
+                f"about {format_seconds(left)} left (updated on the progress bar)",
                 file=sys.stderr,
             )
 
@@ -431,6 +457,9 @@ def run_experiment(
             raise ExperimentError(f"run {spec.label} seed {seed} did not finish; rerun the same command to resume")
         records.append(record)
     return records
+
+
+_clock: Callable[[], float] = time.perf_counter  # the estimate's clock (a test sets a known pace here)
 
 
 def format_seconds(seconds: float) -> str:

@@ -148,6 +148,22 @@ def forward_inplace(name: str, x: Tensor, target: Tensor, args: Args) -> tuple[T
     return out, x
 
 
+_COMPILE_REFUSAL = "expected inplace=False under torch.compile (it is for eager mode), got inplace=True"
+
+
+def _raise_inplace_refusal() -> None:
+    raise ValueError(_COMPILE_REFUSAL)
+
+
+# Dynamo does not trace this function (a ValueError raised while tracing surfaces as dynamo's "Observed exception",
+# with the message deep in its debug context).  With fullgraph=True the refusal is the error's first lines (dynamo
+# quotes the reason); without, dynamo breaks the graph here and the function raises the ValueError itself.
+try:
+    _refuse_inplace_under_compile = torch.compiler.disable(_raise_inplace_refusal, reason=_COMPILE_REFUSAL)
+except TypeError:  # torch before 2.7: no reason to quote; the ValueError's own message still shows without fullgraph
+    _refuse_inplace_under_compile = torch.compiler.disable(_raise_inplace_refusal)
+
+
 def check_inplace(input: object, x: Tensor, target: Tensor, args: Args, inplace: object) -> None:
     """Arguments of ``inplace=True``, before any work: what it needs (see :func:`polyfocal.poly_loss`)."""
     if type(inplace) is not bool:
@@ -155,7 +171,7 @@ def check_inplace(input: object, x: Tensor, target: Tensor, args: Args, inplace:
     if not inplace:
         return
     if torch.compiler.is_compiling():
-        raise ValueError("expected inplace=False under torch.compile (it is for eager mode), got inplace=True")
+        _refuse_inplace_under_compile()
     if not (isinstance(input, Tensor) and input.requires_grad and torch.is_grad_enabled()):
         raise ValueError("expected logits that require grad with grad mode on for inplace=True, got none to compute")
     if input.grad_fn is None:

@@ -22,6 +22,8 @@ at a time, so the temporaries are block-sized and stay in cache.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._args import SigmoidArgs, SoftmaxArgs
@@ -368,10 +370,13 @@ def detection_terms(
         alpha_t: torch.Tensor | float = 1.0
     else:
         if clip > 0.0:
+            # 1 - p_m = min(q + c, 1) from q = sigmoid(-x): no cancellation as p -> 1 (1 - (p - c) loses it all
+            # for tiny c); -log of it in log space, -logaddexp(-a_pos, log c), clamped at 0 below the margin
             s_m = (p - clip).clamp(min=0.0)
-            ce_neg = -torch.log1p(-s_m)
+            log_c = math.log(clip)
+            ce_neg = (a_pos.clamp(max=-log_c) - torch.log1p(torch.exp(-(a_pos + log_c).abs()))).clamp(min=0.0)
             on = (p >= clip).to(x.dtype)  # torch.clamp's derivative passes at the kink itself
-            dce_neg = on * pq / (1.0 - s_m)
+            dce_neg = on * pq / (q + clip).clamp(max=1.0)
         else:
             s_m, ce_neg, on, dce_neg = p, a_pos, 1.0, p
         u = torch.addcmul(t * q, one_minus_t, s_m)

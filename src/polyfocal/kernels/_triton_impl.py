@@ -646,9 +646,11 @@ def _sigmoid_detection_kernel(
         else:
             if HAS_CLIP:
                 s_m = tl.maximum(p - clip, 0.0)
-                ce_neg = -_log1p(-s_m)
+                # 1 - s_m = min(q + clip, 1) (no cancellation as p -> 1); -log of it = -logaddexp(-a_pos, log clip)
+                log_c = _log(clip)
+                ce_neg = tl.maximum(tl.minimum(a_pos, -log_c) - _log1p(_exp(-tl.abs(a_pos + log_c))), 0.0)
                 on = tl.where(p >= clip, 1.0, 0.0)
-                dce_neg = on * pq / (1.0 - s_m)
+                dce_neg = on * pq / tl.minimum(q + clip, 1.0)
             else:
                 s_m = p
                 ce_neg = a_pos
