@@ -92,8 +92,8 @@ def _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, HIGH, ignore_index, den_host, per
              HAS_W: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     """``1 / (mean denominator)``.  Known on the host (``den_host``: rows or elements, 1 unless "mean") or, with
     ``DEN_DEVICE`` (ignore_index / class weights), summed over the targets inside this launch: the program that
-    draws ticket 0 sums them and publishes the total in slot ``wsb[0]`` (-1.0 between launches); the others spin
-    on it.  The drawer is running when it draws, so it always finishes: no grid-wide barrier, any grid size."""
+    draws ticket 0 sums them into slot ``wsb[0]`` and then sets the flag ``ws[2]`` (0 between launches); the
+    others spin on the flag.  The drawer is running when it draws, so it always finishes: no grid-wide barrier, any grid size."""
     one = tl.full([], 1.0, DT)
     if DEN_DEVICE:
         ticket = tl.atomic_add(ws_ptr, 1)
@@ -110,9 +110,11 @@ def _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, HIGH, ignore_index, den_host, per
                 else:
                     acc += good.to(DT)
             tl.atomic_xchg(wsb_ptr, _bits(tl.sum(acc, axis=0), DT))
+            tl.atomic_xchg(ws_ptr + 2, 1)  # release: the total is in place (any value: weights may be negative)
+        ready = tl.atomic_add(ws_ptr + 2, 0)
+        while ready == 0:
+            ready = tl.atomic_add(ws_ptr + 2, 0)
         den = tl.atomic_add(wsb_ptr, 0).to(DT, bitcast=True)
-        while den < 0.0:
-            den = tl.atomic_add(wsb_ptr, 0).to(DT, bitcast=True)
         inv = one / (den * per_row)
     else:
         inv = one / (one * den_host)
@@ -137,7 +139,7 @@ def _finish(partial, out_ptr, ws_ptr, wsb_ptr, DT: tl.constexpr, BLOCK_P: tl.con
         tl.store(out_ptr, tl.sum(tot, axis=0).to(out_ptr.dtype.element_ty))
         tl.atomic_xchg(ws_ptr, 0)
         tl.atomic_xchg(ws_ptr + 1, 0)
-        tl.atomic_xchg(wsb_ptr, _bits(tl.full([], -1.0, DT), DT))
+        tl.atomic_xchg(ws_ptr + 2, 0)
 
 
 @triton.jit(do_not_specialize=["den_host", "ignore_index"])
@@ -150,7 +152,7 @@ def _softmax_poly_kernel(
     consts_ptr,  # [gamma, ls, eps_1, ..., eps_n, s, z_loss] in the compute dtype (cached on the device)
     loss_ptr,  # (R,) for "none", else the 0-d output
     g_ptr,
-    ws_ptr,  # workspace (see _workspace): int32 [den ticket, finish ticket]; float bits [den, partials...]
+    ws_ptr,  # workspace (see _workspace): int32 [den ticket, finish ticket, flag]; float bits [den, partials]
     wsb_ptr,
     R,
     C,
@@ -369,15 +371,17 @@ def _stream_id(device: torch.device) -> int:
 
 
 def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cross-program scratch of one launch: two int32 tickets (0 between launches) and ``[den (-1.0 between
-    launches), partial sums...]`` in the compute dtype, viewed as integers of its width.  One per stream: launches on one stream run in order, so they never share it at
+    """The cross-program scratch of one launch: int32 ``[den ticket, finish ticket, den-ready flag]`` (0 between
+    launches) and ``[den, partial sums...]`` in the compute dtype, as integers of its width.  One per stream: launches on one stream run in order, so they never share it at
     the same time.  Allocated (two small fills) on first use and when a launch has more programs than slots."""
     key = (device, ct, _stream_id(device))
     ws = _WORKSPACES.get(key)
+    if ws is not None and device.type != "cuda" and bool(ws[0].any()):  # the interpreter raised mid-launch
+        ws[0].zero_()
     if ws is None or ws[1].numel() < programs + 1:
         cap = max(4096, triton.next_power_of_2(programs + 1))
-        bits = torch.full((cap,), -1.0, dtype=ct, device=device).view(torch.int64 if ct == torch.float64 else torch.int32)
-        ws = (torch.zeros(2, dtype=torch.int32, device=device), bits)
+        bits = torch.zeros(cap, dtype=torch.int64 if ct == torch.float64 else torch.int32, device=device)
+        ws = (torch.zeros(3, dtype=torch.int32, device=device), bits)
         _WORKSPACES[key] = ws
     return ws
 
