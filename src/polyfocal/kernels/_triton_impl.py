@@ -376,8 +376,6 @@ def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[to
     the same time.  Allocated (two small fills) on first use and when a launch has more programs than slots."""
     key = (device, ct, _stream_id(device))
     ws = _WORKSPACES.get(key)
-    if ws is not None and device.type != "cuda" and bool(ws[0].any()):  # the interpreter raised mid-launch
-        ws[0].zero_()
     if ws is None or ws[1].numel() < programs + 1:
         cap = max(4096, triton.next_power_of_2(programs + 1))
         bits = torch.zeros(cap, dtype=torch.int64 if ct == torch.float64 else torch.int32, device=device)
@@ -449,6 +447,19 @@ def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[i
     cfg = min(timings)[1] if timings else candidates[0]
     _CONFIGS[key] = cfg
     return cfg
+
+
+def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
+    if device.type == "cuda":
+        launch(cfg)
+        return
+    try:  # Triton's interpreter can raise mid-launch (an assertion): leave the tickets reset for the next call
+        launch(cfg)
+    except BaseException:
+        for key, (tickets, _) in _WORKSPACES.items():
+            if key[0] == device:
+                tickets.zero_()
+        raise
 
 
 def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
@@ -532,7 +543,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
         else:
             block_c = min(triton.next_power_of_2(num_classes), 4096 if ct == torch.float32 else 2048)
             cfg = (max(1, min(128, 4096 // block_c)), block_c, 4, 1)
-    launch(cfg)
+    _run(launch, cfg, x.device)
     return out, grad
 
 
@@ -899,7 +910,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             cfg = _pick(key, cands, launch, x.device)
         else:
             cfg = (1024, 4)
-    launch(cfg)
+    _run(launch, cfg, x.device)
     return out, grad
 
 
