@@ -7,6 +7,8 @@ skipped without it (``scripts/gpu_check.sh`` runs them on a GPU)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 
 import pytest
@@ -34,8 +36,11 @@ MEMBERS = [
     ("ce", dict(epsilon=()), "index"),
     ("focal", dict(epsilon=(), gamma=2.0), "index"),
     ("poly1", dict(epsilon=1.0), "index"),
-    ("polyN-ls-weight-alpha", dict(epsilon=(1.0, -0.5), gamma=0.5, label_smoothing=0.1, weight=WEIGHT, alpha=PRIOR),
-     "index"),  # fmt: skip
+    (
+        "polyN-ls-weight-alpha",
+        dict(epsilon=(1.0, -0.5), gamma=0.5, label_smoothing=0.1, weight=WEIGHT, alpha=PRIOR),
+        "index",
+    ),
     ("logit-adjusted", dict(epsilon=(), prior=PRIOR, tau=1.0), "index"),
     ("ldam", dict(epsilon=(), margin=MARGIN, logit_scale=3.0), "index"),
     ("z-loss", dict(epsilon=1.0, z_loss=0.05), "index"),
@@ -44,6 +49,19 @@ MEMBERS = [
     ("bce-pos-weight", dict(activation="sigmoid", epsilon=(), pos_weight="pw"), "dense"),
     ("asymmetric", dict(activation="sigmoid", epsilon=(), gamma=1.0, gamma_neg=4.0, clip=0.05), "dense"),
 ]
+
+
+@contextlib.contextmanager
+def _no_host_index_check():
+    """Switch off the host index check the interpreter path runs (CUDA has none: it would need a sync)."""
+    from polyfocal.kernels import _triton_impl
+
+    flag = getattr(_triton_impl, "_HOST_INDEX_CHECK", [True])
+    flag[0] = False
+    try:
+        yield
+    finally:
+        flag[0] = True
 
 
 def _inputs(kind: str, dtype: torch.dtype, seed: int = 0, rows: int = 37):
@@ -103,7 +121,7 @@ def test_repeated_calls_reuse_a_reset_workspace():
         with kernels.backend("triton"):
             out = polyfocal.poly_loss(x.to(DEV), y.to(DEV), epsilon=1.0, gamma=2.0)
         torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-12)
-    for (device, _, _), (tickets, _) in _triton_impl._WORKSPACES.items():
+    for (device, _, _), (tickets, _) in getattr(_triton_impl, "_WORKSPACES", {}).items():
         if device.type == DEV:
             assert tickets.tolist() == [0, 0, 0]
 
@@ -112,30 +130,26 @@ def test_kernel_makes_an_out_of_range_index_nan_itself():
     """With the host check switched off (as on CUDA, where it would need a sync) the kernel meets the bad index:
     it never addresses memory through it and makes that row's loss and gradient nan (``TRITON_DEBUG=1`` turns
     it into a device assertion).  The workspace stays reset for the next call."""
-    from polyfocal.kernels import _triton_impl
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 5, dtype=torch.float64, generator=gen).to(DEV).requires_grad_()
     y = torch.randint(0, 5, (8,), generator=gen).to(DEV)
     y[3] = 7  # softmax: outside [0, 4]; sigmoid: outside [0, 5] (5 = background)
-    _triton_impl._HOST_INDEX_CHECK[0] = False
-    try:
-        with kernels.backend("triton"):
-            for fn in (polyfocal.cross_entropy, polyfocal.sigmoid_focal_loss):
-                loss = fn(x, y, reduction="none")
-                (grad,) = torch.autograd.grad(loss.sum(), x)
-                assert loss[3].isnan().all() and not loss[torch.arange(8) != 3].isnan().any(), fn.__name__
-                assert grad[3].isnan().all() and not grad[torch.arange(8) != 3].isnan().any(), fn.__name__
-                assert fn(x, y).isnan()
-    finally:
-        _triton_impl._HOST_INDEX_CHECK[0] = True
+    with _no_host_index_check(), kernels.backend("triton"):
+        for fn in (polyfocal.cross_entropy, polyfocal.sigmoid_focal_loss):
+            loss = fn(x, y, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            assert loss[3].isnan().all() and not loss[torch.arange(8) != 3].isnan().any(), fn.__name__
+            assert grad[3].isnan().all() and not grad[torch.arange(8) != 3].isnan().any(), fn.__name__
+            assert fn(x, y).isnan()
     y[3] = 1
     with kernels.backend("triton"):
         torch.testing.assert_close(polyfocal.cross_entropy(x, y), F.cross_entropy(x, y))
 
 
-def _host_ops(fn) -> list[str]:
+def _host_ops(fn) -> tuple[list[str], list[str]]:
     """The aten ops the host code of one call runs outside the Triton kernels (whose launches are counted apart)."""
+    import triton
+    import triton.runtime.interpreter
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
     from polyfocal.kernels import _triton_impl
@@ -160,7 +174,8 @@ def _host_ops(fn) -> list[str]:
 
             return run
 
-    names = ("_softmax_poly_kernel", "_sigmoid_poly_kernel", "_sigmoid_detection_kernel")
+    kinds = (triton.runtime.JITFunction, triton.runtime.interpreter.InterpretedFunction)
+    names = [n for n, v in vars(_triton_impl).items() if isinstance(v, kinds) and n.endswith("_kernel")]
     saved = {n: getattr(_triton_impl, n) for n in names}
     try:
         for n in names:
@@ -196,15 +211,10 @@ def test_forward_is_one_kernel_launch_and_no_torch_compute(call):
     t = (torch.rand(x.shape) < 0.3).float().to(DEV)
     y = y.to(DEV)
     w = torch.tensor(WEIGHT, device=DEV)
-    from polyfocal.kernels import _triton_impl
-
     with kernels.backend("triton"):
         call(x, y, t, w)  # warm-up: compilation, cached constants and workspace
-        _triton_impl._HOST_INDEX_CHECK[0] = False  # the CPU-only host check (a free read there) is not the CUDA path
-        try:
+        with _no_host_index_check():
             ops, launches = _host_ops(lambda: call(x, y, t, w))
-        finally:
-            _triton_impl._HOST_INDEX_CHECK[0] = True
     assert len(launches) == 1, launches
     compute = [op for op in ops if op not in ALLOCATIONS]
     assert compute == [], compute
@@ -212,10 +222,19 @@ def test_forward_is_one_kernel_launch_and_no_torch_compute(call):
 
 # ------------------------------------------------------------------------------------ CUDA only
 
+
+@functools.cache
+def _on_cuda(values: tuple[float, ...]) -> torch.Tensor:
+    """A class vector already on the GPU (a Python list is copied host-to-device on every call: a sync)."""
+    return torch.tensor(values, device="cuda")
+
+
 CUDA_CALLS = {
     "ce": lambda x, y, t: polyfocal.cross_entropy(x, y),
-    "focal-ls-weight": lambda x, y, t: polyfocal.softmax_focal_loss(x, y, label_smoothing=0.1, weight=WEIGHT),
-    "ldam": lambda x, y, t: polyfocal.poly_loss(x, y, epsilon=(), margin=MARGIN, logit_scale=2.0),
+    "focal-ls-weight": lambda x, y, t: polyfocal.softmax_focal_loss(
+        x, y, label_smoothing=0.1, weight=_on_cuda(tuple(WEIGHT))
+    ),
+    "ldam": lambda x, y, t: polyfocal.poly_loss(x, y, epsilon=(), margin=_on_cuda(tuple(MARGIN)), logit_scale=2.0),
     "sigmoid-focal": lambda x, y, t: polyfocal.sigmoid_focal_loss(x, t),
     "sigmoid-index": lambda x, y, t: polyfocal.sigmoid_focal_loss(x, y),
     "varifocal": lambda x, y, t: polyfocal.varifocal_loss(x, t * 0.7),
@@ -239,13 +258,14 @@ def test_no_host_sync_eager_and_compiled(name):
     compiled = torch.compile(lambda a, b, c: fn(a, b, c), fullgraph=True)
     for f in (fn, compiled):  # warm-up outside the check: compilation, tuning, cached constants
         f(x, y, t).backward()
+    half = torch.full((), 0.5, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for f in (fn, compiled):
             x.grad = None
             f(x, y, t).backward()
-            f(x, y, t).backward(torch.tensor(0.5, device="cuda"))
+            f(x, y, t).backward(half)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
@@ -274,7 +294,7 @@ def test_training_step_captured_in_a_cuda_graph(name):
         return loss
 
     eager_model, eager_opt = make()
-    eager_losses = [step(eager_model, eager_opt, f, b[1], b[2]).detach() for f, b in zip(feats, batches)]
+    eager_losses = [step(eager_model, eager_opt, f, b[1], b[2]).detach() for f, b in zip(feats, batches, strict=True)]
 
     model, opt = make()
     static_f, static_y, static_t = feats[0].clone(), batches[0][1].clone(), batches[0][2].clone()
@@ -294,10 +314,10 @@ def test_training_step_captured_in_a_cuda_graph(name):
     # capture does not run the step: replay each batch from the same initial weights
     model_ref, _ = make()
     with torch.no_grad():
-        for p, q in zip(model.parameters(), model_ref.parameters()):
+        for p, q in zip(model.parameters(), model_ref.parameters(), strict=True):
             p.copy_(q)
     graph_losses = []
-    for f, b in zip(feats, batches):
+    for f, b in zip(feats, batches, strict=True):
         static_f.copy_(f)
         static_y.copy_(b[1])
         static_t.copy_(b[2])
@@ -305,7 +325,7 @@ def test_training_step_captured_in_a_cuda_graph(name):
         graph_losses.append(static_loss.detach().clone())
     torch.cuda.synchronize()
     torch.testing.assert_close(torch.stack(graph_losses), torch.stack(eager_losses), rtol=1e-5, atol=1e-6)
-    for p, q in zip(model.parameters(), eager_model.parameters()):
+    for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 

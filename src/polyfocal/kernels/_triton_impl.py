@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._args import SigmoidArgs, SoftmaxArgs
-from .._validation import check_index_range, compute_dtype, index_range_message
+from .._validation import check_index_range, compute_dtype
 from ._torch_impl import NO_IGNORE
 
 __all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports"]
@@ -93,7 +93,8 @@ def _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, HIGH, ignore_index, den_host, per
     """``1 / (mean denominator)``.  Known on the host (``den_host``: rows or elements, 1 unless "mean") or, with
     ``DEN_DEVICE`` (ignore_index / class weights), summed over the targets inside this launch: the program that
     draws ticket 0 sums them into slot ``wsb[0]`` and then sets the flag ``ws[2]`` (0 between launches); the
-    others spin on the flag.  The drawer is running when it draws, so it always finishes: no grid-wide barrier, any grid size."""
+    others spin on the flag.  The drawer is running when it draws, so it always finishes: no grid-wide barrier,
+    any grid size."""
     one = tl.full([], 1.0, DT)
     if DEN_DEVICE:
         ticket = tl.atomic_add(ws_ptr, 1)
@@ -372,8 +373,9 @@ def _stream_id(device: torch.device) -> int:
 
 def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The cross-program scratch of one launch: int32 ``[den ticket, finish ticket, den-ready flag]`` (0 between
-    launches) and ``[den, partial sums...]`` in the compute dtype, as integers of its width.  One per stream: launches on one stream run in order, so they never share it at
-    the same time.  Allocated (two small fills) on first use and when a launch has more programs than slots."""
+    launches) and ``[den, partial sums...]`` in the compute dtype, as integers of its width.  One per stream:
+    launches on one stream run in order, so they never share it at the same time.  Allocated (two small fills)
+    on first use and when a launch has more programs than slots."""
     key = (device, ct, _stream_id(device))
     ws = _WORKSPACES.get(key)
     if ws is None or ws[1].numel() < programs + 1:
