@@ -19,6 +19,7 @@ the CPU: that is how CI tests them.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -401,52 +402,48 @@ _INTERPRETER_PROGRAMS = 3  # CPU interpreter: a few persistent programs, so the 
 
 
 def _softmax_candidates(num_classes: int, itemsize: int) -> list[tuple[int, int, int, int]]:
-    """Launch configurations worth timing for ``C`` classes; the first is the untuned default."""
+    """Launch configurations worth timing for ``C`` classes (at most five: each costs a compilation); the first
+    is the default when tuning is off."""
     c2 = triton.next_power_of_2(max(num_classes, 1))
-    out: list[tuple[int, int, int, int]] = []
-    if c2 <= (16384 if itemsize <= 4 else 4096):  # the row (block) in registers: one read of the logits
-        for elems in (2048, 4096, 8192, 16384):
-            block_r = max(1, min(128, elems // c2))
-            if block_r * c2 > max(elems, c2):
-                continue
-            for warps in (4, 8, 16):
-                per_thread = block_r * c2 // (32 * warps)
-                if 4 <= per_thread <= 64 or (warps == 4 and per_thread < 4):
-                    out.append((block_r, c2, warps, 8 if block_r * c2 <= 8192 else 4))
-        out.sort(key=lambda cfg: (abs(cfg[0] * cfg[1] - 4096), cfg[2]))
-    else:  # chunks, two passes: few programs per SM so the second pass finds the row in L2
-        for block_c in (4096, 8192, 2048):
-            for warps in (16, 8):
-                for per_sm in (2, 1, 4):
-                    out.append((1, block_c if itemsize <= 4 else min(block_c, 2048), warps, per_sm))
-    return list(dict.fromkeys(out))
+    if c2 <= 16384:  # the row block in registers: one read of the logits, the gradient from registers
+        out = []
+        for elems, warps in ((4096, 4), (4096, 8), (8192, 8), (2048, 4), (16384, 16)):
+            block_r = max(1, min(64, elems // c2))
+            elems = block_r * c2
+            warps = max(min(warps, max(1, elems // 256)), min(16, max(1, elems // 1024)))  # 8-32 per thread
+            out.append((block_r, c2, warps, 8 if block_r * c2 <= 8192 else 4))
+        return list(dict.fromkeys(out))
+    # chunks, two passes over the row: few programs per SM, so the second pass finds the row in L2
+    block = 4096 if itemsize >= 4 else 8192
+    return [(1, block, 16, 2), (1, block, 16, 1), (1, block, 8, 4), (1, 2 * block, 16, 2), (1, block // 2, 8, 4)]
 
 
-def _tuning_allowed(device: torch.device) -> bool:
-    import os
-
+def _tuning(device: torch.device) -> str:
+    """``"off"`` (CPU, or ``POLYFOCAL_TRITON_TUNE=0``: the first candidate, cached), ``"later"`` (timing would
+    synchronise: a CUDA graph is being captured or sync-debug mode is on; the first candidate, not cached, so a
+    later plain call tunes) or ``"now"``."""
     if device.type != "cuda" or os.environ.get("POLYFOCAL_TRITON_TUNE", "1") == "0":
-        return False
-    # timing synchronises: never while a CUDA graph is captured or sync-debug mode is on (the first call then
-    # takes the default, and a later plain call tunes)
-    return not torch.cuda.is_current_stream_capturing() and torch.cuda.get_sync_debug_mode() == 0
+        return "off"
+    if torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() != 0:
+        return "later"
+    return "now"
 
 
 def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[int, ...]:
-    """The cached configuration for ``key``; on a CUDA miss, the fastest candidate by ``triton.testing.do_bench``
-    (a few ms each), else the first."""
-    cfg = _CONFIGS.get(key)
-    if cfg is not None:
-        return cfg
-    if len(candidates) == 1 or not _tuning_allowed(device):
+    """The configuration for a key missing from :data:`_CONFIGS`: the fastest candidate by
+    ``triton.testing.do_bench`` (a few ms each; compilation dominates), else the first."""
+    mode = "off" if len(candidates) == 1 else _tuning(device)
+    if mode == "later":
         return candidates[0]
-    timings = []
-    for cand in candidates:
-        try:
-            timings.append((triton.testing.do_bench(lambda cand=cand: launch(cand), warmup=5, rep=15), cand))
-        except Exception:  # a configuration this device cannot run (registers / shared memory): skip it
-            continue
-    cfg = min(timings)[1] if timings else candidates[0]
+    cfg = candidates[0]
+    if mode == "now":
+        timings = []
+        for cand in candidates:
+            try:
+                timings.append((triton.testing.do_bench(lambda cand=cand: launch(cand), warmup=5, rep=15), cand))
+            except Exception:  # a configuration this device cannot run (registers / shared memory): skip it
+                continue
+        cfg = min(timings)[1] if timings else cfg
     _CONFIGS[key] = cfg
     return cfg
 
@@ -908,7 +905,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if x.is_cuda:
-            cands = [(2048, 8), (1024, 4), (4096, 8), (2048, 4), (4096, 16), (8192, 16)]
+            cands = [(2048, 8), (1024, 4), (4096, 8), (4096, 16), (8192, 16)]
             cfg = _pick(key, cands, launch, x.device)
         else:
             cfg = (1024, 4)
