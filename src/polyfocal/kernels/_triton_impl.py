@@ -368,6 +368,14 @@ _BLOCK_P = 1024
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def _cdiv(a: int, b: int) -> int:  # host arithmetic: triton.cdiv is a jit function (microseconds per call)
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _stream_id(device: torch.device) -> int:
     return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
@@ -380,7 +388,7 @@ def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[to
     key = (device, ct, _stream_id(device))
     ws = _WORKSPACES.get(key)
     if ws is None or ws[1].numel() < programs + 1:
-        cap = max(4096, triton.next_power_of_2(programs + 1))
+        cap = max(4096, _pow2(programs + 1))
         bits = torch.zeros(cap, dtype=torch.int64 if ct == torch.float64 else torch.int32, device=device)
         ws = (torch.zeros(3, dtype=torch.int32, device=device), bits)
         _WORKSPACES[key] = ws
@@ -404,7 +412,7 @@ _INTERPRETER_PROGRAMS = 3  # CPU interpreter: a few persistent programs, so the 
 def _softmax_candidates(num_classes: int, itemsize: int) -> list[tuple[int, int, int, int]]:
     """Launch configurations worth timing for ``C`` classes (at most five: each costs a compilation); the first
     is the default when tuning is off."""
-    c2 = triton.next_power_of_2(max(num_classes, 1))
+    c2 = _pow2(max(num_classes, 1))
     if c2 <= 16384:  # the row block in registers: one read of the logits, the gradient from registers
         out = []
         for elems, warps in ((4096, 4), (4096, 8), (8192, 8), (2048, 4), (16384, 16)):
@@ -492,7 +500,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
 
     def launch(cfg: tuple[int, ...]) -> None:
         block_r, block_c, warps, per_sm = cfg
-        blocks = triton.cdiv(rows, block_r)
+        blocks = _cdiv(rows, block_r)
         programs = min(blocks, sms * per_sm) if x.is_cuda else min(blocks, _INTERPRETER_PROGRAMS)
         ws, wsf = _workspace(x.device, ct, programs) if reduce else (out, out)
         _softmax_poly_kernel[(programs,)](
@@ -540,7 +548,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
         if x.is_cuda:
             cfg = _pick(key, _softmax_candidates(num_classes, x.element_size()), launch, x.device)
         else:
-            block_c = min(triton.next_power_of_2(num_classes), 4096 if ct == torch.float32 else 2048)
+            block_c = min(_pow2(num_classes), 4096 if ct == torch.float32 else 2048)
             cfg = (max(1, min(128, 4096 // block_c)), block_c, 4, 1)
     _run(launch, cfg, x.device)
     return out, grad
@@ -864,7 +872,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
 
     def launch(cfg: tuple[int, ...]) -> None:
         block, warps = cfg
-        programs = triton.cdiv(numel, block)
+        programs = _cdiv(numel, block)
         ws, wsf = _workspace(x.device, ct, programs) if reduce else (out, out)
         kernel[(programs,)](
             x,
@@ -926,6 +934,9 @@ def _view3(v: torch.Tensor | None, n: int, c: int, s: int, ct: torch.dtype):
     return v3, v3.stride()
 
 
+_SCALE_BY_TORCH = 1 << 17
+
+
 @triton.jit
 def _scale_unless_one_kernel(g_ptr, go_ptr, numel, BLOCK: tl.constexpr):
     go = tl.load(go_ptr)
@@ -937,12 +948,14 @@ def _scale_unless_one_kernel(g_ptr, go_ptr, numel, BLOCK: tl.constexpr):
 
 
 def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """``grad *= grad_output`` (a scalar tensor) in place; no memory pass when ``grad_output == 1``."""
-    if grad.dtype == torch.float64 or not grad.is_contiguous():
+    """``grad *= grad_output`` (a scalar tensor) in place; no memory pass when ``grad_output == 1``.  Either way
+    one launch (knowing ``grad_output == 1`` on the host would need a sync); under ``_SCALE_BY_TORCH`` elements
+    torch's ``mul_`` (a pass over a small buffer, less host time than a Triton launch)."""
+    if grad.dtype == torch.float64 or not grad.is_contiguous() or grad.numel() <= _SCALE_BY_TORCH:
         return grad.mul_(grad_output)
     if grad.numel():
         block = 4096
-        _scale_unless_one_kernel[(triton.cdiv(grad.numel(), block),)](
+        _scale_unless_one_kernel[(_cdiv(grad.numel(), block),)](
             grad, grad_output.reshape(1), grad.numel(), BLOCK=block
         )
     return grad
