@@ -229,12 +229,19 @@ def _on_cuda(values: tuple[float, ...]) -> torch.Tensor:
     return torch.tensor(values, device="cuda")
 
 
+@functools.cache
+def _ldam_module() -> torch.nn.Module:
+    return polyfocal.LDAMLoss(margin=MARGIN, logit_scale=2.0).cuda()
+
+
 CUDA_CALLS = {
     "ce": lambda x, y, t: polyfocal.cross_entropy(x, y),
     "focal-ls-weight": lambda x, y, t: polyfocal.softmax_focal_loss(
         x, y, label_smoothing=0.1, weight=_on_cuda(tuple(WEIGHT))
     ),
-    "ldam": lambda x, y, t: polyfocal.poly_loss(x, y, epsilon=(), margin=_on_cuda(tuple(MARGIN)), logit_scale=2.0),
+    # the module: it checks the margin's values once, at construction (the functional form reads a GPU tensor's
+    # values on every call, a documented sync)
+    "ldam-module": lambda x, y, t: _ldam_module()(x, y),
     "sigmoid-focal": lambda x, y, t: polyfocal.sigmoid_focal_loss(x, t),
     "sigmoid-index": lambda x, y, t: polyfocal.sigmoid_focal_loss(x, y),
     "varifocal": lambda x, y, t: polyfocal.varifocal_loss(x, t * 0.7),

@@ -955,9 +955,7 @@ def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
         return grad.mul_(grad_output)
     if grad.numel():
         block = 4096
-        _scale_unless_one_kernel[(_cdiv(grad.numel(), block),)](
-            grad, grad_output.reshape(1), grad.numel(), BLOCK=block
-        )
+        _scale_unless_one_kernel[(_cdiv(grad.numel(), block),)](grad, grad_output.reshape(1), grad.numel(), BLOCK=block)
     return grad
 
 
