@@ -137,7 +137,9 @@ def _finish(partial, out_ptr, ws_ptr, wsb_ptr, DT: tl.constexpr, BLOCK_P: tl.con
         tot = tl.zeros([BLOCK_P], DT)
         for p0 in range(0, nprog, BLOCK_P):
             m = p0 + offs < nprog
-            tot += tl.where(m, tl.atomic_add(wsb_ptr + 1 + p0 + offs, 0, mask=m).to(DT, bitcast=True), 0.0)
+            # volatile: read at L2, where the other programs' atomic exchanges landed (ordered by the ticket)
+            part = tl.load(wsb_ptr + 1 + p0 + offs, mask=m, other=0, volatile=True)
+            tot += tl.where(m, part.to(DT, bitcast=True), 0.0)
         tl.store(out_ptr, tl.sum(tot, axis=0).to(out_ptr.dtype.element_ty))
         tl.atomic_xchg(ws_ptr, 0)
         tl.atomic_xchg(ws_ptr + 1, 0)
@@ -207,7 +209,7 @@ def _softmax_poly_kernel(
                 a_sum = tl.sum(a_acc, axis=0)
             if HAS_W:
                 w_sum = tl.sum(w_acc, axis=0)
-    inv = _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, C - 1, ignore_index, den_host, 1, DEN_DEVICE, HAS_W, dt, 1024)
+    inv = _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, C - 1, ignore_index, den_host, 1, DEN_DEVICE, HAS_W, dt, 2048)
     acc = tl.zeros([BLOCK_R], dt)
     for blk in range(pid, tl.cdiv(R, BLOCK_R), nprog):
         rows = (blk * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
@@ -363,7 +365,8 @@ def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 _REDUCE = {"none": 0, "sum": 1, "mean": 2}
-_BLOCK_P = 1024
+_BLOCK_P = 2048  # partial sums per step of the final sum: softmax (<= 8 programs per SM: one step)
+_BLOCK_P_SIGMOID = 8192  # one program per block of elements: up to ~10^5 partials, a few steps
 # (device, compute dtype, stream) -> (int32 tickets, compute-dtype [den, partials...]); the kernels leave it reset
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -653,7 +656,7 @@ def _sigmoid_poly_kernel(
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
     inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
-                   1024)  # fmt: skip
+                   2048)  # fmt: skip
     loss = tl.where(bad, float("nan"), loss * scale * inv)
     if REDUCE == 0:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
@@ -805,7 +808,7 @@ def _sigmoid_detection_kernel(
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
     inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
-                   1024)  # fmt: skip
+                   2048)  # fmt: skip
     loss = tl.where(bad, float("nan"), loss * scale * inv)
     if REDUCE == 0:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
@@ -904,7 +907,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             SMOOTH=label_smoothing > 0.0,
             DT=_TL_DTYPE[ct],
             BLOCK=block,
-            BLOCK_P=_BLOCK_P,
+            BLOCK_P=_BLOCK_P_SIGMOID,
             num_warps=warps,
             **flags,
         )
