@@ -505,16 +505,16 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
         block_r, block_c, warps, per_sm = cfg
         blocks = _cdiv(rows, block_r)
         programs = min(blocks, sms * per_sm) if x.is_cuda else min(blocks, _INTERPRETER_PROGRAMS)
-        ws, wsf = _workspace(x.device, ct, programs) if reduce else (out, out)
+        ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
         _softmax_poly_kernel[(programs,)](
             x,
             target,
-            class_weight if class_weight is not None else x,
-            weight if weight is not None else x,
-            norm if norm is not None else out,
+            class_weight,
+            weight,
+            norm,
             consts,
             out,
-            grad if compute_grad else out,
+            grad if compute_grad else None,
             ws,
             wsf,
             rows,
@@ -522,8 +522,8 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
             inner,
             ignore_index,
             rows if reduce == 2 else 1,
-            bias if bias is not None else out,
-            margin if margin is not None else out,
+            bias,
+            margin,
             HAS_A=class_weight is not None,
             HAS_W=weight is not None,
             HAS_NORM=norm is not None,
@@ -865,7 +865,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             HAS_SCORE=score is not None,
             HAS_CLIP=args.clip > 0.0,
         )
-        pointers = (score if score is not None else x,)
+        pointers = (score,)
     else:
         consts = _const(base, x.device, ct)
         kernel = _sigmoid_poly_kernel
@@ -876,17 +876,15 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     def launch(cfg: tuple[int, ...]) -> None:
         block, warps = cfg
         programs = _cdiv(numel, block)
-        ws, wsf = _workspace(x.device, ct, programs) if reduce else (out, out)
+        ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
         kernel[(programs,)](
             x,
             y,
             *pointers,
-            dense[0] if dense[0] is not None else x,
-            dense[1] if dense[1] is not None else x,
-            dense[2] if dense[2] is not None else x,
+            *dense,
             consts,
             out,
-            grad if compute_grad else out,
+            grad if compute_grad else None,
             ws,
             wsf,
             numel,
