@@ -19,6 +19,7 @@ the CPU: that is how CI tests them.
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import torch
@@ -406,9 +407,11 @@ def _sm_count(device: torch.device) -> int:
 
 
 # Per-shape launch configurations.  Softmax: (BLOCK_R, BLOCK_C, num_warps, programs per SM); sigmoid: (BLOCK,
-# num_warps).  Keyed on the class count (and dtypes); on CUDA each new key is tuned once by timing a few
-# candidates on the call itself (POLYFOCAL_TRITON_TUNE=0: the heuristic without timing).
+# num_warps).  Keyed on the class count, dtype and whether the call is large (>= _TUNE_FROM elements); on CUDA
+# each new large key is tuned once by timing a few candidates on the call itself (POLYFOCAL_TRITON_TUNE=0: the
+# first candidate without timing).
 _CONFIGS: dict[tuple, tuple[int, ...]] = {}
+_TUNE_FROM = 1 << 22  # logits elements: smaller calls are launch-bound, they take the first candidate untimed
 _INTERPRETER_PROGRAMS = 3  # CPU interpreter: a few persistent programs, so the tests walk the loops
 
 
@@ -429,6 +432,41 @@ def _softmax_candidates(num_classes: int, itemsize: int) -> list[tuple[int, int,
     return [(1, block, 16, 2), (1, block, 16, 1), (1, block, 8, 4), (1, 2 * block, 16, 2), (1, block // 2, 8, 4)]
 
 
+def _configs_path() -> str | None:
+    """``POLYFOCAL_TRITON_CONFIGS``: a JSON file the tuned configurations are read from at import and written to
+    after each tuning (per machine: they are timings of one GPU)."""
+    return os.environ.get("POLYFOCAL_TRITON_CONFIGS") or None
+
+
+def _load_configs() -> None:
+    path = _configs_path()
+    if path is None or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            for entry in json.load(f):
+                key = tuple(getattr(torch, k[4:]) if str(k).startswith("dt::") else k for k in entry["key"])
+                _CONFIGS[key] = tuple(entry["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # a damaged file: tune again
+
+
+def _save_configs() -> None:
+    path = _configs_path()
+    if path is None:
+        return
+    entries = [
+        {"key": [f"dt::{str(k)[6:]}" if isinstance(k, torch.dtype) else k for k in key], "config": list(cfg)}
+        for key, cfg in _CONFIGS.items()
+    ]
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
 def _tuning(device: torch.device) -> str:
     """``"off"`` (CPU, or ``POLYFOCAL_TRITON_TUNE=0``: the first candidate, cached), ``"later"`` (timing would
     synchronise: a CUDA graph is being captured or sync-debug mode is on; the first candidate, not cached, so a
@@ -443,7 +481,7 @@ def _tuning(device: torch.device) -> str:
 def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[int, ...]:
     """The configuration for a key missing from :data:`_CONFIGS`: the fastest candidate by
     ``triton.testing.do_bench`` (a few ms each; compilation dominates), else the first."""
-    mode = "off" if len(candidates) == 1 else _tuning(device)
+    mode = "off" if len(candidates) == 1 or not key[-1] else _tuning(device)
     if mode == "later":
         return candidates[0]
     cfg = candidates[0]
@@ -456,6 +494,8 @@ def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[i
                 continue
         cfg = min(timings)[1] if timings else cfg
     _CONFIGS[key] = cfg
+    if mode == "now":
+        _save_configs()
     return cfg
 
 
@@ -545,7 +585,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
             num_warps=warps,
         )
 
-    key = ("softmax", num_classes, x.dtype)
+    key = ("softmax", num_classes, x.dtype, x.numel() >= _TUNE_FROM)
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if x.is_cuda:
@@ -910,7 +950,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             **flags,
         )
 
-    key = ("sigmoid", num_classes, x.dtype, detection)
+    key = ("sigmoid", num_classes, x.dtype, detection, numel >= _TUNE_FROM)
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if x.is_cuda:
@@ -964,3 +1004,6 @@ def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidA
     """CUDA tensors (and, when forced with ``backend("triton")``, CPU tensors in Triton's interpreter); float32 math
     for fp16/bf16 input, float64 for float64."""
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+_load_configs()
