@@ -1,19 +1,27 @@
-r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch for loss and gradient.
+r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch per call for loss and gradient.
 
-* softmax: each program owns ``BLOCK_R`` rows (a row is one ``(n, d1, ...)`` position, its ``C`` logits
-  ``S`` elements apart) and walks the classes in ``BLOCK_C`` chunks twice: an online-softmax pass for the
-  row statistics (max, sum of exponentials with and without the target, ``x_y`` and, with label smoothing,
-  ``sum_c a_c x_c``), the per-row PolyLoss terms of :func:`._torch_impl.softmax_row_terms`, then a pass
-  that writes ``grad = P exp(x - lse) - K1 onehot - K2 a`` in the input dtype.  All math is fp32 (fp64 for
-  fp64 input); the second pass re-reads the row from L2 for the usual ``C``.
-* sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program, per-block
-  partial sums for ``"mean"``/``"sum"`` (summed by torch: deterministic, no atomics); the asymmetric, varifocal and
-  quality focal members in their own kernel (:func:`._torch_impl.detection_terms`).
-* :func:`scale_unless_one_`: ``grad *= grad_output`` with a device-side branch, so a backward with
-  ``grad_output == 1`` (the usual ``loss.backward()``) costs one launch and no pass and no host sync.
+* softmax (persistent: program ``pid`` takes row blocks ``pid, pid + P, ...``): ``BLOCK_R`` rows per block (a
+  row is one ``(n, d1, ...)`` position, its ``C`` logits ``S`` elements apart).  When the row fits
+  (``C <= 16384``) it is read once into registers; else the classes are walked in ``BLOCK_C`` chunks twice: an
+  online-softmax pass for the row statistics (max, sum of exponentials with and without the target, ``x_y``
+  and, with label smoothing, ``sum_c a_c x_c``), the per-row PolyLoss terms of
+  :func:`._torch_impl.softmax_row_terms`, then a pass that writes ``grad = P exp(x - lse) - K1 onehot - K2 a``
+  in the input dtype (few programs per SM, so that pass finds the row in L2).  All math is fp32 (fp64 for fp64
+  input).
+* sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program; the asymmetric,
+  varifocal and quality focal members in their own kernel (:func:`._torch_impl.detection_terms`).
+* inside the one launch, through a per-stream workspace that every launch leaves reset (:func:`_workspace`):
+  the ``"mean"`` denominator when it depends on the targets (:func:`_inv_den`: the program drawing ticket 0
+  sums it, the others wait for its flag) and the final sum of ``"mean"`` / ``"sum"`` (:func:`_finish`: the last
+  program to finish adds the per-program partials in program order: deterministic).  A class index out of range
+  is never used as an address: its element's loss and gradient are nan (``TRITON_DEBUG=1``: a device assertion).
+  No host sync anywhere, so a training step with these losses can be captured in a CUDA graph.
+* launch configurations per class count and dtype, timed once on CUDA for large calls (:func:`_pick`).
+* :func:`scale_unless_one_`: ``grad *= grad_output`` in the backward: one launch (a device-side branch skips the
+  pass when ``grad_output == 1``; small buffers use torch's ``mul_``), no host sync.
 
-Only ``exp2``/``log2`` and arithmetic are used (no libdevice), so ``TRITON_INTERPRET=1`` runs every kernel on
-the CPU: that is how CI tests them.
+Only ``exp2``/``log2``, atomics and arithmetic are used (no libdevice), so ``TRITON_INTERPRET=1`` runs every kernel
+on the CPU: that is how CI tests them.
 """
 
 from __future__ import annotations
