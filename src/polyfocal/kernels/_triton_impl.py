@@ -2,7 +2,7 @@ r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch per call fo
 
 * softmax (persistent: program ``pid`` takes row blocks ``pid, pid + P, ...``): ``BLOCK_R`` rows per block (a
   row is one ``(n, d1, ...)`` position, its ``C`` logits ``S`` elements apart).  When the row fits
-  (``C <= 16384``) it is read once into registers; else the classes are walked in ``BLOCK_C`` chunks twice: an
+  (``C <= 8192``) it is read once into registers; else the classes are walked in ``BLOCK_C`` chunks twice: an
   online-softmax pass for the row statistics (max, sum of exponentials with and without the target, ``x_y``
   and, with label smoothing, ``sum_c a_c x_c``), the per-row PolyLoss terms of
   :func:`._torch_impl.softmax_row_terms`, then a pass that writes ``grad = P exp(x - lse) - K1 onehot - K2 a``
@@ -423,21 +423,23 @@ _TUNE_FROM = 1 << 22  # logits elements: smaller calls are launch-bound, they ta
 _INTERPRETER_PROGRAMS = 3  # CPU interpreter: a few persistent programs, so the tests walk the loops
 
 
+_SINGLE_MAX = 8192  # the largest row kept in registers: 16384 spills at 16-32 warps (ptxas, sm_90)
+
+
 def _softmax_candidates(num_classes: int, itemsize: int) -> list[tuple[int, int, int, int]]:
     """Launch configurations worth timing for ``C`` classes (at most five: each costs a compilation); the first
-    is the default when tuning is off."""
+    is the default when tuning is off.  8-16 elements per thread: more spill (ptxas, sm_90) or, through the
+    register count, leave one program per SM."""
     c2 = _pow2(max(num_classes, 1))
-    if c2 <= 16384:  # the row block in registers: one read of the logits, the gradient from registers
+    if c2 <= _SINGLE_MAX:  # the row block in registers: one read of the logits, the gradient from registers
         out = []
-        for elems, warps in ((4096, 4), (4096, 8), (8192, 8), (2048, 4), (16384, 16)):
+        for elems, per_thread in ((4096, 8), (4096, 16), (2048, 8), (8192, 16), (2048, 16)):
             block_r = max(1, min(64, elems // c2))
-            elems = block_r * c2
-            warps = max(min(warps, max(1, elems // 256)), min(16, max(1, elems // 1024)))  # 8-32 per thread
-            out.append((block_r, c2, warps, 8 if block_r * c2 <= 8192 else 4))
+            warps = max(1, min(16, block_r * c2 // (32 * per_thread)))
+            out.append((block_r, c2, warps, 8 if warps <= 8 else 4))
         return list(dict.fromkeys(out))
     # chunks, two passes over the row: few programs per SM, so the second pass finds the row in L2
-    block = 4096 if itemsize >= 4 else 8192
-    return [(1, block, 16, 2), (1, block, 16, 1), (1, block, 8, 4), (1, 2 * block, 16, 2), (1, block // 2, 8, 4)]
+    return [(1, 4096, 16, 2), (1, 8192, 16, 2), (1, 4096, 8, 4), (1, 4096, 16, 1), (1, 2048, 8, 4)]
 
 
 def _configs_path() -> str | None:
@@ -599,7 +601,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
         if x.is_cuda:
             cfg = _pick(key, _softmax_candidates(num_classes, x.element_size()), launch, x.device)
         else:
-            block_c = min(_pow2(num_classes), 4096 if ct == torch.float32 else 2048)
+            block_c = min(_pow2(num_classes), 4096 if ct == torch.float32 else 2048)  # the interpreter: numpy
             cfg = (max(1, min(128, 4096 // block_c)), block_c, 4, 1)
     _run(launch, cfg, x.device)
     return out, grad
@@ -962,7 +964,8 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if x.is_cuda:
-            cands = [(2048, 8), (1024, 4), (4096, 8), (4096, 16), (8192, 16)]
+            # 4-8 elements per thread: the sigmoid math takes ~100 registers for 4 (ptxas, sm_90)
+            cands = [(2048, 16), (1024, 8), (2048, 8), (4096, 16)]
             cfg = _pick(key, cands, launch, x.device)
         else:
             cfg = (1024, 4)
