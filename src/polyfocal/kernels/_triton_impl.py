@@ -496,6 +496,8 @@ def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[i
         return candidates[0]
     cfg = candidates[0]
     if mode == "now":
+        import triton.testing
+
         timings = []
         for cand in candidates:
             try:
