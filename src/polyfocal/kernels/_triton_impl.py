@@ -378,6 +378,7 @@ _BLOCK_P = 2048  # partial sums per step of the final sum: softmax (<= 8 program
 _BLOCK_P_SIGMOID = 8192  # one program per block of elements: up to ~10^5 partials, a few steps
 # (device, compute dtype, stream) -> (int32 tickets, compute-dtype [den, partials...]); the kernels leave it reset
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED_WORKSPACES: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def _cdiv(a: int, b: int) -> int:  # host arithmetic: triton.cdiv is a jit function (microseconds per call)
@@ -400,6 +401,8 @@ def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[to
     key = (device, ct, _stream_id(device))
     ws = _WORKSPACES.get(key)
     if ws is None or ws[1].numel() < programs + 1:
+        if ws is not None:  # kept alive: a captured CUDA graph may still address it
+            _RETIRED_WORKSPACES.append(ws)
         cap = max(4096, _pow2(programs + 1))
         bits = torch.zeros(cap, dtype=torch.int64 if ct == torch.float64 else torch.int32, device=device)
         ws = (torch.zeros(3, dtype=torch.int32, device=device), bits)
