@@ -258,11 +258,12 @@ def test_triton_scale_unless_one():
     from polyfocal.kernels import _triton_impl
 
     dev = _device("triton")
-    g = torch.randn(5000, device=dev)
-    before = g.clone()
-    assert _triton_impl.scale_unless_one_(g, torch.tensor(1.0, device=dev)) is g and torch.equal(g, before)
-    _triton_impl.scale_unless_one_(g, torch.tensor(2.5, device=dev))
-    torch.testing.assert_close(g, before * 2.5)
+    for n in (5000, _triton_impl._SCALE_BY_TORCH + 5000):  # torch's mul_ for small buffers, the kernel above
+        g = torch.randn(n, device=dev)
+        before = g.clone()
+        assert _triton_impl.scale_unless_one_(g, torch.tensor(1.0, device=dev)) is g and torch.equal(g, before)
+        _triton_impl.scale_unless_one_(g, torch.tensor(2.5, device=dev))
+        torch.testing.assert_close(g, before * 2.5)
 
 
 def test_backend_names_are_checked():

@@ -15,6 +15,7 @@ message ``"expected …, got …"``; the class-index range is checked by the ker
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -249,6 +250,28 @@ def _hyper(
     )
 
 
+_DERIVED: dict[tuple, tuple] = {}
+
+
+def _derived(tag: str, sources: tuple, extra: tuple, make):
+    """``make()``, memoised on the identity and version counter of its source tensors: a module's buffers (or the
+    same tensor passed again) give the same device tensor on every call after the first, without the conversion
+    kernels (on a GPU: launches, or a host read to check values) each call.  A source that is not a tensor, was
+    freed, modified in place or requires grad, or a traced call, computes afresh."""
+    if torch.compiler.is_compiling() or not all(type(v) is torch.Tensor and not v.requires_grad for v in sources):
+        return make()
+    key = (tag, *map(id, sources), *extra)
+    versions = tuple(v._version for v in sources)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[1] == versions and all(r() is v for r, v in zip(hit[0], sources, strict=True)):
+        return hit[2]
+    value = make()
+    if len(_DERIVED) >= 256:
+        _DERIVED.clear()
+    _DERIVED[key] = (tuple(weakref.ref(v) for v in sources), versions, value)
+    return value
+
+
 def prepare(
     input: object,
     target: object,
@@ -309,18 +332,26 @@ def prepare(
         alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
         weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
         check = not values_checked
-        prior_t = long_tail_vector(prior, "prior", num_classes, device=device, positive=True, check_values=check)
-        margin_t = long_tail_vector(margin, "margin", num_classes, device=device, positive=False, check_values=check)
+        tail = (num_classes, device, ct, check)
+
+        def bias_of() -> torch.Tensor | None:
+            p = long_tail_vector(prior, "prior", num_classes, device=device, positive=True, check_values=check)
+            if p is None or h.tau == 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
+                return None
+            return (h.tau * (torch.log(p) - torch.log(p.sum()))).to(ct)
+
+        def margin_of() -> torch.Tensor | None:
+            m = long_tail_vector(margin, "margin", num_classes, device=device, positive=False, check_values=check)
+            return None if m is None else m.to(ct)
+
+        bias_t = _derived("bias", (prior,), (*tail, h.tau), bias_of)
+        margin_t = _derived("margin", (margin,), tail, margin_of)
         targets = check_target(x, target, activation="softmax")
         if margin_t is not None and not targets.is_index:
             raise ValueError(
                 "expected class-index targets with margin= (the margin is subtracted from the target class's "
                 "logit), got a floating-point (probability) target"
             )
-        bias_t = None
-        if prior_t is not None and h.tau != 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
-            bias_t = (h.tau * (torch.log(prior_t) - torch.log(prior_t.sum()))).to(ct)
-        margin_t = None if margin_t is None else margin_t.to(ct)
         loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
         norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
         y = targets.values
@@ -331,7 +362,9 @@ def prepare(
             norm = torch.broadcast_to(norm, y.shape)  # a view
         if targets.is_index and y.dtype != torch.int64:
             y = y.long()
-        class_weight = alpha_t if weight_t is None else (weight_t if alpha_t is None else alpha_t * weight_t)
+        class_weight = alpha_t if weight_t is None else weight_t
+        if alpha_t is not None and weight_t is not None:
+            class_weight = _derived("alpha*weight", (alpha_t, weight_t), (), lambda: alpha_t * weight_t)
         return Call(x, y, _softmax_args(h, class_weight, weight_t, norm, bias_t, margin_t), loss_shape)
 
     if prior is not None or margin is not None:

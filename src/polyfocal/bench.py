@@ -586,6 +586,8 @@ MATRIX_CELLS: tuple[tuple[str, tuple[int, ...], str], ...] = (
     ("sigmoid", (100000, 80), "float32"),
     ("sigmoid", (100000, 80), "bfloat16"),
 )
+# added on CUDA: a large-vocabulary language-model head (Llama-3 vocabulary), issue 23
+MATRIX_CELLS_CUDA: tuple[tuple[str, tuple[int, ...], str], ...] = (("softmax", (8192, 128256), "bfloat16"),)
 # row name -> (family, description, fn(x, target)); the first row of a family is torch's own loss
 MATRIX_ROWS: dict[str, tuple[str, str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
     "torch-ce": ("softmax", "F.cross_entropy", lambda x, y: F.cross_entropy(x, y)),
@@ -672,7 +674,7 @@ def run_matrix(
     threads: Sequence[int] = (1, 2),
     budget_s: float = 1.0,
     memory: bool = True,
-    cells: Sequence[tuple[str, tuple[int, ...], str]] = MATRIX_CELLS,
+    cells: Sequence[tuple[str, tuple[int, ...], str]] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The benchmark matrix: every cell x row, forward+backward, ratio to torch's own loss on the same input
@@ -683,6 +685,8 @@ def run_matrix(
         raise CLIError("--device cuda: no CUDA device is available to torch")
     if not threads or any(t < 1 for t in threads):
         raise CLIError(f"--threads: expected positive thread counts, got {list(threads)}")
+    if cells is None:
+        cells = MATRIX_CELLS + (MATRIX_CELLS_CUDA if device == "cuda" else ())
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []

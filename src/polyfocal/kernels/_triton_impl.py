@@ -1,34 +1,46 @@
-r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch for loss and gradient.
+r"""Triton kernels: the same math as :mod:`._torch_impl`, one launch per call for loss and gradient.
 
-* softmax: each program owns ``BLOCK_R`` rows (a row is one ``(n, d1, ...)`` position, its ``C`` logits
-  ``S`` elements apart) and walks the classes in ``BLOCK_C`` chunks twice: an online-softmax pass for the
-  row statistics (max, sum of exponentials with and without the target, ``x_y`` and, with label smoothing,
-  ``sum_c a_c x_c``), the per-row PolyLoss terms of :func:`._torch_impl.softmax_row_terms`, then a pass
-  that writes ``grad = P exp(x - lse) - K1 onehot - K2 a`` in the input dtype.  All math is fp32 (fp64 for
-  fp64 input); the second pass re-reads the row from L2 for the usual ``C``.
-* sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program, per-block
-  partial sums for ``"mean"``/``"sum"`` (summed by torch: deterministic, no atomics); the asymmetric, varifocal and
-  quality focal members in their own kernel (:func:`._torch_impl.detection_terms`).
-* :func:`scale_unless_one_`: ``grad *= grad_output`` with a device-side branch, so a backward with
-  ``grad_output == 1`` (the usual ``loss.backward()``) costs one launch and no pass and no host sync.
+* softmax (persistent: program ``pid`` takes row blocks ``pid, pid + P, ...``): ``BLOCK_R`` rows per block (a
+  row is one ``(n, d1, ...)`` position, its ``C`` logits ``S`` elements apart).  When the row fits
+  (``C <= 8192``) it is read once into registers; else the classes are walked in ``BLOCK_C`` chunks twice: an
+  online-softmax pass for the row statistics (max, sum of exponentials with and without the target, ``x_y``
+  and, with label smoothing, ``sum_c a_c x_c``), the per-row PolyLoss terms of
+  :func:`._torch_impl.softmax_row_terms`, then a pass that writes ``grad = P exp(x - lse) - K1 onehot - K2 a``
+  in the input dtype (few programs per SM, so that pass finds the row in L2).  All math is fp32 (fp64 for fp64
+  input).
+* sigmoid: element-wise (:func:`._torch_impl.sigmoid_terms`), ``BLOCK`` elements per program; the asymmetric,
+  varifocal and quality focal members in their own kernel (:func:`._torch_impl.detection_terms`).
+* inside the one launch, through a per-stream workspace that every launch leaves reset (:func:`_workspace`):
+  the ``"mean"`` denominator when it depends on the targets (:func:`_inv_den`: the program drawing ticket 0
+  sums it, the others wait for its flag) and the final sum of ``"mean"`` / ``"sum"`` (:func:`_finish`: the last
+  program to finish adds the per-program partials in program order: deterministic).  A class index out of range
+  is never used as an address: its element's loss and gradient are nan (``TRITON_DEBUG=1``: a device assertion).
+  No host sync anywhere, so a training step with these losses can be captured in a CUDA graph.
+* launch configurations per class count and dtype, timed once on CUDA for large calls (:func:`_pick`).
+* :func:`scale_unless_one_`: ``grad *= grad_output`` in the backward: one launch (a device-side branch skips the
+  pass when ``grad_output == 1``; small buffers use torch's ``mul_``), no host sync.
 
-Only ``exp2``/``log2`` and arithmetic are used (no libdevice), so ``TRITON_INTERPRET=1`` runs every kernel on
-the CPU: that is how CI tests them.
+Only ``exp2``/``log2``, atomics and arithmetic are used (no libdevice), so ``TRITON_INTERPRET=1`` runs every kernel
+on the CPU: that is how CI tests them.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .._args import SigmoidArgs, SoftmaxArgs
-from .._validation import check_index_range, compute_dtype, index_range_message
+from .._validation import check_index_range, compute_dtype
 from ._torch_impl import NO_IGNORE
 
 __all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports"]
+
+_HOST_INDEX_CHECK = [True]  # off-CUDA (the interpreter) the host names a bad index first; tests switch it off
 
 
 @triton.jit
@@ -79,20 +91,89 @@ def _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS: tl.constexpr, HAS_MA
 
 
 @triton.jit
+def _bits(v, DT: tl.constexpr):
+    """A compute-dtype value as the same-width integer: the workspace's float slots are written and read with
+    integer atomics (exchange of floats is missing in Triton's interpreter; the bits are the same on a GPU)."""
+    return v.to(tl.int64 if DT == tl.float64 else tl.int32, bitcast=True)
+
+
+@triton.jit
+def _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, HIGH, ignore_index, den_host, per_row, DEN_DEVICE: tl.constexpr,
+             HAS_W: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """``1 / (mean denominator)``.  Known on the host (``den_host``: rows or elements, 1 unless "mean") or, with
+    ``DEN_DEVICE`` (ignore_index / class weights), summed over the targets inside this launch: the program that
+    draws ticket 0 sums them into slot ``wsb[0]`` and then sets the flag ``ws[2]`` (0 between launches); the
+    others spin on the flag.  The drawer is running when it draws, so it always finishes: no grid-wide barrier,
+    any grid size."""
+    one = tl.full([], 1.0, DT)
+    if DEN_DEVICE:
+        ticket = tl.atomic_add(ws_ptr, 1)
+        if ticket == 0:
+            offs = tl.arange(0, BLOCK)
+            acc = tl.zeros([BLOCK], DT)
+            for r0 in range(0, R, BLOCK):
+                rows = r0 + offs
+                rm = rows < R
+                y = tl.load(y_ptr + rows, mask=rm, other=0)
+                good = rm & (y != ignore_index) & (y >= 0) & (y <= HIGH)
+                if HAS_W:
+                    acc += tl.load(w_ptr + tl.where(good, y, 0), mask=good, other=0.0).to(DT)
+                else:
+                    acc += good.to(DT)
+            tl.atomic_xchg(wsb_ptr, _bits(tl.sum(acc, axis=0), DT))
+            tl.atomic_xchg(ws_ptr + 2, 1)  # release: the total is in place (any value: weights may be negative)
+        ready = tl.atomic_add(ws_ptr + 2, 0)
+        while ready == 0:
+            ready = tl.atomic_add(ws_ptr + 2, 0)
+        den = tl.atomic_add(wsb_ptr, 0).to(DT, bitcast=True)
+        inv = one / (den * per_row)
+    else:
+        inv = one / (one * den_host)
+    return inv
+
+
+@triton.jit
+def _finish(partial, out_ptr, ws_ptr, wsb_ptr, DT: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The launch-wide sum, deterministic: each program leaves its partial sum in slot ``wsb[1 + pid]`` and draws
+    a finishing ticket; the last one sums the partials in program order, stores the output and resets the
+    workspace (every program has passed :func:`_inv_den` by then) for the next launch."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    tl.atomic_xchg(wsb_ptr + 1 + pid, _bits(partial.to(DT), DT))
+    ticket = tl.atomic_add(ws_ptr + 1, 1)
+    if ticket == nprog - 1:
+        offs = tl.arange(0, BLOCK_P)
+        tot = tl.zeros([BLOCK_P], DT)
+        for p0 in range(0, nprog, BLOCK_P):
+            m = p0 + offs < nprog
+            # volatile: read at L2, where the other programs' atomic exchanges landed (ordered by the ticket)
+            part = tl.load(wsb_ptr + 1 + p0 + offs, mask=m, other=0, volatile=True)
+            tot += tl.where(m, part.to(DT, bitcast=True), 0.0)
+        tl.store(out_ptr, tl.sum(tot, axis=0).to(out_ptr.dtype.element_ty))
+        tl.atomic_xchg(ws_ptr, 0)
+        tl.atomic_xchg(ws_ptr + 1, 0)
+        tl.atomic_xchg(ws_ptr + 2, 0)
+
+
+@triton.jit(do_not_specialize=["den_host", "ignore_index"])
 def _softmax_poly_kernel(
     x_ptr,
     y_ptr,
     a_ptr,
     w_ptr,
     norm_ptr,
-    consts_ptr,  # [gamma, ls, eps_1, ..., eps_n] in the compute dtype (cached on the device)
-    stats_ptr,  # [A = sum_c a_c, W = sum_c w_c, 1 / mean denominator]
-    loss_ptr,
+    consts_ptr,  # [gamma, ls, eps_1, ..., eps_n, s, z_loss] in the compute dtype (cached on the device)
+    loss_ptr,  # (R,) for "none", else the 0-d output
     g_ptr,
+    ws_ptr,  # workspace (see _workspace): int32 [den ticket, finish ticket, flag]; float bits [den, partials]
+    wsb_ptr,
     R,
     C,
     S,
     ignore_index,
+    den_host,
+    bias_ptr,  # long-tail options: (C,) bias = tau log prior, (C,) margin
+    margin_ptr,
     HAS_A: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_NORM: tl.constexpr,
@@ -100,269 +181,188 @@ def _softmax_poly_kernel(
     GAMMA_ZERO: tl.constexpr,
     SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
+    REDUCE: tl.constexpr,  # 0 "none", 1 "sum", 2 "mean"
+    DEN_DEVICE: tl.constexpr,
     DT: tl.constexpr,
     SINGLE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    bias_ptr,  # long-tail options: (C,) bias = tau log prior, (C,) margin; s and z-loss at consts[2 + N_EPS:]
-    margin_ptr,
+    BLOCK_P: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_MARGIN: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_Z: tl.constexpr,
 ):
+    """Persistent: program ``pid`` takes row blocks ``pid, pid + P, ...``; the whole call is this one launch."""
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < R
-    n = rows // S
-    base = n * C * S + (rows - n * S)
-    y = tl.load(y_ptr + rows, mask=row_ok, other=0)
-    valid = row_ok & (y != ignore_index)
-    y = tl.where(valid, y, 0)
+    nprog = tl.num_programs(0)
     dt: tl.constexpr = DT
     gamma = tl.load(consts_ptr)
     ls = tl.load(consts_ptr + 1)
-    x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
     s = tl.load(consts_ptr + 2 + N_EPS).to(dt)
     z_w = tl.load(consts_ptr + 3 + N_EPS).to(dt)
-    m_y = tl.zeros([BLOCK_R], dt)
-    if HAS_BIAS:
-        x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
-    if HAS_MARGIN:
-        m_y = tl.load(margin_ptr + y, mask=row_ok, other=0.0).to(dt)
-        x_t = x_t - m_y
-    if HAS_SCALE:
-        x_t = x_t * s
-
-    if SINGLE:  # the whole row in registers: read once, reused for the gradient
-        cols = tl.arange(0, BLOCK_C)
-        col_ok = cols < C
-        mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
-        x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-        m = tl.maximum(tl.max(x, axis=1), -1.0e38)
-        e = _exp(x - m[:, None])
-        is_t = cols[None, :] == y[:, None]
-        s_all = tl.sum(e, axis=1)
-        s_rest = tl.sum(tl.where(is_t, 0.0, e), axis=1)
-        if SMOOTH:
-            xs = tl.where(mask, x, 0.0)
+    a_sum = tl.full([], 0.0, dt) + C  # sum_c a_c and sum_c w_c (label smoothing): C without weights
+    w_sum = tl.full([], 0.0, dt) + C
+    if SMOOTH:
+        if HAS_A or HAS_W:
+            offs_c = tl.arange(0, BLOCK_C)
+            a_acc = tl.zeros([BLOCK_C], dt)
+            w_acc = tl.zeros([BLOCK_C], dt)
+            for c0 in range(0, C, BLOCK_C):
+                cm = c0 + offs_c < C
+                if HAS_A:
+                    a_acc += tl.load(a_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
+                if HAS_W:
+                    w_acc += tl.load(w_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
             if HAS_A:
-                xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-            x_a = tl.sum(xs, axis=1)
-        else:
-            x_a = tl.zeros([BLOCK_R], dt)
-    else:  # online softmax over class chunks
-        m = tl.full([BLOCK_R], -1.0e38, dt)
-        s_all = tl.zeros([BLOCK_R], dt)
-        s_rest = tl.zeros([BLOCK_R], dt)
-        x_a = tl.zeros([BLOCK_R], dt)
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
+                a_sum = tl.sum(a_acc, axis=0)
+            if HAS_W:
+                w_sum = tl.sum(w_acc, axis=0)
+    inv = _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, C - 1, ignore_index, den_host, 1, DEN_DEVICE, HAS_W, dt, 2048)
+    acc = tl.zeros([BLOCK_R], dt)
+    for blk in range(pid, tl.cdiv(R, BLOCK_R), nprog):
+        rows = (blk * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        row_ok = rows < R
+        n = rows // S
+        base = n * C * S + (rows - n * S)
+        y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+        valid = row_ok & (y != ignore_index)
+        bad = valid & ((y < 0) | (y >= C))  # out of range: never addressed; the row's loss and gradient are nan
+        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
+        valid = valid & (bad == 0)
+        y = tl.where(valid, y, 0)
+        x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
+        m_y = tl.zeros([BLOCK_R], dt)
+        if HAS_BIAS:
+            x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
+        if HAS_MARGIN:
+            m_y = tl.load(margin_ptr + y, mask=row_ok, other=0.0).to(dt)
+            x_t = x_t - m_y
+        if HAS_SCALE:
+            x_t = x_t * s
+
+        if SINGLE:  # the whole row in registers: read once, reused for the gradient
+            cols = tl.arange(0, BLOCK_C)
             col_ok = cols < C
             mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
-            x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            rescale = _exp(m - m_new)
-            e = _exp(x - m_new[:, None])
-            s_all = s_all * rescale + tl.sum(e, axis=1)
-            s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+            x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
+            x = _adjust(x.to(dt), cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+            m = tl.maximum(tl.max(x, axis=1), -1.0e38)
+            e = _exp(x - m[:, None])
+            is_t = cols[None, :] == y[:, None]
+            s_all = tl.sum(e, axis=1)
+            s_rest = tl.sum(tl.where(is_t, 0.0, e), axis=1)
             if SMOOTH:
                 xs = tl.where(mask, x, 0.0)
                 if HAS_A:
                     xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                x_a += tl.sum(xs, axis=1)
-            m = m_new
-
-    lse = m + _log(s_all)
-    p1 = _exp(x_t - lse)
-    u1 = s_rest / s_all
-    ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
-    a_sum = tl.load(stats_ptr).to(dt)
-    w_sum = tl.load(stats_ptr + 1).to(dt)
-    if HAS_A:
-        a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
-    else:
-        a_y = tl.full([BLOCK_R], 1.0, dt)
-    if HAS_W:
-        w_y = tl.load(w_ptr + y, mask=row_ok, other=0.0).to(dt)
-    else:
-        w_y = tl.full([BLOCK_R], 1.0, dt)
-    if SMOOTH:
-        ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a)
-        u = (1.0 - ls) * u1 + (ls - ls / C)
-        w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum
-    else:
-        ce_a = a_y * ce1
-        u = u1
-        w_poly = w_y
-    if GAMMA_ZERO:
-        mod = tl.full([BLOCK_R], 1.0, dt)
-    else:
-        mod = _exp(gamma * _log(u))
-    dl_du = tl.zeros([BLOCK_R], dt)
-    loss = ce_a
-    if N_EPS > 0:
-        poly, dpoly = _poly(u, consts_ptr + 2, gamma, N_EPS)
-        loss = loss + w_poly * poly
-        dl_du = w_poly * dpoly
-    loss = mod * loss
-    if HAS_Z:  # z-loss: z_w * lse^2 of the logits the loss sees
-        loss = loss + z_w * lse * lse
-    if not GAMMA_ZERO:
-        dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
-    scale = tl.where(valid, 1.0, 0.0).to(dt)
-    if HAS_NORM:
-        scale = scale / tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(dt)
-    scale = scale * tl.load(stats_ptr + 2).to(dt)  # 1 / mean denominator (1 unless "mean")
-    tl.store(loss_ptr + rows, (loss * scale).to(loss_ptr.dtype.element_ty), mask=row_ok)
-
-    if COMPUTE_GRAD:
-        scale = tl.where(valid, scale, 0.0)  # ignored rows: 0 even when 1/denominator is inf (all ignored)
-        if HAS_SCALE:  # chain rule through z' = s (...)
-            scale = scale * s
-        k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
-        k2 = mod * (ls / C) * scale
-        coef = k1 + k2 * a_sum
-        if HAS_Z:  # d(z_w lse^2)/dz' = 2 z_w lse softmax(z')
-            coef = coef + 2.0 * z_w * lse * scale
-        if SINGLE:
-            g = (coef / s_all)[:, None] * e - tl.where(is_t, k1[:, None], 0.0)
-            if SMOOTH:
-                if HAS_A:
-                    g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                else:
-                    g -= k2[:, None]
-            offs = base[:, None] + cols[None, :].to(tl.int64) * S
-            tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
-        else:
+                x_a = tl.sum(xs, axis=1)
+            else:
+                x_a = tl.zeros([BLOCK_R], dt)
+        else:  # online softmax over class chunks
+            m = tl.full([BLOCK_R], -1.0e38, dt)
+            s_all = tl.zeros([BLOCK_R], dt)
+            s_rest = tl.zeros([BLOCK_R], dt)
+            x_a = tl.zeros([BLOCK_R], dt)
             for c0 in range(0, C, BLOCK_C):
                 cols = c0 + tl.arange(0, BLOCK_C)
                 col_ok = cols < C
                 mask = row_ok[:, None] & col_ok[None, :]
-                offs = base[:, None] + cols[None, :].to(tl.int64) * S
-                x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
-                x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-                g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+                x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
+                x = _adjust(x.to(dt), cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+                m_new = tl.maximum(m, tl.max(x, axis=1))
+                rescale = _exp(m - m_new)
+                e = _exp(x - m_new[:, None])
+                s_all = s_all * rescale + tl.sum(e, axis=1)
+                s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+                if SMOOTH:
+                    xs = tl.where(mask, x, 0.0)
+                    if HAS_A:
+                        xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+                    x_a += tl.sum(xs, axis=1)
+                m = m_new
+
+        lse = m + _log(s_all)
+        p1 = _exp(x_t - lse)
+        u1 = s_rest / s_all
+        ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
+        if HAS_A:
+            a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
+        else:
+            a_y = tl.full([BLOCK_R], 1.0, dt)
+        if HAS_W:
+            w_y = tl.load(w_ptr + y, mask=row_ok, other=0.0).to(dt)
+        else:
+            w_y = tl.full([BLOCK_R], 1.0, dt)
+        if SMOOTH:
+            ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a)
+            u = (1.0 - ls) * u1 + (ls - ls / C)
+            w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum
+        else:
+            ce_a = a_y * ce1
+            u = u1
+            w_poly = w_y
+        if GAMMA_ZERO:
+            mod = tl.full([BLOCK_R], 1.0, dt)
+        else:
+            mod = _exp(gamma * _log(u))
+        dl_du = tl.zeros([BLOCK_R], dt)
+        loss = ce_a
+        if N_EPS > 0:
+            poly, dpoly = _poly(u, consts_ptr + 2, gamma, N_EPS)
+            loss = loss + w_poly * poly
+            dl_du = w_poly * dpoly
+        loss = mod * loss
+        if HAS_Z:  # z-loss: z_w * lse^2 of the logits the loss sees
+            loss = loss + z_w * lse * lse
+        if not GAMMA_ZERO:
+            dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
+        scale = tl.where(valid, 1.0, 0.0).to(dt)
+        if HAS_NORM:
+            scale = scale / tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(dt)
+        scale = scale * inv  # 1 / mean denominator (1 unless "mean")
+        row_loss = tl.where(bad, float("nan"), loss * scale)
+        if REDUCE == 0:
+            tl.store(loss_ptr + rows, row_loss.to(loss_ptr.dtype.element_ty), mask=row_ok)
+        else:
+            acc += tl.where(row_ok, row_loss, 0.0)
+
+        if COMPUTE_GRAD:
+            scale = tl.where(valid, scale, 0.0)  # ignored rows: 0 even when 1/denominator is inf (all ignored)
+            if HAS_SCALE:  # chain rule through z' = s (...)
+                scale = scale * s
+            k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
+            k1 = tl.where(bad, float("nan"), k1)
+            k2 = mod * (ls / C) * scale
+            coef = k1 + k2 * a_sum
+            if HAS_Z:  # d(z_w lse^2)/dz' = 2 z_w lse softmax(z')
+                coef = coef + 2.0 * z_w * lse * scale
+            if SINGLE:
+                g = (coef / s_all)[:, None] * e - tl.where(is_t, k1[:, None], 0.0)
                 if SMOOTH:
                     if HAS_A:
                         g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
                     else:
                         g -= k2[:, None]
+                offs = base[:, None] + cols[None, :].to(tl.int64) * S
                 tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _prep_kernel(
-    y_ptr,
-    a_ptr,
-    w_ptr,
-    stats_ptr,  # out (program 0): [A = sum_c a_c, W = sum_c w_c]
-    den_ptr,  # out: per-program partial mean denominators
-    bad_ptr,  # out: per-program count of non-ignored indices outside [0, HIGH]
-    R,
-    C,
-    HIGH,
-    ignore_index,
-    CHUNK,
-    HAS_A: tl.constexpr,
-    HAS_W: tl.constexpr,
-    DT: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """Class sums, partial mean denominators and the index-range check (a handful of torch ops otherwise, each
-    costing more host time than the whole loss kernel at small sizes)."""
-    pid = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    if pid == 0:
-        a_acc = tl.zeros([BLOCK], DT)
-        w_acc = tl.zeros([BLOCK], DT)
-        for c0 in range(0, C, BLOCK):
-            cm = c0 + offs < C
-            if HAS_A:
-                a_acc += tl.load(a_ptr + c0 + offs, mask=cm, other=0.0).to(DT)
-            if HAS_W:
-                w_acc += tl.load(w_ptr + c0 + offs, mask=cm, other=0.0).to(DT)
-        c_float = tl.full([], 0.0, DT) + C
-        if HAS_A:
-            tl.store(stats_ptr, tl.sum(a_acc, axis=0).to(DT))
-        else:
-            tl.store(stats_ptr, c_float)
-        if HAS_W:
-            tl.store(stats_ptr + 1, tl.sum(w_acc, axis=0).to(DT))
-        else:
-            tl.store(stats_ptr + 1, c_float)
-    den = tl.zeros([BLOCK], DT)
-    bad = tl.zeros([BLOCK], tl.int32)
-    start = pid.to(tl.int64) * CHUNK
-    for r0 in range(0, CHUNK, BLOCK):
-        rows = start + r0 + offs
-        rm = rows < R
-        y = tl.load(y_ptr + rows, mask=rm, other=0)
-        valid = rm & (y != ignore_index)
-        in_range = (y >= 0) & (y <= HIGH)
-        bad += (valid & ~in_range).to(tl.int32)
-        good = valid & in_range
-        if HAS_W:
-            den += tl.load(w_ptr + tl.where(good, y, 0), mask=good, other=0.0).to(DT)
-        else:
-            den += good.to(DT)
-    tl.store(den_ptr + pid, tl.sum(den, axis=0))
-    tl.store(bad_ptr + pid, tl.sum(bad, axis=0))
-
-
-@triton.jit
-def _finish_prep_kernel(den_ptr, bad_ptr, stats_ptr, ok_ptr, P, PER_ROW, MEAN: tl.constexpr, BLOCK_P: tl.constexpr):
-    """stats[2] = 1 / (sum of the partial denominators * PER_ROW) for "mean" (else 1); ok = no bad index."""
-    offs = tl.arange(0, BLOCK_P)
-    den = tl.sum(tl.load(den_ptr + offs, mask=offs < P, other=0.0), axis=0)
-    bad = tl.sum(tl.load(bad_ptr + offs, mask=offs < P, other=0), axis=0)
-    if MEAN:  # all ignored: 1/0 = inf makes the loss nan (0 * inf); the kernels keep the gradient at 0
-        tl.store(stats_ptr + 2, 1.0 / (den * PER_ROW))
-    else:
-        tl.store(stats_ptr + 2, den * 0.0 + 1.0)
-    tl.store(ok_ptr, (bad == 0).to(tl.int32))
-
-
-def _prepare(target, class_weight, weight, *, num_classes, high, ignore_index, per_row, mean, ct):
-    """Stats ``[A, W, 1/denominator]`` on the device (two launches, deterministic: no atomics), and a queued
-    device-side assertion on the index range."""
-    ignore = None if ignore_index == NO_IGNORE else ignore_index
-    message = f"{index_range_message(num_classes, ignore, background=high == num_classes)}, got one outside it"
-    block = 1024
-    rows = target.numel()
-    programs = max(1, min(1024, triton.cdiv(rows, block)))
-    chunk = triton.cdiv(triton.cdiv(max(rows, 1), programs), block) * block
-    stats = torch.empty(3, dtype=ct, device=target.device)
-    den = torch.empty(programs, dtype=ct, device=target.device)
-    bad = torch.empty(programs, dtype=torch.int32, device=target.device)
-    ok = torch.empty((), dtype=torch.int32, device=target.device)
-    _prep_kernel[(programs,)](
-        target,
-        class_weight if class_weight is not None else stats,
-        weight if weight is not None else stats,
-        stats,
-        den,
-        bad,
-        rows,
-        num_classes,
-        high,
-        ignore_index,
-        chunk,
-        HAS_A=class_weight is not None,
-        HAS_W=weight is not None,
-        DT=_TL_DTYPE[ct],
-        BLOCK=block,
-    )
-    _finish_prep_kernel[(1,)](
-        den, bad, stats, ok, programs, per_row, MEAN=mean, BLOCK_P=triton.next_power_of_2(programs)
-    )
-    if target.is_cuda:
-        torch._assert_async(ok, message)
-    elif not bool(ok):  # Triton's CPU interpreter (tests): a host read is free; name the offending index
-        check_index_range(target, num_classes, ignore, background=high == num_classes)
-    return stats
+            else:
+                for c0 in range(0, C, BLOCK_C):
+                    cols = c0 + tl.arange(0, BLOCK_C)
+                    col_ok = cols < C
+                    mask = row_ok[:, None] & col_ok[None, :]
+                    offs = base[:, None] + cols[None, :].to(tl.int64) * S
+                    x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+                    x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+                    g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+                    if SMOOTH:
+                        if HAS_A:
+                            g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+                        else:
+                            g -= k2[:, None]
+                    tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+    if REDUCE != 0:
+        _finish(tl.sum(acc, axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
 
 
 @functools.lru_cache(maxsize=512)
@@ -373,10 +373,162 @@ def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) 
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
+_REDUCE = {"none": 0, "sum": 1, "mean": 2}
+_BLOCK_P = 2048  # partial sums per step of the final sum: softmax (<= 8 programs per SM: one step)
+_BLOCK_P_SIGMOID = 8192  # one program per block of elements: up to ~10^5 partials, a few steps
+# (device, compute dtype, stream) -> (int32 tickets, compute-dtype [den, partials...]); the kernels leave it reset
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED_WORKSPACES: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def _cdiv(a: int, b: int) -> int:  # host arithmetic: triton.cdiv is a jit function (microseconds per call)
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _stream_id(device: torch.device) -> int:
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+
+
+def _workspace(device: torch.device, ct: torch.dtype, programs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-program scratch of one launch: int32 ``[den ticket, finish ticket, den-ready flag]`` (0 between
+    launches) and ``[den, partial sums...]`` in the compute dtype, as integers of its width.  One per stream:
+    launches on one stream run in order, so they never share it at the same time.  Allocated (two small fills)
+    on first use and when a launch has more programs than slots."""
+    key = (device, ct, _stream_id(device))
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws[1].numel() < programs + 1:
+        if ws is not None:  # kept alive: a captured CUDA graph may still address it
+            _RETIRED_WORKSPACES.append(ws)
+        cap = max(4096, _pow2(programs + 1))
+        bits = torch.zeros(cap, dtype=torch.int64 if ct == torch.float64 else torch.int32, device=device)
+        ws = (torch.zeros(3, dtype=torch.int32, device=device), bits)
+        _WORKSPACES[key] = ws
+    return ws
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Per-shape launch configurations.  Softmax: (BLOCK_R, BLOCK_C, num_warps, programs per SM); sigmoid: (BLOCK,
+# num_warps).  Keyed on the class count, dtype and whether the call is large (>= _TUNE_FROM elements); on CUDA
+# each new large key is tuned once by timing a few candidates on the call itself (POLYFOCAL_TRITON_TUNE=0: the
+# first candidate without timing).
+_CONFIGS: dict[tuple, tuple[int, ...]] = {}
+_TUNE_FROM = 1 << 22  # logits elements: smaller calls are launch-bound, they take the first candidate untimed
+_INTERPRETER_PROGRAMS = 3  # CPU interpreter: a few persistent programs, so the tests walk the loops
+
+
+_SINGLE_MAX = 8192  # the largest row kept in registers: 16384 spills at 16-32 warps (ptxas, sm_90)
+
+
+def _softmax_candidates(num_classes: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+    """Launch configurations worth timing for ``C`` classes (at most five: each costs a compilation); the first
+    is the default when tuning is off.  8-16 elements per thread: more spill (ptxas, sm_90) or, through the
+    register count, leave one program per SM."""
+    c2 = _pow2(max(num_classes, 1))
+    if c2 <= _SINGLE_MAX:  # the row block in registers: one read of the logits, the gradient from registers
+        out = []
+        for elems, per_thread in ((4096, 8), (4096, 16), (2048, 8), (8192, 16), (2048, 16)):
+            block_r = max(1, min(64, elems // c2))
+            warps = max(1, min(16, block_r * c2 // (32 * per_thread)))
+            out.append((block_r, c2, warps, 8 if warps <= 8 else 4))
+        return list(dict.fromkeys(out))
+    # chunks, two passes over the row: few programs per SM, so the second pass finds the row in L2
+    return [(1, 4096, 16, 2), (1, 8192, 16, 2), (1, 4096, 8, 4), (1, 4096, 16, 1), (1, 2048, 8, 4)]
+
+
+def _configs_path() -> str | None:
+    """``POLYFOCAL_TRITON_CONFIGS``: a JSON file the tuned configurations are read from at import and written to
+    after each tuning (per machine: they are timings of one GPU)."""
+    return os.environ.get("POLYFOCAL_TRITON_CONFIGS") or None
+
+
+def _load_configs() -> None:
+    path = _configs_path()
+    if path is None or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            for entry in json.load(f):
+                key = tuple(getattr(torch, k[4:]) if str(k).startswith("dt::") else k for k in entry["key"])
+                _CONFIGS[key] = tuple(entry["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # a damaged file: tune again
+
+
+def _save_configs() -> None:
+    path = _configs_path()
+    if path is None:
+        return
+    entries = [
+        {"key": [f"dt::{str(k)[6:]}" if isinstance(k, torch.dtype) else k for k in key], "config": list(cfg)}
+        for key, cfg in _CONFIGS.items()
+    ]
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+def _tuning(device: torch.device) -> str:
+    """``"off"`` (CPU, or ``POLYFOCAL_TRITON_TUNE=0``: the first candidate, cached), ``"later"`` (timing would
+    synchronise: a CUDA graph is being captured or sync-debug mode is on; the first candidate, not cached, so a
+    later plain call tunes) or ``"now"``."""
+    if device.type != "cuda" or os.environ.get("POLYFOCAL_TRITON_TUNE", "1") == "0":
+        return "off"
+    if torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() != 0:
+        return "later"
+    return "now"
+
+
+def _pick(key: tuple, candidates: list, launch, device: torch.device) -> tuple[int, ...]:
+    """The configuration for a key missing from :data:`_CONFIGS`: the fastest candidate by
+    ``triton.testing.do_bench`` (a few ms each; compilation dominates), else the first."""
+    mode = "off" if len(candidates) == 1 or not key[-1] else _tuning(device)
+    if mode == "later":
+        return candidates[0]
+    cfg = candidates[0]
+    if mode == "now":
+        import triton.testing
+
+        timings = []
+        for cand in candidates:
+            try:
+                timings.append((triton.testing.do_bench(lambda cand=cand: launch(cand), warmup=5, rep=15), cand))
+            except Exception:  # a configuration this device cannot run (registers / shared memory): skip it
+                continue
+        cfg = min(timings)[1] if timings else cfg
+    _CONFIGS[key] = cfg
+    if mode == "now":
+        _save_configs()
+    return cfg
+
+
+def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
+    if device.type == "cuda":
+        launch(cfg)
+        return
+    try:  # Triton's interpreter can raise mid-launch (an assertion): leave the tickets reset for the next call
+        launch(cfg)
+    except BaseException:
+        for key, (tickets, _) in _WORKSPACES.items():
+            if key[0] == device:
+                tickets.zero_()
+        raise
 
 
 def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
-    """Same contract as :func:`._torch_impl.softmax`."""
+    """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`)."""
     ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
@@ -386,41 +538,47 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
     class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
     epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
     ignore_index = NO_IGNORE if args.ignore_index is None else args.ignore_index
-    stats = _prepare(
-        target,
-        class_weight,
-        weight,
-        num_classes=num_classes,
-        high=num_classes - 1,
-        ignore_index=ignore_index,
-        per_row=1,
-        mean=reduction == "mean",
-        ct=ct,
-    )
+    if not x.is_cuda and _HOST_INDEX_CHECK[0]:  # the interpreter: a host read is free; name the offending index
+        check_index_range(target, num_classes, args.ignore_index, background=False)
+    reduce = _REDUCE[reduction]
+    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    if not rows or not num_classes:
+        out = torch.empty(target.shape, dtype=ct, device=x.device)
+        if reduce:
+            out = torch.full((), float("nan") if reduce == 2 else 0.0, dtype=ct, device=x.device)
+        return out, grad.zero_() if compute_grad else grad
+    den_device = reduce == 2 and (args.ignore_index is not None or weight is not None)
     logit_scale, z_loss = float(args.logit_scale), float(args.z_loss)
     consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon), logit_scale, z_loss), x.device, ct)
     bias = None if args.bias is None else args.bias.to(device=x.device, dtype=ct).contiguous()
     margin = None if args.margin is None else args.margin.to(device=x.device, dtype=ct).contiguous()
-    loss = torch.empty(target.shape, dtype=ct, device=x.device)
-    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    out = torch.empty(target.shape if reduce == 0 else (), dtype=ct, device=x.device)
     norm = normalizer.to(ct).contiguous() if normalizer is not None else None
-    block_c = min(triton.next_power_of_2(max(num_classes, 1)), 4096 if ct == torch.float32 else 2048)
-    block_r = max(1, min(128, 4096 // block_c))
-    if rows:
-        _softmax_poly_kernel[(triton.cdiv(rows, block_r),)](
+    sms = _sm_count(x.device)
+
+    def launch(cfg: tuple[int, ...]) -> None:
+        block_r, block_c, warps, per_sm = cfg
+        blocks = _cdiv(rows, block_r)
+        programs = min(blocks, sms * per_sm) if x.is_cuda else min(blocks, _INTERPRETER_PROGRAMS)
+        ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
+        _softmax_poly_kernel[(programs,)](
             x,
             target,
-            class_weight if class_weight is not None else x,
-            weight if weight is not None else x,
-            norm if norm is not None else loss,
+            class_weight,
+            weight,
+            norm,
             consts,
-            stats,
-            loss,
-            grad if compute_grad else loss,
+            out,
+            grad if compute_grad else None,
+            ws,
+            wsf,
             rows,
             num_classes,
             inner,
             ignore_index,
+            rows if reduce == 2 else 1,
+            bias,
+            margin,
             HAS_A=class_weight is not None,
             HAS_W=weight is not None,
             HAS_NORM=norm is not None,
@@ -428,21 +586,33 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
             GAMMA_ZERO=gamma == 0.0,
             SMOOTH=label_smoothing > 0.0,
             COMPUTE_GRAD=compute_grad,
+            REDUCE=reduce,
+            DEN_DEVICE=den_device,
             DT=_TL_DTYPE[ct],
             SINGLE=num_classes <= block_c,
             BLOCK_R=block_r,
             BLOCK_C=block_c,
-            bias_ptr=bias if bias is not None else loss,
-            margin_ptr=margin if margin is not None else loss,
+            BLOCK_P=_BLOCK_P,
             HAS_BIAS=bias is not None,
             HAS_MARGIN=margin is not None,
             HAS_SCALE=logit_scale != 1.0,
             HAS_Z=z_loss != 0.0,
+            num_warps=warps,
         )
-    return (loss if reduction == "none" else loss.sum()), grad  # "mean": the rows already carry 1/denominator
+
+    key = ("softmax", num_classes, x.dtype, x.numel() >= _TUNE_FROM)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if x.is_cuda:
+            cfg = _pick(key, _softmax_candidates(num_classes, x.element_size()), launch, x.device)
+        else:
+            block_c = min(_pow2(num_classes), 4096 if ct == torch.float32 else 2048)  # the interpreter: numpy
+            cfg = (max(1, min(128, 4096 // block_c)), block_c, 4, 1)
+    _run(launch, cfg, x.device)
+    return out, grad
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["den_host", "ignore_index"])
 def _sigmoid_poly_kernel(
     x_ptr,
     t_ptr,
@@ -450,14 +620,15 @@ def _sigmoid_poly_kernel(
     pw_ptr,
     norm_ptr,
     consts_ptr,  # [alpha, gamma, ls, eps_1, ..., eps_n] in the compute dtype (cached on the device)
-    stats_ptr,  # [., ., 1 / mean denominator (1 unless "mean")]
-    loss_ptr,
-    partial_ptr,
+    loss_ptr,  # logits-sized for "none", else the 0-d output
     g_ptr,
+    ws_ptr,  # workspace (see _workspace)
+    wsb_ptr,
     numel,
     C,
     S,
     ignore_index,
+    den_host,
     w_s0,  # strides of weight / pos_weight / normalizer viewed as (N, C, S): 0 along broadcast dimensions
     w_s1,
     w_s2,
@@ -474,11 +645,13 @@ def _sigmoid_poly_kernel(
     HAS_NORM: tl.constexpr,
     N_EPS: tl.constexpr,
     GAMMA_ZERO: tl.constexpr,
-    STORE_LOSS: tl.constexpr,
+    REDUCE: tl.constexpr,  # 0 "none", 1 "sum", 2 "mean"
+    DEN_DEVICE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     SMOOTH: tl.constexpr,
     DT: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -492,9 +665,12 @@ def _sigmoid_poly_kernel(
     row = offs // (C * S)
     cls = (offs // S) % C
     sp = offs % S
+    bad = tl.zeros([BLOCK], tl.int1)
     if IS_INDEX:
         y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
         scale = tl.where(y != ignore_index, scale, 0.0)
+        bad = ok & (y != ignore_index) & ((y < 0) | (y > C))  # C: background; others make the loss nan
+        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
         t = tl.where(cls == y, 1.0, 0.0).to(dt)
     else:
         t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
@@ -534,21 +710,23 @@ def _sigmoid_poly_kernel(
         scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
-    inv = tl.load(stats_ptr + 2).to(dt)
-    loss = loss * scale * inv
-    if STORE_LOSS:
+    inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
+                   2048)  # fmt: skip
+    loss = tl.where(bad, float("nan"), loss * scale * inv)
+    if REDUCE == 0:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
     else:
-        tl.store(partial_ptr + pid, tl.sum(loss, axis=0).to(partial_ptr.dtype.element_ty))
+        _finish(tl.sum(tl.where(ok, loss, 0.0), axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
     if COMPUTE_GRAD:
         dce = (1.0 - t) * p - pw * t * q
         ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
         g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
         g = tl.where(scale != 0.0, g * scale * inv, 0.0)  # ignored: 0 even when 1/denominator is inf
+        g = tl.where(bad, float("nan"), g)
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["den_host", "ignore_index"])
 def _sigmoid_detection_kernel(
     x_ptr,
     t_ptr,
@@ -557,14 +735,15 @@ def _sigmoid_detection_kernel(
     pw_ptr,
     norm_ptr,
     consts_ptr,  # [alpha, gamma, ls, eps_1, ..., eps_n, gamma_neg, clip] in the compute dtype
-    stats_ptr,  # [., ., 1 / mean denominator (1 unless "mean")]
     loss_ptr,
-    partial_ptr,
     g_ptr,
+    ws_ptr,
+    wsb_ptr,
     numel,
     C,
     S,
     ignore_index,
+    den_host,
     w_s0,
     w_s1,
     w_s2,
@@ -584,11 +763,13 @@ def _sigmoid_detection_kernel(
     HAS_NORM: tl.constexpr,
     N_EPS: tl.constexpr,
     HAS_CLIP: tl.constexpr,
-    STORE_LOSS: tl.constexpr,
+    REDUCE: tl.constexpr,  # 0 "none", 1 "sum", 2 "mean"
+    DEN_DEVICE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     SMOOTH: tl.constexpr,
     DT: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """The detection members (:func:`._torch_impl.detection_terms`), element-wise like :func:`_sigmoid_poly_kernel`."""
     pid = tl.program_id(0)
@@ -605,9 +786,12 @@ def _sigmoid_detection_kernel(
     row = offs // (C * S)
     cls = (offs // S) % C
     sp = offs % S
+    bad = tl.zeros([BLOCK], tl.int1)
     if IS_INDEX:
         y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
         scale = tl.where(y != ignore_index, scale, 0.0)
+        bad = ok & (y != ignore_index) & ((y < 0) | (y > C))  # C: background; others make the loss nan
+        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
         on_target = tl.full([BLOCK], 1.0, dt)
         if HAS_SCORE:
             on_target = tl.load(score_ptr + row * S + sp, mask=ok, other=0.0).to(dt)
@@ -680,19 +864,21 @@ def _sigmoid_detection_kernel(
         scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
     if HAS_NORM:
         scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
-    inv = tl.load(stats_ptr + 2).to(dt)
-    loss = loss * scale * inv
-    if STORE_LOSS:
+    inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
+                   2048)  # fmt: skip
+    loss = tl.where(bad, float("nan"), loss * scale * inv)
+    if REDUCE == 0:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
     else:
-        tl.store(partial_ptr + pid, tl.sum(loss, axis=0).to(partial_ptr.dtype.element_ty))
+        _finish(tl.sum(tl.where(ok, loss, 0.0), axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
     if COMPUTE_GRAD:
         g = tl.where(scale != 0.0, g * scale * inv, 0.0)
+        g = tl.where(bad, float("nan"), g)
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
 def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
-    """Same contract as :func:`._torch_impl.sigmoid`."""
+    """Same contract as :func:`._torch_impl.sigmoid`; one kernel launch."""
     ct = compute_dtype(x)
     is_index, weight, pos_weight, normalizer, alpha = (
         args.is_index,
@@ -709,92 +895,60 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
     n = x.shape[0]
     num_classes = x.shape[1] if x.ndim >= 2 else 1
     inner = numel // (n * num_classes) if n * num_classes else 1
-    if is_index:
-        stats = _prepare(
-            target,
-            None,
-            None,
-            num_classes=num_classes,
-            high=num_classes,
-            ignore_index=ignore_index,
-            per_row=num_classes,
-            mean=reduction == "mean",
-            ct=ct,
-        )
-    else:
-        stats = _const((0.0, 0.0, 1.0 / numel if reduction == "mean" and numel else 1.0), x.device, ct)
-    consts = _const(
-        (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon)),
-        x.device,
-        ct,
-    )
+    if is_index and not x.is_cuda and _HOST_INDEX_CHECK[0]:
+        check_index_range(target, num_classes, args.ignore_index, background=True)
+    reduce = _REDUCE[reduction]
+    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    if not numel:
+        out = torch.empty(x.shape, dtype=ct, device=x.device)
+        if reduce:
+            out = torch.full((), float("nan") if reduce == 2 else 0.0, dtype=ct, device=x.device)
+        return out, grad
+    den_device = reduce == 2 and is_index and args.ignore_index is not None
     views = [_view3(v, n, num_classes, inner, ct) for v in (weight, pos_weight, normalizer)]
     dense = [v for v, _ in views]
     strides = [st for _, strides3 in views for st in strides3]
-    block = 1024
-    programs = triton.cdiv(numel, block)
-    loss = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
-    partial = torch.empty(max(programs, 1), dtype=ct, device=x.device) if reduction != "none" else None
-    grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
-    out = loss if loss is not None else partial
+    out = torch.empty(x.shape if reduce == 0 else (), dtype=ct, device=x.device)
     detection = args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0
-    if numel and detection:
-        consts = _const(
-            (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon),
-             float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip)),
-            x.device,
-            ct,
-        )  # fmt: skip
+    base = (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon))
+    if detection:
+        consts = _const((*base, float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip)),
+                        x.device, ct)  # fmt: skip
         score = None if args.score is None else args.score.to(ct).contiguous()
-        _sigmoid_detection_kernel[(programs,)](
-            x,
-            target if target.dtype != torch.bool else target.to(torch.uint8),
-            score if score is not None else x,
-            dense[0] if dense[0] is not None else x,
-            dense[1] if dense[1] is not None else x,
-            dense[2] if dense[2] is not None else x,
-            consts,
-            stats,
-            out,
-            out,
-            grad if compute_grad else out,
-            numel,
-            num_classes,
-            inner,
-            ignore_index,
-            *strides,
+        kernel = _sigmoid_detection_kernel
+        flags = dict(
             VARIANT={"poly": 1, "varifocal": 2, "quality": 3}[args.variant],
             IOU_WEIGHTED=bool(args.iou_weighted),
-            IS_INDEX=is_index,
             HAS_SCORE=score is not None,
-            HAS_ALPHA=alpha is not None,
-            HAS_W=dense[0] is not None,
-            HAS_PW=dense[1] is not None,
-            HAS_NORM=dense[2] is not None,
-            N_EPS=len(epsilon),
             HAS_CLIP=args.clip > 0.0,
-            STORE_LOSS=loss is not None,
-            COMPUTE_GRAD=compute_grad,
-            SMOOTH=label_smoothing > 0.0,
-            DT=_TL_DTYPE[ct],
-            BLOCK=block,
         )
-    elif numel:
-        _sigmoid_poly_kernel[(programs,)](
+        pointers = (score,)
+    else:
+        consts = _const(base, x.device, ct)
+        kernel = _sigmoid_poly_kernel
+        flags = dict(GAMMA_ZERO=gamma == 0.0)
+        pointers = ()
+    y = target if target.dtype != torch.bool else target.to(torch.uint8)
+
+    def launch(cfg: tuple[int, ...]) -> None:
+        block, warps = cfg
+        programs = _cdiv(numel, block)
+        ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
+        kernel[(programs,)](
             x,
-            target if target.dtype != torch.bool else target.to(torch.uint8),
-            dense[0] if dense[0] is not None else x,
-            dense[1] if dense[1] is not None else x,
-            dense[2] if dense[2] is not None else x,
+            y,
+            *pointers,
+            *dense,
             consts,
-            stats,
             out,
-            out,
-            grad if compute_grad else out,
+            grad if compute_grad else None,
+            ws,
+            wsf,
             numel,
             num_classes,
             inner,
             ignore_index,
+            numel if reduce == 2 else 1,
             *strides,
             IS_INDEX=is_index,
             HAS_ALPHA=alpha is not None,
@@ -802,18 +956,28 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_gr
             HAS_PW=dense[1] is not None,
             HAS_NORM=dense[2] is not None,
             N_EPS=len(epsilon),
-            GAMMA_ZERO=gamma == 0.0,
-            STORE_LOSS=loss is not None,
+            REDUCE=reduce,
+            DEN_DEVICE=den_device,
             COMPUTE_GRAD=compute_grad,
             SMOOTH=label_smoothing > 0.0,
             DT=_TL_DTYPE[ct],
             BLOCK=block,
+            BLOCK_P=_BLOCK_P_SIGMOID,
+            num_warps=warps,
+            **flags,
         )
-    if loss is not None:
-        return loss, grad
-    if not numel:
-        return torch.full((), float("nan") if reduction == "mean" else 0.0, dtype=ct, device=x.device), grad
-    return partial.sum(), grad  # "mean": the elements already carry 1/denominator
+
+    key = ("sigmoid", num_classes, x.dtype, detection, numel >= _TUNE_FROM)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if x.is_cuda:
+            # 4-8 elements per thread: the sigmoid math takes ~100 registers for 4 (ptxas, sm_90)
+            cands = [(2048, 16), (1024, 8), (2048, 8), (4096, 16)]
+            cfg = _pick(key, cands, launch, x.device)
+        else:
+            cfg = (1024, 4)
+    _run(launch, cfg, x.device)
+    return out, grad
 
 
 def _view3(v: torch.Tensor | None, n: int, c: int, s: int, ct: torch.dtype):
@@ -829,6 +993,9 @@ def _view3(v: torch.Tensor | None, n: int, c: int, s: int, ct: torch.dtype):
     return v3, v3.stride()
 
 
+_SCALE_BY_TORCH = 1 << 17
+
+
 @triton.jit
 def _scale_unless_one_kernel(g_ptr, go_ptr, numel, BLOCK: tl.constexpr):
     go = tl.load(go_ptr)
@@ -840,14 +1007,14 @@ def _scale_unless_one_kernel(g_ptr, go_ptr, numel, BLOCK: tl.constexpr):
 
 
 def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """``grad *= grad_output`` (a scalar tensor) in place; no memory pass when ``grad_output == 1``."""
-    if grad.dtype == torch.float64 or not grad.is_contiguous():
+    """``grad *= grad_output`` (a scalar tensor) in place; no memory pass when ``grad_output == 1``.  Either way
+    one launch (knowing ``grad_output == 1`` on the host would need a sync); under ``_SCALE_BY_TORCH`` elements
+    torch's ``mul_`` (a pass over a small buffer, less host time than a Triton launch)."""
+    if grad.dtype == torch.float64 or not grad.is_contiguous() or grad.numel() <= _SCALE_BY_TORCH:
         return grad.mul_(grad_output)
     if grad.numel():
         block = 4096
-        _scale_unless_one_kernel[(triton.cdiv(grad.numel(), block),)](
-            grad, grad_output.reshape(1), grad.numel(), BLOCK=block
-        )
+        _scale_unless_one_kernel[(_cdiv(grad.numel(), block),)](grad, grad_output.reshape(1), grad.numel(), BLOCK=block)
     return grad
 
 
@@ -855,3 +1022,6 @@ def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidA
     """CUDA tensors (and, when forced with ``backend("triton")``, CPU tensors in Triton's interpreter); float32 math
     for fp16/bf16 input, float64 for float64."""
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+_load_configs()
