@@ -135,8 +135,16 @@ def test_every_unit_has_hot_loops():
     loops = hot_loops(text)
     lines = text.splitlines()
     names = " ".join(lines[m - 1] for m in loops)
-    for what in ("softmax row's exp pass", "tile's exp pass", "tile's gradient", "sigmoid block's exp pass",
-                 "sigmoid block's gradient", "detection block's exp pass", "detection block's loss and gradient"):  # fmt: skip
+    hot = (
+        "softmax row's exp pass",
+        "tile's exp pass",
+        "tile's gradient",
+        "sigmoid block's exp pass",
+        "sigmoid block's gradient",
+        "detection block's exp pass",
+        "detection block's loss and gradient",
+    )
+    for what in hot:
         assert what in names, f"no PF_HOT loop for {what!r}"
 
 
@@ -188,6 +196,7 @@ def test_checker_catches_a_scalar_loop(tmp_path):
     start = text.index("static inline int32_t pf_bits")
     end = text.index("/* sum_j eps_j u^j")
     new = tmp_path / "new.c"
-    new_row = SCALAR_ON_AVX2[SCALAR_ON_AVX2.index("float row("):].replace("(c == t) ? 0.0f : e", "pf_sel(c == t, 0.0f, e)")
+    old_row = SCALAR_ON_AVX2[SCALAR_ON_AVX2.index("float row(") :]
+    new_row = old_row.replace("(c == t) ? 0.0f : e", "pf_sel(c == t, 0.0f, e)")
     new.write_text("#include <math.h>\n#include <stdint.h>\n#include <string.h>\n" + text[start:end] + new_row)
     assert unvectorised(new, "x86-64-v3", tmp_path, parts=(None,)) == []
