@@ -26,8 +26,8 @@ def test_native_asl_clip_matches_reference(clip, gamma_neg):
     t = torch.tensor([[0.677, 0.0, 0.0, 1.0, 0.3, 0.0, 1.0, 0.0, 0.9, 0.2]])
     kw = {"gamma_pos": 0.0, "gamma_neg": gamma_neg, "clip": clip, "reduction": "none"}
     xr = x.double().requires_grad_()
-    ref = poly_loss_reference(xr, t.double(), activation="sigmoid", epsilon=0.0, gamma=0.0, gamma_neg=gamma_neg, clip=clip,
-                              reduction="none")  # fmt: skip
+    ref_kw = {"activation": "sigmoid", "epsilon": 0.0, "gamma": 0.0, "gamma_neg": gamma_neg, "clip": clip}
+    ref = poly_loss_reference(xr, t.double(), reduction="none", **ref_kw)
     (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
     xn = x.clone().requires_grad_()
     with backend("native"):
@@ -43,7 +43,7 @@ def test_native_asl_clip_nan_and_inf_propagate():
     t = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
     with backend("native"):
         out = pf.asymmetric_loss(x.clone().requires_grad_(), t, clip=1e-6, reduction="none")
-    ref = poly_loss_reference(x.double(), t.double(), activation="sigmoid", epsilon=0.0, gamma=0.0, gamma_neg=4.0, clip=1e-6,
-                              reduction="none")  # fmt: skip
+    ref_kw = {"activation": "sigmoid", "epsilon": 0.0, "gamma": 0.0, "gamma_neg": 4.0, "clip": 1e-6}
+    ref = poly_loss_reference(x.double(), t.double(), reduction="none", **ref_kw)
     assert torch.isnan(out[0, 0]) and torch.isnan(ref[0, 0])
     torch.testing.assert_close(out[0, 1:].double(), ref[0, 1:], rtol=2e-6, atol=1e-7, equal_nan=True)
