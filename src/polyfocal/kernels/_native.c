@@ -21,8 +21,10 @@
 #include <string.h>
 #include <omp.h>
 
+#ifdef PF_LIBMVEC /* glibc's vector math library (x86_64; aarch64 from glibc 2.38): SIMD expf / logf in the loops */
 __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) float logf(float);
+#endif
 
 #define BLK 256
 #define SUM_BLK 1024

@@ -84,9 +84,32 @@ def march() -> str:
     return value
 
 
+def libmvec() -> bool:
+    """Whether the build links glibc's vector math library (SIMD ``expf`` / ``logf`` in the loops that call them):
+    glibc on x86_64, or on aarch64 from glibc 2.38 (its first AdvSIMD ``expf`` / ``logf``).  Elsewhere those
+    loops call the scalar functions (correct, slower); the exp of the softmax and sigmoid passes is inlined C
+    and vectorises either way."""
+    lib, version = platform.libc_ver()
+    if lib != "glibc":
+        return False
+    machine = platform.machine()
+    if machine in ("x86_64", "AMD64"):
+        return True
+    try:
+        major, minor = (int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return False
+    return machine in ("aarch64", "arm64") and (major, minor) >= (2, 38)
+
+
 def build_flags() -> list[str]:
-    """The compiler flags of the build (``_FLAGS`` with the :func:`march` of this process)."""
-    return [f"-march={march()}" if f == "-march=native" else f for f in _FLAGS]
+    """The compiler flags of the build (``_FLAGS`` with the :func:`march` of this process, ``-DPF_LIBMVEC``)."""
+    flags = [f"-march={march()}" if f == "-march=native" else f for f in _FLAGS]
+    return [*flags, "-DPF_LIBMVEC"] if libmvec() else flags
+
+
+def build_libs() -> list[str]:
+    return _LIBS if libmvec() else [lib for lib in _LIBS if lib != "-lmvec"]
 
 
 def _cache_dir() -> Path:
@@ -105,7 +128,7 @@ def _build(compiler: str) -> Path:
     source = _SOURCE.read_bytes()
     flags = build_flags()
     key = hashlib.sha256(
-        b"\0".join([source, compiler.encode(), " ".join(flags + _LIBS).encode(), _cpu_flags().encode()])
+        b"\0".join([source, compiler.encode(), " ".join(flags + build_libs()).encode(), _cpu_flags().encode()])
     )
     target = _cache_dir() / f"native-{platform.machine()}-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -131,7 +154,7 @@ def _build(compiler: str) -> Path:
             if proc.returncode:
                 raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
         subprocess.run(
-            [compiler, *flags, *map(str, objects), "-o", str(tmp), *_LIBS],
+            [compiler, *flags, *map(str, objects), "-o", str(tmp), *build_libs()],
             check=True,
             capture_output=True,
             text=True,
