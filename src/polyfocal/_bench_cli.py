@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["VARIANT_NAMES", "register"]
+__all__ = ["MATRIX_LEVEL_NAMES", "VARIANT_NAMES", "register"]
+
+# --level of the matrix (polyfocal.bench.MATRIX_LEVELS: the -march of the native kernels, torch's capability)
+MATRIX_LEVEL_NAMES = ("native", "avx512", "avx2", "sse4")
 
 _DESCRIPTION = (
     "polyfocal bench: forward+backward time and peak extra memory of the loss family against torch baselines."
@@ -72,4 +75,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--matrix-threads", dest="threads_list", default="1,2", metavar="T,T", help="default 1,2")
     p.add_argument("--budget", type=float, default=1.0, metavar="S", help="matrix: seconds of rounds per cell")
+    p.add_argument(
+        "--level",
+        choices=MATRIX_LEVEL_NAMES,
+        help="matrix: the x86 vector level to run at (native kernels built with that -march, torch told the same "
+        "through ATEN_CPU_CAPABILITY, in a child process): avx2 reproduces an AVX2 machine on an AVX-512 one; "
+        "default: the machine's own (native)",
+    )
     p.set_defaults(func=_run)

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from . import functional as pf
 from . import weights
-from ._bench_cli import register
+from ._bench_cli import MATRIX_LEVEL_NAMES, register
 from .cli import CLIError
 
 __all__ = ["VARIANTS", "Workload", "make_workload", "register", "run_bench", "run_from_args", "run_matrix"]
@@ -608,6 +608,41 @@ MATRIX_ROWS: dict[str, tuple[str, str, Callable[[torch.Tensor, torch.Tensor], to
     ),
 }
 MATRIX_BASELINE = {"softmax": "torch-ce", "sigmoid": "torch-bce"}
+# --level -> (POLYFOCAL_NATIVE_MARCH, ATEN_CPU_CAPABILITY); "native": neither set (the machine's own level)
+MATRIX_LEVELS: dict[str, tuple[str | None, str | None]] = {
+    "native": (None, None),
+    "avx512": ("x86-64-v4", "avx512"),
+    "avx2": ("x86-64-v3", "avx2"),
+    "sse4": ("x86-64-v2", "default"),
+}
+assert tuple(MATRIX_LEVELS) == MATRIX_LEVEL_NAMES
+
+
+def level_environment(level: str) -> dict[str, str]:
+    """The environment a process needs to run at ``level`` (see :data:`MATRIX_LEVELS`)."""
+    march, capability = MATRIX_LEVELS[level]
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYFOCAL_NATIVE_MARCH", "ATEN_CPU_CAPABILITY")}
+    if march is not None:
+        env["POLYFOCAL_NATIVE_MARCH"] = march
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    return env
+
+
+def check_level(level: str) -> None:
+    """Raise CLIError unless this process runs at ``level``: its native kernels' -march and torch's capability."""
+    from .kernels import _native
+
+    march, capability = MATRIX_LEVELS[level]
+    if _native.march() != (march or "native"):
+        raise CLIError(f"--level {level}: expected native kernels built with -march={march or 'native'}, got "
+                       f"-march={_native.march()} (POLYFOCAL_NATIVE_MARCH)")  # fmt: skip
+    torch_level = torch.backends.cpu.get_cpu_capability()
+    if capability is not None and torch_level.lower() != capability:
+        raise CLIError(f"--level {level}: expected torch's CPU capability {capability.upper()}, got {torch_level} "
+                       "(this CPU or torch build cannot run at that level)")  # fmt: skip
+    if march is not None and _native.library() is None:
+        raise CLIError(f"--level {level}: expected the native kernels built with -march={march}, got no library")
 
 
 def matrix_inputs(family: str, shape: Sequence[int], dtype: str, device: str = "cpu"):
@@ -676,6 +711,7 @@ def run_matrix(
     memory: bool = True,
     cells: Sequence[tuple[str, tuple[int, ...], str]] | None = None,
     seed: int = 0,
+    level: str = "native",
 ) -> dict[str, Any]:
     """The benchmark matrix: every cell x row, forward+backward, ratio to torch's own loss on the same input
     (medians of one interleaved run per cell and thread count), and the extra peak memory of each row."""
@@ -742,6 +778,8 @@ def run_matrix(
         "device": device,
         "device_name": _device_name(device),
         "simd": simd_level(device),
+        "level": level,
+        "native_march": _native_march(),
         **_versions(),
         "threads": thread_counts,
         "budget_s": budget_s,
@@ -753,6 +791,12 @@ def run_matrix(
     return {"meta": meta, "results": rows}
 
 
+def _native_march() -> str:
+    from .kernels import _native
+
+    return _native.march()
+
+
 def _logits_bytes(row: dict[str, Any]) -> int:
     return math.prod(row["shape"]) * DTYPES[row["dtype"]].itemsize
 
@@ -762,7 +806,8 @@ def format_matrix(result: dict[str, Any]) -> str:
     extra peak memory in logits' bytes), then the worst polyfocal cell."""
     m = result["meta"]
     lines = [
-        f"polyfocal bench --matrix on {m['device']} ({m['device_name']}; {m['simd']})",
+        f"polyfocal bench --matrix on {m['device']} ({m['device_name']}; {m['simd']}; level "
+        f"{m.get('level', 'native')}: native kernels -march={m.get('native_march', 'native')})",
         f"polyfocal {m['polyfocal']}, torch {m['torch']}, python {m['python']}, triton {m['triton'] or '-'}",
         "forward+backward; ratio = median / median of torch's own loss on the same input, one interleaved run "
         f"per cell; memory: {m['memory']}",
@@ -810,11 +855,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise CLIError(f"--json: directory of {args.json!r} does not exist")
     if args.matrix:
+        threads = _threads(args.threads_list)
+        current = (os.environ.get("POLYFOCAL_NATIVE_MARCH") or None, os.environ.get("ATEN_CPU_CAPABILITY") or None)
+        if args.level is not None:
+            if current != MATRIX_LEVELS[args.level]:
+                return _rerun_at_level(args)  # torch reads ATEN_CPU_CAPABILITY once, at import: a fresh process
+            check_level(args.level)
+        level = args.level or next((k for k, v in MATRIX_LEVELS.items() if v == current), "custom (environment)")
         result = run_matrix(
             device=args.device,
-            threads=_threads(args.threads_list),
+            threads=threads,
             budget_s=args.budget,
             memory=not args.no_memory,
+            level=level,
         )
         print(format_matrix(result))
         _write_json(result, args.json)
@@ -835,6 +888,17 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(format_table(result))
     _write_json(result, args.json)
     return 0
+
+
+def _rerun_at_level(args: argparse.Namespace) -> int:
+    """``bench --matrix --level L`` in a child process with L's environment (see :func:`level_environment`)."""
+    import subprocess
+
+    argv = ["--matrix", "--level", args.level, "--device", args.device, "--matrix-threads", args.threads_list]
+    argv += ["--budget", str(args.budget), *(["--no-memory"] if args.no_memory else [])]
+    argv += [] if args.json is None else ["--json", args.json]
+    cmd = [sys.executable, "-m", "polyfocal.bench", *argv]
+    return subprocess.run(cmd, env=level_environment(args.level), check=False).returncode
 
 
 def _threads(text: str) -> list[int]:

@@ -20,9 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
+#ifdef PF_LIBMVEC /* glibc's vector math library (x86_64; aarch64 from glibc 2.38): SIMD expf / logf in the loops */
 __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) float logf(float);
+#endif
 
 #define BLK 256
 #define SUM_BLK 1024
@@ -130,12 +135,40 @@ __attribute__((noinline)) static void store_from_f32(void *dst, int dt, int64_t 
     }
 }
 
+/* Branch-free building blocks.  The hot loops (marked PF_HOT: the line after the marker starts the loop; the
+ * test tests/test_native_vectorize.py compiles every unit at x86-64-v2/v3/v4 and -march=native and asserts
+ * that GCC vectorised each marked loop) must not depend on if-conversion: GCC only if-converts a float select
+ * when no operand can trap, which it cannot prove under the default -ftrapping-math after jump threading has
+ * split the loop body on the select's condition; AVX-512 hid this (masked ops), AVX2 and NEON do not.  So the
+ * selects of the hot loops are integer blends of the float bits, and exp_nonpos has no float select at all.
+ * Plain C (no intrinsics, no vector extensions): it compiles and vectorises the same way for aarch64 (NEON). */
+static inline int32_t pf_bits(float f) {
+    int32_t i;
+    memcpy(&i, &f, sizeof i);
+    return i;
+}
+static inline float pf_float(int32_t i) {
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+/* cond ? a : b for a comparison result cond (0 or 1): both sides are computed, the bits are blended */
+static inline float pf_sel(int cond, float a, float b) {
+    const int32_t m = -(int32_t)cond;
+    return pf_float((pf_bits(a) & m) | (pf_bits(b) & ~m));
+}
+
 /* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and Cephes' degree-6 polynomial (max relative
  * error ~2 ulp), inlined so the row loops vectorise with no call; values below -87.3 (results under
- * float32's normal range, negligible against a row sum >= 1) flush to 0, -inf included. */
+ * float32's normal range, negligible against a row sum >= 1) flush to 0, -inf included; NaN stays NaN.
+ * Branch-free: the clamp and the flush are integer blends, the rounding to an integer is the 1.5 * 2^23
+ * trick (exact for |n| < 2^22, and it gives n's integer bits directly: no float-to-int conversion). */
 static inline float exp_nonpos(float v) {
-    const float c = v < -87.3f ? -87.3f : v;
-    const float n = rintf(c * 1.44269504088896341f);
+    const int32_t keep = (int32_t)(v < -87.3f) - 1; /* 0 below -87.3, all ones otherwise (NaN included) */
+    const float c = pf_float((pf_bits(v) & keep) | (pf_bits(-87.3f) & ~keep));
+    const float big = c * 1.44269504088896341f + 12582912.0f; /* round(c / ln 2) + 1.5 * 2^23 */
+    const float n = big - 12582912.0f;
+    const uint32_t ni = (uint32_t)pf_bits(big) - 0x4b400000u; /* n as a two's complement integer */
     const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -144,12 +177,8 @@ static inline float exp_nonpos(float v) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union {
-        float f;
-        int32_t i;
-    } scale;
-    scale.i = ((int32_t)n + 127) << 23;
-    return v < -87.3f ? 0.0f : p * scale.f;
+    const float scale = pf_float((int32_t)((ni + 127u) << 23)); /* 2^n, n in [-126, 0] */
+    return pf_float(pf_bits(p * scale) & keep);
 }
 
 /* sum_j eps_j u^j and sum_j eps_j (j + gamma) u^(j-1) */
@@ -161,6 +190,22 @@ __attribute__((unused)) static void poly_terms(double u, const double *eps, int 
     }
     *poly = p;
     *dpoly = d;
+}
+
+/* Ask for transparent huge pages on the 2 MiB-aligned interior of a gradient buffer of `bytes` about to be written
+ * for the first time (a fresh torch.empty_like: glibc maps large blocks freshly, so every call would otherwise take
+ * one page fault per 4 KiB, which on a VM costs more than the loss itself: filling a fresh 64 MiB buffer measured
+ * ~190 ms with 4 KiB faults against ~25-40 ms after this call on the loaded 2-core test VM).  A hint only: without
+ * THP (or off Linux) nothing changes; the buffer's contents and size do not change either. */
+__attribute__((unused)) static void pf_hugepages(void *buf, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)1 << 21, start = ((uintptr_t)buf + huge - 1) & ~(huge - 1);
+    const uintptr_t end = ((uintptr_t)buf + (uintptr_t)bytes) & ~(huge - 1);
+    if (bytes >= ((int64_t)4 << 20) && end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)buf;
+    (void)bytes;
+#endif
 }
 
 /* The file builds as one unit, or as three compiled in parallel and linked into one library by _native.py
@@ -186,6 +231,25 @@ typedef struct {
  * is then an upper bound (a valid stabiliser), the sum over c != t is unchanged, and the target's own terms are
  * corrected once after the loops. */
 #define XB(c) (ADJ ? sc * (xr[c] + bb[c]) : xr[c])
+/* sum of e_c = exp(XB(c) - m) over c in [lo, hi), each e_c stored to gr[c] when gr is not NULL */
+static inline __attribute__((always_inline)) float sm_exp_sum(const float *xr, const float *bb, float sc, float m,
+                                                              float *gr, int64_t lo, int64_t hi, const int ADJ) {
+    float s = 0.0f;
+    if (gr) {
+        /* PF_HOT: the softmax row's exp pass, storing e */
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = lo; c < hi; c++) {
+            const float e = exp_nonpos(XB(c) - m);
+            gr[c] = e;
+            s += e;
+        }
+    } else {
+        /* PF_HOT: the softmax row's exp pass, loss only */
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = lo; c < hi; c++) s += exp_nonpos(XB(c) - m);
+    }
+    return s;
+}
 static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, const float *xr, float *gr, int64_t t,
                                                                double scale, const int ADJ) {
     const int64_t C = k->C;
@@ -196,10 +260,11 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     if (ADJ && smt > 40.0f) { /* a huge target margin: the exact maximum (the bound could underflow every exp) */
 #pragma omp simd reduction(max : m)
         for (int64_t c = 0; c < C; c++) {
-            const float v = XB(c) - (c == t ? smt : 0.0f);
+            const float v = XB(c) - pf_sel(c == t, smt, 0.0f);
             m = v > m ? v : m;
         }
     } else {
+        /* PF_HOT: the softmax row's maximum */
 #pragma omp simd reduction(max : m)
         for (int64_t c = 0; c < C; c++) {
             const float v = XB(c);
@@ -210,34 +275,22 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
      * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
      * vectorise without -ffast-math. */
-    double s_all = 0.0, s_rest = 0.0, x_a = 0.0;
+    /* The sum over c != t: each block split around t (no per-element select), the target's term added once
+     * after the loops (with its margin under ADJ). */
+    double s_rest = 0.0, x_a = 0.0;
     for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
         const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
-        float b_all = 0.0f, b_rest = 0.0f;
-        if (gr) {
-#pragma omp simd reduction(+ : b_all, b_rest)
-            for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(XB(c) - m);
-                gr[c] = e;
-                b_all += e;
-                b_rest += (c == t) ? 0.0f : e;
-            }
-        } else {
-#pragma omp simd reduction(+ : b_all, b_rest)
-            for (int64_t c = c0; c < c1; c++) {
-                const float e = exp_nonpos(XB(c) - m);
-                b_all += e;
-                b_rest += (c == t) ? 0.0f : e;
-            }
-        }
-        s_all += b_all;
-        s_rest += b_rest;
+        const int64_t ta = t < c0 ? c0 : (t < c1 ? t : c1), tb = t < c0 ? c0 : (t < c1 ? t + 1 : c1);
+        s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
+        s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
         if (ls > 0.0) {
             float b_a = 0.0f;
             if (a) {
+                /* PF_HOT: label smoothing's class sum */
 #pragma omp simd reduction(+ : b_a)
                 for (int64_t c = c0; c < c1; c++) b_a += a[c] * XB(c);
             } else {
+                /* PF_HOT: label smoothing's class sum */
 #pragma omp simd reduction(+ : b_a)
                 for (int64_t c = c0; c < c1; c++) b_a += XB(c);
             }
@@ -245,12 +298,10 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
         }
     }
     const float xt_f = ADJ ? XB(t) - smt : xr[t];
-    if (ADJ) { /* the target's terms with its margin */
-        const float e_t = exp_nonpos(xt_f - m);
-        if (gr) gr[t] = e_t;
-        s_all = s_rest + (double)e_t;
-        if (ls > 0.0) x_a -= (double)(a ? a[t] : 1.0f) * (double)smt;
-    }
+    const float e_t = exp_nonpos(xt_f - m); /* the target's terms (with its margin under ADJ) */
+    if (gr) gr[t] = e_t;
+    const double s_all = s_rest + (double)e_t;
+    if (ADJ && ls > 0.0) x_a -= (double)(a ? a[t] : 1.0f) * (double)smt;
     const double x_t = xt_f;
     const double lse = (double)m + log(s_all);
     const double p1 = exp(x_t - lse);
@@ -283,12 +334,15 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
         if (ls > 0.0) {
             const float k2f = (float)k2;
             if (a)
+                /* PF_HOT: the softmax row's gradient scale */
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f * a[c];
             else
+                /* PF_HOT: the softmax row's gradient scale */
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) gr[c] = pc * gr[c] - k2f;
         } else {
+            /* PF_HOT: the softmax row's gradient scale */
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) gr[c] *= pc;
         }
@@ -320,10 +374,12 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
     const float sc = (float)k->sc, gsc = adj ? sc : 1.0f, zl = OPT ? (float)k->zl : 0.0f;
     float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS], smt[TS], lse_j[TS];
     int64_t tj[TS];
+    int32_t tc[TS]; /* the target class as int32: the per-class compares of the hot loops, in float-wide lanes */
     for (int64_t j = 0; j < TS; j++) {
         const int64_t t = j < ts ? y[r0 + j] : ignore_index;
         valid[j] = (t != ignore_index) ? 1.0f : 0.0f;
         tj[j] = (t != ignore_index) ? t : 0;
+        tc[j] = (int32_t)tj[j];
         m[j] = -INFINITY;
         sa[j] = sr[j] = xt[j] = xa[j] = 0.0f;
         smt[j] = adj && k->mg ? sc * k->mg[tj[j]] : 0.0f;
@@ -338,9 +394,10 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
         }
         if (adj) { /* z' = s (x + b_c) - s m_t [c = t], on the tile scratch */
             const float bc = k->b[c];
-            for (int64_t j = 0; j < ts; j++) ec[j] = sc * (ec[j] + bc) - (tj[j] == c ? smt[j] : 0.0f);
+            for (int64_t j = 0; j < ts; j++) ec[j] = sc * (ec[j] + bc) - pf_sel(tc[j] == (int32_t)c, smt[j], 0.0f);
         }
         for (int64_t j = ts; j < TS; j++) ec[j] = 0.0f;
+        /* PF_HOT: the tile's maximum */
 #pragma omp simd
         for (int64_t j = 0; j < TS; j++) m[j] = ec[j] > m[j] ? ec[j] : m[j];
     }
@@ -349,14 +406,16 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
     for (int64_t c = 0; c < C; c++) {
         float *ec = es + c * TS;
         const float ac = a ? a[c] : 1.0f;
+        const int32_t ci = (int32_t)c;
+        /* PF_HOT: the tile's exp pass */
 #pragma omp simd
         for (int64_t j = 0; j < TS; j++) {
             const float xv = ec[j], e = exp_nonpos(xv - m[j]);
-            const int hit = tj[j] == c;
-            xt[j] = hit ? xv : xt[j];
+            const int hit = tc[j] == ci;
+            xt[j] = pf_sel(hit, xv, xt[j]);
             xa[j] += ac * xv;
             sa[j] += e;
-            sr[j] += hit ? 0.0f : e;
+            sr[j] += pf_sel(hit, 0.0f, e);
             ec[j] = e;
         }
     }
@@ -366,22 +425,24 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
         w_poly[j] = w ? w[tj[j]] : 1.0f;
         scale[j] = (j < ts && norm ? 1.0f / norm[r0 + j] : 1.0f) * (float)grad_scale;
     }
+    /* PF_HOT: the tile's per-position terms */
 #pragma omp simd
     for (int64_t j = 0; j < TS; j++) {
         const float lse = m[j] + logf(sa[j]);
         lse_j[j] = lse;
         p1[j] = expf(xt[j] - lse);
         const float d1 = 1.0f - p1[j];
-        const float u1 = gm == 0.0f ? (d1 < 0.0f ? 0.0f : d1) : sr[j] / sa[j];
+        /* d1 < 0 ? 0 : d1 as a comparison, not fmaxf: fmaxf would turn a NaN row into 0 */
+        const float u1 = pf_sel(gm == 0.0f, pf_sel(d1 < 0.0f, 0.0f, d1), sr[j] / sa[j]);
         const float z = -u1, w1 = 1.0f + z; /* log1p(z) = log(1 + z) * z / ((1 + z) - 1), exact for tiny z */
-        const float l1p = w1 == 1.0f ? z : logf(w1) * (z / (w1 - 1.0f));
-        const float ce1 = u1 < 0.5f ? -l1p : lse - xt[j];
-        /* label smoothing by selects, not a branch (the loop vectorises); unselected lanes may hold NaN */
+        const float l1p = pf_sel(w1 == 1.0f, z, logf(w1) * (z / (w1 - 1.0f)));
+        const float ce1 = pf_sel(u1 < 0.5f, -l1p, lse - xt[j]);
+        /* label smoothing by blends, not a branch (the loop vectorises); unselected lanes may hold NaN */
         const int smooth = ls > 0.0f;
         const float ce_s = (1.0f - ls) * a_y[j] * ce1 + ls * inv_c * ((float)k->a_sum * lse - xa[j]);
-        ce_a[j] = smooth ? ce_s : a_y[j] * ce1;
-        u[j] = smooth ? (1.0f - ls) * u1 + (ls - ls * inv_c) : u1;
-        w_poly[j] = smooth ? (1.0f - ls) * w_poly[j] + ls * inv_c * (float)k->w_sum : w_poly[j];
+        ce_a[j] = pf_sel(smooth, ce_s, a_y[j] * ce1);
+        u[j] = pf_sel(smooth, (1.0f - ls) * u1 + (ls - ls * inv_c), u1);
+        w_poly[j] = pf_sel(smooth, (1.0f - ls) * w_poly[j] + ls * inv_c * (float)k->w_sum, w_poly[j]);
         poly[j] = dpoly[j] = 0.0f;
     }
     if (gm == 0.0f) {
@@ -399,30 +460,34 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
             dpoly[j] = dpoly[j] * u[j] + cf;
         }
     }
+    /* PF_HOT: the tile's per-position loss and gradient coefficients */
 #pragma omp simd
     for (int64_t j = 0; j < TS; j++) {
-        float dl_du = w_poly[j] * dpoly[j];
-        if (gm != 0.0f) dl_du += gm * (u[j] > 0.0f ? ce_a[j] / u[j] : a_y[j]);
-        const float ok = valid[j], sc = scale[j];
+        const float focal = gm * pf_sel(u[j] > 0.0f, ce_a[j] / u[j], a_y[j]);
+        const float dl_du = w_poly[j] * dpoly[j] + pf_sel(gm != 0.0f, focal, 0.0f); /* gm = 0: no 0 * inf */
+        const int ok = valid[j] != 0.0f;
+        const float sc = scale[j];
         const float row = mod[j] * (ce_a[j] + w_poly[j] * poly[j]);
-        const float l = (zl != 0.0f ? row + zl * lse_j[j] * lse_j[j] : row) * sc; /* + the z-loss */
-        xa[j] = ok != 0.0f ? l : 0.0f; /* the row loss (xa is free now) */
+        const float l = pf_sel(zl != 0.0f, row + zl * lse_j[j] * lse_j[j], row) * sc; /* + the z-loss */
+        xa[j] = pf_sel(ok, l, 0.0f); /* the row loss (xa is free now) */
         const float gs = sc * gsc; /* gsc = s: the chain rule through z' = s (...); 1 without the options */
-        k1[j] = ok != 0.0f ? (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * gs : 0.0f;
-        k2[j] = ok != 0.0f ? mod[j] * ls * inv_c * gs : 0.0f;
+        k1[j] = pf_sel(ok, (1.0f - ls) * mod[j] * (a_y[j] + dl_du * p1[j]) * gs, 0.0f);
+        k2[j] = pf_sel(ok, mod[j] * ls * inv_c * gs, 0.0f);
         const float coef = k1[j] + k2[j] * (float)k->a_sum;
-        const float q = (zl != 0.0f ? coef + 2.0f * zl * lse_j[j] * gs : coef) / sa[j]; /* + d(z-loss) */
-        pc[j] = ok != 0.0f ? q : 0.0f;
+        const float q = pf_sel(zl != 0.0f, coef + 2.0f * zl * lse_j[j] * gs, coef) / sa[j]; /* + d(z-loss) */
+        pc[j] = pf_sel(ok, q, 0.0f);
     }
     for (int64_t j = 0; j < ts; j++) loss[r0 + j] = xa[j];
     if (!g) return;
     for (int64_t c = 0; c < C; c++) {
         float *ec = es + c * TS;
         const float ac = a ? a[c] : 1.0f;
+        const int32_t ci = (int32_t)c;
+        /* PF_HOT: the tile's gradient */
 #pragma omp simd
         for (int64_t j = 0; j < TS; j++) {
-            const float v = pc[j] * ec[j] - k2[j] * ac - (tj[j] == c ? k1[j] : 0.0f);
-            ec[j] = valid[j] != 0.0f ? v : 0.0f; /* ignored positions: 0, also for NaN logits */
+            const float v = pc[j] * ec[j] - k2[j] * ac - pf_sel(tc[j] == ci, k1[j], 0.0f);
+            ec[j] = pf_sel(valid[j] != 0.0f, v, 0.0f); /* ignored positions: 0, also for NaN logits */
         }
         if (xdt == DT_F32) {
             float *gc = (float *)g + base + c * S;
@@ -475,6 +540,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     }
     const double grad_scale = mean ? 1.0 / den : 1.0;
     const int parallel = R * C >= 16384 && nthreads > 1;
+    if (g && g != x) pf_hugepages(g, R * C * (xdt == DT_F32 ? 4 : 2)); /* a fresh gradient buffer */
     float stack_rows[256];
     float *loss = loss_out ? loss_out : (R <= 256 ? stack_rows : (float *)malloc((size_t)R * sizeof(float)));
     if (!loss) return 2;
@@ -551,7 +617,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
 /* u^k for k in {0, 1, 2, 3, 4} (a per-element float) by products: selects, so the loop vectorises */
 static inline float ipow4(float a, float k) {
     const float b = a * a;
-    return k == 0.0f ? 1.0f : (k == 1.0f ? a : (k == 2.0f ? b : (k == 3.0f ? b * a : b * b)));
+    return pf_sel(k == 0.0f, 1.0f, pf_sel(k == 1.0f, a, pf_sel(k == 2.0f, b, pf_sel(k == 3.0f, b * a, b * b))));
 }
 
 static inline int small_int_gamma(double g) { return g == 0.0 || g == 1.0 || g == 2.0 || g == 3.0 || g == 4.0; }
@@ -579,21 +645,25 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
     /* p .. dpoly: the caller's block scratch (keeps the working set in L1); out: the loss; gb: the gradient */
     float ap[BLK], an[BLK], dce[BLK], du[BLK], gt[BLK];
     float *poly = out;
+    /* PF_HOT: the detection block's exp pass */
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
+    /* PF_HOT: the detection block's log1p pass */
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) {
         const float e = p[i], w1 = 1.0f + e;
-        q[i] = w1 == 1.0f ? e : logf(w1) * (e / (w1 - 1.0f));
+        q[i] = pf_sel(w1 == 1.0f, e, logf(w1) * (e / (w1 - 1.0f)));
     }
+    /* PF_HOT: the detection block's cross-entropy terms */
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) {
         const float xv = xb[i], tail = q[i], e = p[i];
-        ap[i] = (xv > 0.0f ? xv : 0.0f) + tail; /* -log(1 - s) */
-        an[i] = (xv < 0.0f ? -xv : 0.0f) + tail; /* -log s */
+        ap[i] = pf_sel(xv > 0.0f, xv, 0.0f) + tail;  /* -log(1 - s) */
+        an[i] = pf_sel(xv < 0.0f, -xv, 0.0f) + tail; /* -log s */
         const float big = 1.0f / (1.0f + e), small = e * big;
-        p[i] = xv >= 0.0f ? big : small;
-        q[i] = xv >= 0.0f ? small : big;
+        const int nonneg = xv >= 0.0f;
+        p[i] = pf_sel(nonneg, big, small);
+        q[i] = pf_sel(nonneg, small, big);
     }
     int hard = 1;
 #pragma omp simd reduction(& : hard)
@@ -602,54 +672,71 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
         const float a = has_alpha ? al : 1.0f;
         const int ig = small_int_gamma(gm);
         if (ig) {
+            /* PF_HOT: varifocal's modulator by products */
 #pragma omp simd
             for (int64_t i = 0; i < len; i++) mod[i] = ipow4(p[i], gm);
         } else {
+            /* PF_HOT: varifocal's modulator */
 #pragma omp simd
             for (int64_t i = 0; i < len; i++) mod[i] = expf(-gm * an[i]);
         }
         float sum = 0.0f;
+        /* PF_HOT: varifocal's loss and gradient */
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < len; i++) {
-            const float ti = tt[i], w = iou_weighted ? ti : 1.0f;
+            const float ti = tt[i], w = pf_sel(iou_weighted, ti, 1.0f);
             const float bce = (1.0f - ti) * ap[i] + pw_t[i] * ti * an[i];
-            const float l = (ti > 0.0f ? w * bce : a * mod[i] * ap[i]) * fac[i];
+            const int pos = ti > 0.0f;
+            const float l = pf_sel(pos, w * bce, a * mod[i] * ap[i]) * fac[i];
             poly[i] = l;
             sum += l;
-            const float g = ti > 0.0f ? w * ((1.0f - ti) * p[i] - pw_t[i] * ti * q[i])
-                                      : a * mod[i] * (p[i] + gm * q[i] * ap[i]);
+            const float g = pf_sel(pos, w * ((1.0f - ti) * p[i] - pw_t[i] * ti * q[i]),
+                                   a * mod[i] * (p[i] + gm * q[i] * ap[i]));
             gb[i] = g * fac[i] * gs;
         }
         return sum;
     }
     if (variant == 3) { /* quality: u = |t - s| = |t q - (1 - t) p| */
+        /* PF_HOT: quality focal's terms */
 #pragma omp simd
         for (int64_t i = 0; i < len; i++) {
             const float ti = tt[i], delta = ti * q[i] - (1.0f - ti) * p[i];
-            u[i] = delta < 0.0f ? -delta : delta;
+            u[i] = fabsf(delta);
             ce[i] = (1.0f - ti) * ap[i] + pw_t[i] * ti * an[i];
             dce[i] = (1.0f - ti) * p[i] - pw_t[i] * ti * q[i];
-            du[i] = (delta > 0.0f ? -1.0f : (delta < 0.0f ? 1.0f : 0.0f)) * p[i] * q[i];
+            /* -sign(delta) (0 at 0) */
+            du[i] = (pf_sel(delta < 0.0f, 1.0f, 0.0f) - pf_sel(delta > 0.0f, 1.0f, 0.0f)) * p[i] * q[i];
             gt[i] = gm;
             at[i] = 1.0f;
         }
     } else { /* asymmetric: s_m = max(s - clip, 0), u = t q + (1 - t) s_m, g_t = gamma t + gamma_neg (1 - t) */
         if (clip > 0.0f) {
+            /* 1 - s_m = min(q + clip, 1) and -log(1 - s_m) = max(0, min(a_pos, -log clip) - log1p(exp(-|a_pos +
+             * log clip|))) (= -logaddexp(-a_pos, log clip)): no cancellation as s -> 1 for a tiny clip, where
+             * 1 - (s - clip) and log1p(-s_m) lose every digit of q (issue 18) */
+            const float lc = logf(clip);
+            /* PF_HOT: the asymmetric loss's clipped probability */
 #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
                 const float d = p[i] - clip;
-                u[i] = d > 0.0f ? d : 0.0f; /* s_m for now */
+                u[i] = pf_sel(d > 0.0f, d, 0.0f); /* s_m for now */
+                dce[i] = exp_nonpos(-fabsf(ap[i] + lc));
             }
-#pragma omp simd
-            for (int64_t i = 0; i < len; i++) { /* -log1p(-s_m), Kahan's form */
-                const float z = -u[i], w1 = 1.0f + z;
-                ce[i] = -(w1 == 1.0f ? z : logf(w1) * (z / (w1 - 1.0f)));
-            }
+            /* PF_HOT: the asymmetric loss's clipped cross-entropy */
 #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
-                const float on = p[i] >= clip ? 1.0f : 0.0f, sm = u[i];
-                dce[i] = on * p[i] * q[i] / (1.0f - sm);
-                du[i] = on;
+                const float e = dce[i], w1 = 1.0f + e;
+                const float l1p = pf_sel(w1 == 1.0f, e, logf(w1) * (e / (w1 - 1.0f))); /* log1p(e) */
+                const float mn = pf_sel(ap[i] < -lc, ap[i], -lc) - l1p;
+                ce[i] = pf_sel(mn < 0.0f, 0.0f, mn); /* a comparison, not fmaxf: NaN stays NaN */
+            }
+            /* PF_HOT: the asymmetric loss's clipped derivatives */
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                const int on = p[i] >= clip;
+                const float r = q[i] + clip, one_m = pf_sel(r > 1.0f, 1.0f, r); /* 1 - s_m */
+                dce[i] = pf_sel(on, p[i] * q[i] / one_m, 0.0f);
+                du[i] = pf_sel(on, 1.0f, 0.0f);
             }
         } else {
 #pragma omp simd
@@ -660,6 +747,7 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
                 du[i] = 1.0f;
             }
         }
+        /* PF_HOT: the asymmetric loss's terms */
 #pragma omp simd
         for (int64_t i = 0; i < len; i++) {
             const float ti = tt[i], sm = u[i], on = du[i];
@@ -668,19 +756,22 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
             dce[i] = (1.0f - ti) * dce[i] - pw_t[i] * ti * q[i];
             du[i] = ((1.0f - ti) * on - ti) * p[i] * q[i];
             gt[i] = gm * ti + gn * (1.0f - ti);
-            at[i] = has_alpha ? (2.0f * al - 1.0f) * ti + (1.0f - al) : 1.0f;
+            at[i] = pf_sel(has_alpha, (2.0f * al - 1.0f) * ti + (1.0f - al), 1.0f);
         }
     }
     /* u^g_t: products for small integer exponents (hard targets, or one exponent), else exp(g log u) */
     const int products = small_int_gamma(gm) && (variant == 3 || (small_int_gamma(gn) && (hard || gm == gn)));
     if (products) {
+        /* PF_HOT: the modulator by products */
 #pragma omp simd
         for (int64_t i = 0; i < len; i++) mod[i] = ipow4(u[i], gt[i]);
     } else {
+        /* PF_HOT: the modulator's log */
 #pragma omp simd
         for (int64_t i = 0; i < len; i++) mod[i] = logf(u[i]);
+        /* PF_HOT: the modulator's exp */
 #pragma omp simd
-        for (int64_t i = 0; i < len; i++) mod[i] = gt[i] == 0.0f ? 1.0f : expf(gt[i] * mod[i]);
+        for (int64_t i = 0; i < len; i++) mod[i] = pf_sel(gt[i] == 0.0f, 1.0f, expf(gt[i] * mod[i]));
     }
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) poly[i] = dpoly[i] = 0.0f;
@@ -693,13 +784,14 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
         }
     }
     float sum = 0.0f;
+    /* PF_HOT: the detection block's loss and gradient */
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < len; i++) {
         const float body = at[i] * ce[i] + poly[i];
         const float l = mod[i] * body * fac[i];
         poly[i] = l;
         sum += l;
-        const float bracket = (u[i] > 0.0f ? gt[i] * body / u[i] : 0.0f) + dpoly[i];
+        const float bracket = pf_sel(u[i] > 0.0f, gt[i] * body / u[i], 0.0f) + dpoly[i];
         gb[i] = mod[i] * (at[i] * dce[i] + du[i] * bracket) * fac[i] * gs;
     }
     return sum;
@@ -736,6 +828,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
         }
         den = (double)valid_rows * (double)L;
     }
+    if (g && g != x) pf_hugepages(g, numel * (xdt == DT_F32 ? 4 : 2)); /* a fresh gradient buffer */
     double partial[256] = {0.0};
     if (nthreads > 256) nthreads = 256;
     /* all ignored: the mean is nan (0/0, computed by the caller) and the gradient 0, as in torch */
@@ -829,22 +922,26 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
             }
             /* one libm call per loop (GCC vectorises these through libmvec); e = exp(-|x|) gives everything:
              * log1p(e), and sigmoid(x), sigmoid(-x) as 1/(1+e), e/(1+e) */
+            /* PF_HOT: the sigmoid block's exp pass */
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
+            /* PF_HOT: the sigmoid block's log1p pass */
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) { /* log1p(e) = log(1 + e) * e / ((1 + e) - 1), exact for tiny e */
                 const float e = p[i], w1 = 1.0f + e;
-                q[i] = w1 == 1.0f ? e : logf(w1) * (e / (w1 - 1.0f));
+                q[i] = pf_sel(w1 == 1.0f, e, logf(w1) * (e / (w1 - 1.0f)));
             }
+            /* PF_HOT: the sigmoid block's cross-entropy terms */
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
                 const float xv = xb[i], ti = tt[i], tail = q[i], e = p[i];
-                const float a_pos = (xv > 0.0f ? xv : 0.0f) + tail; /* -log sigmoid(-x); no fmaxf: it blocks SIMD */
-                const float a_neg = (xv < 0.0f ? -xv : 0.0f) + tail; /* -log sigmoid(x) */
+                const float a_pos = pf_sel(xv > 0.0f, xv, 0.0f) + tail; /* -log sigmoid(-x); no fmaxf: NaN */
+                const float a_neg = pf_sel(xv < 0.0f, -xv, 0.0f) + tail; /* -log sigmoid(x) */
                 ce[i] = (1.0f - ti) * a_pos + pw_t[i] * ti * a_neg;
                 const float big = 1.0f / (1.0f + e), small = e * big;
-                p[i] = xv >= 0.0f ? big : small; /* sigmoid(x) */
-                q[i] = xv >= 0.0f ? small : big; /* sigmoid(-x) */
+                const int nonneg = xv >= 0.0f;
+                p[i] = pf_sel(nonneg, big, small); /* sigmoid(x) */
+                q[i] = pf_sel(nonneg, small, big); /* sigmoid(-x) */
             }
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
@@ -876,7 +973,8 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                 }
             }
             float block_sum = 0.0f;
-            #pragma omp simd
+            /* PF_HOT: the sigmoid block's loss */
+            #pragma omp simd reduction(+ : block_sum)
             for (int64_t i = 0; i < len; i++) {
                 const float l = mod[i] * (at[i] * ce[i] + poly[i]) * fac[i];
                 poly[i] = l;
@@ -885,11 +983,12 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
             if (loss) memcpy(loss + base, poly, (size_t)len * sizeof(float));
             acc += block_sum;
             if (g) {
+                /* PF_HOT: the sigmoid block's gradient */
                 #pragma omp simd
                 for (int64_t i = 0; i < len; i++) {
                     const float ti = tt[i];
                     const float dce = (1.0f - ti) * p[i] - pw_t[i] * ti * q[i];
-                    const float ratio = u[i] > 0.0f ? p[i] * q[i] / u[i] : 1.0f;
+                    const float ratio = pf_sel(u[i] > 0.0f, p[i] * q[i] / u[i], 1.0f);
                     const float inner = u[i] * dpoly[i] + gm * at[i] * ce[i];
                     gb[i] = mod[i] * (at[i] * dce + (1.0f - 2.0f * ti) * ratio * inner) * fac[i] * gs;
                 }

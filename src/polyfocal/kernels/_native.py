@@ -10,6 +10,9 @@ the gradient once.  The C file has no Python or torch headers, so it compiles in
 * cached in ``$POLYFOCAL_CACHE_DIR`` or ``$XDG_CACHE_HOME/polyfocal`` (default ``~/.cache/polyfocal``),
   keyed by the source, the compiler, its flags and the CPU's feature flags (``-march=native``); written
   atomically, so concurrent processes are safe;
+* ``POLYFOCAL_NATIVE_MARCH`` (e.g. ``x86-64-v3``, ``x86-64-v4``) replaces ``-march=native``: the library of another
+  instruction-set level, part of the cache key (with ``ATEN_CPU_CAPABILITY=avx2`` for torch, an AVX2 machine is
+  reproduced on an AVX-512 one; ``polyfocal bench --matrix --level avx2`` sets both);
 * no compiler, a failed build or ``POLYFOCAL_NATIVE=0``: the torch implementation is used instead (same
   results, slower), with one warning when a build fails.
 
@@ -54,6 +57,7 @@ __all__ = [
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
+_MARCH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 _LIBS = ["-lmvec", "-lm"]
 _MAX_EPS = 16
 _state: dict[str, object] = {}
@@ -72,6 +76,42 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def march() -> str:
+    """The ``-march`` of the build: ``$POLYFOCAL_NATIVE_MARCH`` (e.g. ``x86-64-v3``) or ``native``."""
+    value = os.environ.get("POLYFOCAL_NATIVE_MARCH", "").strip() or "native"
+    if not set(value) <= _MARCH_CHARS:
+        raise ValueError(f"expected POLYFOCAL_NATIVE_MARCH to be a -march value such as x86-64-v3, got {value!r}")
+    return value
+
+
+def libmvec() -> bool:
+    """Whether the build links glibc's vector math library (SIMD ``expf`` / ``logf`` in the loops that call them):
+    glibc on x86_64, or on aarch64 from glibc 2.38 (its first AdvSIMD ``expf`` / ``logf``).  Elsewhere those
+    loops call the scalar functions (correct, slower); the exp of the softmax and sigmoid passes is inlined C
+    and vectorises either way."""
+    lib, version = platform.libc_ver()
+    if lib != "glibc":
+        return False
+    machine = platform.machine()
+    if machine in ("x86_64", "AMD64"):
+        return True
+    try:
+        major, minor = (int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return False
+    return machine in ("aarch64", "arm64") and (major, minor) >= (2, 38)
+
+
+def build_flags() -> list[str]:
+    """The compiler flags of the build (``_FLAGS`` with the :func:`march` of this process, ``-DPF_LIBMVEC``)."""
+    flags = [f"-march={march()}" if f == "-march=native" else f for f in _FLAGS]
+    return [*flags, "-DPF_LIBMVEC"] if libmvec() else flags
+
+
+def build_libs() -> list[str]:
+    return _LIBS if libmvec() else [lib for lib in _LIBS if lib != "-lmvec"]
+
+
 def _cache_dir() -> Path:
     explicit = os.environ.get("POLYFOCAL_CACHE_DIR")
     if explicit:
@@ -86,8 +126,9 @@ def _build(compiler: str) -> Path:
     """Compile the library once per (source, compiler, flags, CPU) into the cache: the units of ``_PARTS`` in
     parallel processes (the cold build's wall time is about half its CPU time on two cores), then one link."""
     source = _SOURCE.read_bytes()
+    flags = build_flags()
     key = hashlib.sha256(
-        b"\0".join([source, compiler.encode(), " ".join(_FLAGS + _LIBS).encode(), _cpu_flags().encode()])
+        b"\0".join([source, compiler.encode(), " ".join(flags + build_libs()).encode(), _cpu_flags().encode()])
     )
     target = _cache_dir() / f"native-{platform.machine()}-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -96,7 +137,7 @@ def _build(compiler: str) -> Path:
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     tmp = work / "native.so"
     objects = [work / f"part{part}.o" for part in _PARTS]
-    compile_flags = [f for f in _FLAGS if f != "-shared"]
+    compile_flags = [f for f in flags if f != "-shared"]
     procs: list[subprocess.Popen] = []
     try:
         procs = [
@@ -113,7 +154,7 @@ def _build(compiler: str) -> Path:
             if proc.returncode:
                 raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
         subprocess.run(
-            [compiler, *_FLAGS, *map(str, objects), "-o", str(tmp), *_LIBS],
+            [compiler, *flags, *map(str, objects), "-o", str(tmp), *build_libs()],
             check=True,
             capture_output=True,
             text=True,
