@@ -275,8 +275,8 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor, first: bool) -> None:
         torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
 
 
-def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
-               needs: tuple[bool, bool, bool], row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
+def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, needs: tuple[bool, bool, bool],
+               row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
     """The chunk loop: ``h`` ``(N, d)``, ``y`` ``(N,)``.  Returns the kernel loss (the sum over chunks for a scalar
     plan, the ``(N,)`` row losses for ``"none"``) and the unscaled gradients when ``any(needs)``.  ``row_grad``
     (``"none"`` in the backward): the per-row upstream gradient, folded into the gradients."""
@@ -668,11 +668,12 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Fused linear + cross-entropy with the argument names and results of torch 2.13's
-    ``F.linear_cross_entropy`` (class-index targets; ``ignore_index=None`` means -100, as there), plus ``softcap``, ``z_loss`` and ``chunk_size``.  See :func:`linear_poly_loss`."""
+    ``F.linear_cross_entropy`` (class-index targets; ``ignore_index=None`` means -100, as there), plus ``softcap``,
+    ``z_loss`` and ``chunk_size``.  See :func:`linear_poly_loss`."""
     return linear_poly_loss(
         input, linear_weight, target, linear_bias=linear_bias, epsilon=0.0, weight=weight, reduction=reduction,
-        ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=label_smoothing, softcap=softcap, z_loss=z_loss,
-        chunk_size=chunk_size,
+        ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=label_smoothing,
+        softcap=softcap, z_loss=z_loss, chunk_size=chunk_size,
     )  # fmt: skip
 
 
