@@ -27,6 +27,7 @@ BACKENDS = [
     pytest.param("native", marks=pytest.mark.skipif(not _native.available(), reason="no native build")),
     pytest.param("triton", marks=pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no triton")),
 ]
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 N, D, V = 11, 6, 13  # N % chunk != 0 for the chunk sizes used, odd V
 
 
@@ -380,7 +381,7 @@ def test_compile_fullgraph(reduction):
         return polyfocal.linear_poly_loss(h, w, y, linear_bias=b, gamma=2.0, epsilon=1.0, softcap=3.0,
                                           reduction=reduction, chunk_size=4)  # fmt: skip
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if reduction == "none" else "inductor")
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     up = torch.rand(N) if reduction == "none" else torch.tensor(1.3)
     out = compiled(h, w, b, y)
     got = torch.autograd.grad(out, (h, w, b), up)
@@ -407,7 +408,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch, polyfocal
     torch.manual_seed(0)
-    n, d, v = 4096, 32, 32000
+    n, d, v = 2048, 32, 32000
     h = torch.randn(n, d, requires_grad=True)
     w = (torch.randn(v, d) / 8).requires_grad_()
     y = torch.randint(0, v, (n,))
@@ -429,9 +430,9 @@ _PEAK_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB on Linux")
 def test_no_logits_sized_allocation():
     """Peak RSS growth of one forward+backward in a fresh process: the fused path stays far below one (N, V)
-    float32 logits tensor (524 MB here); the unfused path exceeds it (the check can fail)."""
+    float32 logits tensor (262 MB here); the unfused path exceeds it (the check can fail)."""
     env = {**os.environ, "POLYFOCAL_LINEAR_CHUNK_BYTES": str(16 << 20)}
-    logits = 4096 * 32000 * 4
+    logits = 2048 * 32000 * 4
     fused = int(subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "fused"], capture_output=True, text=True,
                                check=True, env=env).stdout.split()[-1])  # fmt: skip
     assert fused < 0.15 * logits, fused
