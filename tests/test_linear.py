@@ -162,7 +162,10 @@ def test_budget_environment(monkeypatch):
     assert polyfocal.linear.chunk_rows(100, 7, 4) == 3
     assert polyfocal.linear.chunk_rows(100, 7, 4, buffers=2) == 1
     monkeypatch.delenv("POLYFOCAL_LINEAR_CHUNK_BYTES")
-    assert polyfocal.linear.chunk_rows(10**9, 1000, 4) == polyfocal.linear.DEFAULT_CHUNK_BYTES // 4000
+    lin = polyfocal.linear
+    assert lin.chunk_rows(10**9, 1000, 4, in_features=8) == lin.MIN_CHUNK_BYTES // 4000  # small weight: the floor
+    assert lin.chunk_rows(10**9, 32000, 4, in_features=1024) == 32000 * 1024 * 4 // 2 // (32000 * 4)  # half of W
+    assert lin.chunk_rows(10**9, 128256, 4, in_features=4096) == lin.MAX_CHUNK_BYTES // (128256 * 4)  # the cap
     monkeypatch.setenv("POLYFOCAL_LINEAR_CHUNK_BYTES", "lots")
     with pytest.raises(ValueError, match="POLYFOCAL_LINEAR_CHUNK_BYTES"):
         polyfocal.linear.chunk_rows(100, 7, 4)
