@@ -324,7 +324,7 @@ def denominator(y: Tensor, args: SoftmaxArgs, dtype: torch.dtype) -> Tensor:
     valid = None if args.ignore_index is None else y != args.ignore_index
     if args.weight is None:
         if valid is None:
-            return torch.tensor(float(y.numel()), dtype=dtype, device=y.device)
+            return torch.full((), float(y.numel()), dtype=dtype, device=y.device)  # a fill, not a host copy
         return valid.sum().to(dtype)
     w = args.weight[y if valid is None else torch.where(valid, y, 0)]
     return (w if valid is None else w * valid).sum().to(dtype)
