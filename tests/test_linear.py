@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import polyfocal
 from polyfocal import kernels
+from polyfocal import linear as lin
 from polyfocal.kernels import _native
 from polyfocal.reference import poly_loss_reference
 
@@ -156,19 +157,18 @@ def test_deterministic_for_fixed_chunking():
 def test_budget_environment(monkeypatch):
     """``chunk_size=None``: rows from POLYFOCAL_LINEAR_CHUNK_BYTES (a tiny budget: one row per chunk)."""
     monkeypatch.setenv("POLYFOCAL_LINEAR_CHUNK_BYTES", "1")
-    assert polyfocal.linear.chunk_rows(100, 7, 4) == 1
+    assert lin.chunk_rows(100, 7, 4) == 1
     _check("auto", CASES["softcap"], "mean", chunk_size=None)
     monkeypatch.setenv("POLYFOCAL_LINEAR_CHUNK_BYTES", str(3 * 7 * 4))
-    assert polyfocal.linear.chunk_rows(100, 7, 4) == 3
-    assert polyfocal.linear.chunk_rows(100, 7, 4, buffers=2) == 1
+    assert lin.chunk_rows(100, 7, 4) == 3
+    assert lin.chunk_rows(100, 7, 4, buffers=2) == 1
     monkeypatch.delenv("POLYFOCAL_LINEAR_CHUNK_BYTES")
-    lin = polyfocal.linear
     assert lin.chunk_rows(10**9, 1000, 4, in_features=8) == lin.MIN_CHUNK_BYTES // 4000  # small weight: the floor
     assert lin.chunk_rows(10**9, 32000, 4, in_features=1024) == 32000 * 1024 * 4 // 2 // (32000 * 4)  # half of W
     assert lin.chunk_rows(10**9, 128256, 4, in_features=4096) == lin.MAX_CHUNK_BYTES // (128256 * 4)  # the cap
     monkeypatch.setenv("POLYFOCAL_LINEAR_CHUNK_BYTES", "lots")
     with pytest.raises(ValueError, match="POLYFOCAL_LINEAR_CHUNK_BYTES"):
-        polyfocal.linear.chunk_rows(100, 7, 4)
+        lin.chunk_rows(100, 7, 4)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -185,6 +185,18 @@ def test_partial_requires_grad(reduction):
         expected = [g for i, g in enumerate(full) if i != frozen]
         for g, e in zip(part, expected, strict=True):
             torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch(reduction):
+    """N = 0: the loss of torch (NaN mean, 0 sum, empty rows) and zero gradients (not uninitialised memory)."""
+    (h, w, b), y = _data(18, n=0)
+    out = polyfocal.linear_poly_loss(h, w, y, linear_bias=b, reduction=reduction)
+    ref = F.cross_entropy(F.linear(h, w, b), y, reduction=reduction)
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    if reduction != "none":
+        grads = torch.autograd.grad(out, (h, w, b))
+        assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
 def test_no_grad_and_inference():
@@ -379,7 +391,7 @@ def test_errors(over, error, match):
 def test_errors_before_any_work(monkeypatch):
     """A bad call raises before the first chunk GEMM."""
     calls = []
-    monkeypatch.setattr(polyfocal.linear, "chunk_logits", lambda *a: calls.append(a))
+    monkeypatch.setattr(lin, "chunk_logits", lambda *a: calls.append(a))
     for over in ({"target": torch.rand(N)}, {"softcap": -1.0}, {"target": torch.full((N,), V)}):
         with pytest.raises((TypeError, ValueError, IndexError)):
             polyfocal.linear_poly_loss(**_bad(**over))

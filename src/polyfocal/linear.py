@@ -315,6 +315,10 @@ def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: 
             if dcap is not None:
                 z.mul_(dcap[: stop - start])
             grads.add(z, hc, wc, sl, None if scale is None else scale[sl])
+    if grads is not None and grads.first:  # no rows: nothing was written (N = 0)
+        for g in (grads.weight, grads.bias):
+            if g is not None:
+                g.zero_()
     return total, grads
 
 
