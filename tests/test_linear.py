@@ -166,6 +166,7 @@ def test_budget_environment(monkeypatch):
     assert lin.chunk_rows(10**9, 1000, 4, in_features=8) == lin.MIN_CHUNK_BYTES // 4000  # small weight: the floor
     assert lin.chunk_rows(10**9, 32000, 4, in_features=1024) == 32000 * 1024 * 4 // 2 // (32000 * 4)  # half of W
     assert lin.chunk_rows(10**9, 128256, 4, in_features=4096) == lin.MAX_CHUNK_BYTES // (128256 * 4)  # the cap
+    assert lin.chunk_rows(2048, 128256, 4, in_features=2048) == 2048 // 8  # an eighth of the logits
     monkeypatch.setenv("POLYFOCAL_LINEAR_CHUNK_BYTES", "lots")
     with pytest.raises(ValueError, match="POLYFOCAL_LINEAR_CHUNK_BYTES"):
         lin.chunk_rows(100, 7, 4)

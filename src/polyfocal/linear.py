@@ -35,11 +35,13 @@ of the bf16 inputs -- closer to the exact value than the unfused bf16 path, not 
 
 **Chunk size.** ``chunk_size=None`` takes as many rows as fit a workspace of ``budget`` bytes:
 ``rows = max(1, budget // (V * itemsize * buffers))`` with ``buffers = 2`` when ``softcap`` needs its derivative
-buffer, else 1 (never more than ``N``).  The budget is half the weight's size, clamped to [32 MiB, 256 MiB]
-(:data:`MIN_CHUNK_BYTES`, :data:`MAX_CHUNK_BYTES`): the workspace never exceeds half of the ``grad_W`` that
-every path allocates anyway, and chunks stay large enough (hundreds of rows) for the GEMMs to run at full speed
-(on 2 CPU threads, 256-row chunks made the three GEMMs ~1.5x slower than 1024-row ones at ``d=1024,
-V=32000``).  The environment variable ``POLYFOCAL_LINEAR_CHUNK_BYTES`` (bytes) replaces the budget;
+buffer, else 1 (never more than ``N``).  The budget is the smaller of half the weight's size and an eighth of
+the full ``(N, V)`` logits' size, clamped to [32 MiB, 256 MiB] (:data:`MIN_CHUNK_BYTES`, :data:`MAX_CHUNK_BYTES`):
+above the floor, the workspace stays within half of the ``grad_W`` that every path allocates anyway and a
+sixteenth of the unfused path's extra memory (``F.linear`` + ``F.cross_entropy`` holds about twice the logits),
+while chunks stay large enough (hundreds of rows) for the GEMMs to run at full speed (on 2 CPU threads, 256-row
+chunks made the three GEMMs up to ~1.5x slower than 1024-row ones at ``d=1024, V=32000``).  The environment
+variable ``POLYFOCAL_LINEAR_CHUNK_BYTES`` (bytes) replaces the budget;
 ``chunk_size=k`` forces ``k`` rows.  The extra memory beyond the inputs, parameters and the final gradients is
 that workspace, plus a float32 ``grad_W`` (``V x d``) for bf16/fp16 weights and, on CPU, a float32 copy of a
 bf16/fp16 weight.
@@ -116,10 +118,10 @@ def _check_chunk_size(chunk_size: object) -> int:
     return chunk_size
 
 
-def _budget(weight_bytes: int) -> int:
+def _budget(weight_bytes: int, logits_bytes: int) -> int:
     raw = os.environ.get("POLYFOCAL_LINEAR_CHUNK_BYTES")
     if raw is None or raw == "":
-        return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, weight_bytes // 2))
+        return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, min(weight_bytes // 2, logits_bytes // 8)))
     try:
         value = int(raw)
     except ValueError:
@@ -132,11 +134,12 @@ def _budget(weight_bytes: int) -> int:
 def chunk_rows(num_rows: int, num_classes: int, itemsize: int, *, in_features: int = 0, buffers: int = 1,
                chunk_size: int = 0) -> int:  # fmt: skip
     """Rows per chunk: ``chunk_size`` when given, else as many as fit the workspace budget (see the module
-    docstring; ``in_features`` sizes the weight); at least 1, at most ``num_rows``."""
+    docstring; ``in_features`` sizes the weight, ``num_rows`` the logits); at least 1, at most ``num_rows``."""
     if chunk_size:
         rows = chunk_size
     else:
-        rows = _budget(num_classes * in_features * itemsize) // max(1, num_classes * itemsize * buffers)
+        row_bytes = num_classes * itemsize
+        rows = _budget(row_bytes * in_features, row_bytes * num_rows) // max(1, row_bytes * buffers)
     return max(1, min(rows, num_rows))
 
 
