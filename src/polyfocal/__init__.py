@@ -49,6 +49,14 @@ _EXPORTS = {
     "class_balanced_alpha": "weights",
     "ldam_margins": "weights",
     "all_reduce_normalizer": "distributed",
+    "linear_poly_loss": "linear",
+    "linear_cross_entropy": "linear",
+    "linear_softmax_focal_loss": "linear",
+    "linear_poly1_cross_entropy": "linear",
+    "LinearPolyLoss": "linear",
+    "LinearCrossEntropyLoss": "linear",
+    "LinearSoftmaxFocalLoss": "linear",
+    "LinearPoly1CrossEntropyLoss": "linear",
 }
 
 __all__ = [
@@ -56,6 +64,10 @@ __all__ = [
     "BalancedSoftmaxLoss",
     "CrossEntropyLoss",
     "LDAMLoss",
+    "LinearCrossEntropyLoss",
+    "LinearPoly1CrossEntropyLoss",
+    "LinearPolyLoss",
+    "LinearSoftmaxFocalLoss",
     "LogitAdjustedLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
@@ -73,6 +85,10 @@ __all__ = [
     "cross_entropy",
     "ldam_loss",
     "ldam_margins",
+    "linear_cross_entropy",
+    "linear_poly1_cross_entropy",
+    "linear_poly_loss",
+    "linear_softmax_focal_loss",
     "logit_adjusted_loss",
     "poly1_cross_entropy",
     "poly1_focal_loss",
@@ -98,6 +114,16 @@ if TYPE_CHECKING:
         sigmoid_focal_loss,
         softmax_focal_loss,
         varifocal_loss,
+    )
+    from .linear import (
+        LinearCrossEntropyLoss,
+        LinearPoly1CrossEntropyLoss,
+        LinearPolyLoss,
+        LinearSoftmaxFocalLoss,
+        linear_cross_entropy,
+        linear_poly1_cross_entropy,
+        linear_poly_loss,
+        linear_softmax_focal_loss,
     )
     from .modules import (
         AsymmetricLoss,

@@ -43,6 +43,10 @@ VARIANT_NAMES = (
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "linear", False):  # polyfocal bench --linear: its own module (polyfocal.bench_linear)
+        from .bench_linear import run_from_args as run_linear
+
+        return run_linear(args)
     from .bench import run_from_args
 
     return run_from_args(args)
@@ -82,4 +86,24 @@ def register(subparsers: Any) -> None:
         "through ATEN_CPU_CAPABILITY, in a child process): avx2 reproduces an AVX2 machine on an AVX-512 one; "
         "default: the machine's own (native)",
     )
+    _register_linear(p)
     p.set_defaults(func=_run)
+
+
+def _register_linear(p: Any) -> None:
+    """``--linear``: the fused linear + loss rows (:mod:`polyfocal.bench_linear`); --device, --dtype, --threads,
+    --repeats, --warmup, --no-memory and --json apply to it too."""
+    p.add_argument(
+        "--linear",
+        action="store_true",
+        help="fused linear + loss vs F.linear + F.cross_entropy and torch's chunked F.linear_cross_entropy "
+        "(Liger / CCE on CUDA when installed)",
+    )
+    p.add_argument(
+        "--linear-shapes",
+        default="4096,1024,32000",
+        metavar="N,d,V;...",
+        help="--linear: semicolon-separated shapes (default 4096,1024,32000)",
+    )
+    p.add_argument("--linear-rows", metavar="ROW,...", help="--linear: a subset of the rows (baselines not added)")
+    p.add_argument("--softcap", type=float, metavar="C", help="--linear: logit soft-capping (torch-chunked skipped)")

@@ -1,0 +1,795 @@
+r"""Fused linear layer + softmax-family loss: the ``(N, V)`` logits are never materialised.
+
+``linear_poly_loss(input, linear_weight, target, linear_bias=..., **options)`` is exactly
+``poly_loss(F.linear(input, linear_weight, linear_bias), target, **options)`` -- every softmax-family option of
+:func:`polyfocal.poly_loss` (focal ``gamma``, Poly-N ``epsilon``, per-class ``alpha`` / ``weight``,
+``ignore_index``, ``label_smoothing``, ``prior`` / ``tau``, ``margin``, ``logit_scale``, ``z_loss``) -- plus
+``softcap``: with ``softcap = c`` the loss sees ``c * tanh(F.linear(...) / c)`` (Gemma-2's final logit
+soft-capping; the long-tail adjustments and ``logit_scale`` apply after the cap), i.e. it is exactly
+``poly_loss(c * torch.tanh(F.linear(input, linear_weight, linear_bias) / c), target, **options)``.
+
+How it runs: the rows are processed in chunks through one reused ``(chunk, V)`` buffer.  Per chunk
+
+1. ``z = h @ W.T (+ b)`` into the buffer (``torch.mm`` / ``torch.addmm`` with ``out=``);
+2. with ``softcap``: ``z <- c tanh(z / c)`` in place (and ``1 - (z / c)^2`` into a second chunk buffer);
+3. the package's fused kernel (native C / Triton / torch ops, picked by the dispatcher exactly as for
+   :func:`polyfocal.poly_loss`) writes the chunk's loss and ``dL/dz`` over the buffer (the ``inplace=True`` path);
+4. with ``softcap`` the gradient is multiplied by the saved ``1 - (z / c)^2``;
+5. ``grad_input[chunk] = g @ W``, ``grad_W += g.T @ h`` (the first chunk writes with ``out=``: no zero fill),
+   ``grad_b += g.sum(0)``.
+
+The gradients are computed in the forward (as Liger-Kernel's fused linear cross-entropy does) for ``"mean"`` and
+``"sum"``; the ``"mean"`` denominator (non-ignored rows, or their summed class weights) is computed from the
+targets before the first chunk, as a device tensor (no host synchronisation on CUDA), and divides the three
+gradients once at the end.  The backward multiplies them by ``grad_output`` (nothing when it is 1 on CPU).
+``reduction="none"`` computes only the losses in the forward and recomputes the chunks in the backward with the
+per-row ``grad_output`` (folded into the ``(chunk, d)`` factors, not the ``(chunk, V)`` buffer).  A second
+backward (``retain_graph=True``) recomputes; a double backward is refused.  Results are deterministic for a
+fixed chunking.
+
+**Precision.** float32 / float64 run in their own dtype.  For bfloat16 / float16 the kernel's math is float32 and
+``grad_W`` / ``grad_b`` accumulate in float32 across chunks (rounded to the weight's dtype once, at the end); on
+CUDA the chunk GEMMs run in the input dtype (``grad_W`` through ``out_dtype=float32`` GEMMs), on CPU every chunk
+GEMM runs in float32 (CPUs without bf16 matrix units emulate bf16 GEMMs), so the CPU result is the float32 loss
+of the bf16 inputs -- closer to the exact value than the unfused bf16 path, not bitwise equal to it.
+
+**Chunk size.** ``chunk_size=None`` takes as many rows as fit a workspace of ``budget`` bytes:
+``rows = max(1, budget // (V * itemsize * buffers))`` with ``buffers = 2`` when ``softcap`` needs its derivative
+buffer, else 1 (never more than ``N``).  The budget is the smaller of half the weight's size and an eighth of
+the full ``(N, V)`` logits' size, clamped to [32 MiB, 256 MiB] (:data:`MIN_CHUNK_BYTES`, :data:`MAX_CHUNK_BYTES`):
+above the floor, the workspace stays within half of the ``grad_W`` that every path allocates anyway and a
+sixteenth of the unfused path's extra memory (``F.linear`` + ``F.cross_entropy`` holds about twice the logits),
+while chunks stay large enough (hundreds of rows) for the GEMMs to run at full speed (on 2 CPU threads, 256-row
+chunks made the three GEMMs up to ~1.5x slower than 1024-row ones at ``d=1024, V=32000``).  The environment
+variable ``POLYFOCAL_LINEAR_CHUNK_BYTES`` (bytes) replaces the budget;
+``chunk_size=k`` forces ``k`` rows.  The extra memory beyond the inputs, parameters and the final gradients is
+that workspace, plus a float32 ``grad_W`` (``V x d``) for bf16/fp16 weights and, on CPU, a float32 copy of a
+bf16/fp16 weight.
+
+Refused before any work (``TypeError`` / ``ValueError`` / ``IndexError``, "expected ..., got ..."): soft
+(probability) targets, the sigmoid family (no ``activation`` keyword), shape / dtype / device mismatches, bad
+options, gradients for ``alpha`` / ``weight`` / ``prior`` / ``margin``, ``torch.func`` transforms; a double
+backward raises ``RuntimeError``.  Under ``torch.compile`` the loss is one ``torch.library`` custom op with a fake
+kernel (``fullgraph=True`` works).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._args import SoftmaxArgs, hyper, prepare
+from ._params import _describe, _real
+from ._validation import check_index_range, compute_dtype
+from .kernels import _dispatch
+from .kernels._torch_impl import NO_IGNORE
+
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "MIN_CHUNK_BYTES",
+    "LinearCrossEntropyLoss",
+    "LinearPoly1CrossEntropyLoss",
+    "LinearPolyLoss",
+    "LinearSoftmaxFocalLoss",
+    "chunk_rows",
+    "linear_cross_entropy",
+    "linear_poly1_cross_entropy",
+    "linear_poly_loss",
+    "linear_softmax_focal_loss",
+]
+
+MIN_CHUNK_BYTES = 32 << 20
+"""The smallest default workspace of one chunk's logits buffer(s), in bytes."""
+MAX_CHUNK_BYTES = 256 << 20
+"""The largest default workspace (``POLYFOCAL_LINEAR_CHUNK_BYTES`` replaces the default, see the module doc)."""
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _check_softcap(softcap: object) -> float:
+    """``None`` -> 0.0 (off); else a finite number > 0."""
+    if softcap is None:
+        return 0.0
+    value = _real(softcap, "softcap")
+    if value is None:
+        raise TypeError(f"expected softcap to be None or a number > 0, got {_describe(softcap)}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"expected softcap to be None or a finite number > 0, got {softcap!r}")
+    return value
+
+
+def _check_chunk_size(chunk_size: object) -> int:
+    """``None`` -> 0 (from the workspace budget); else an int >= 1."""
+    if chunk_size is None:
+        return 0
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"expected chunk_size to be None or an int >= 1, got {_describe(chunk_size)}")
+    if chunk_size < 1:
+        raise ValueError(f"expected chunk_size to be None or an int >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def _budget(weight_bytes: int, logits_bytes: int) -> int:
+    raw = os.environ.get("POLYFOCAL_LINEAR_CHUNK_BYTES")
+    if raw is None or raw == "":
+        return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, min(weight_bytes // 2, logits_bytes // 8)))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"expected POLYFOCAL_LINEAR_CHUNK_BYTES to be a positive integer (bytes), got {raw!r}")
+    return value
+
+
+def chunk_rows(num_rows: int, num_classes: int, itemsize: int, *, in_features: int = 0, buffers: int = 1,
+               chunk_size: int = 0) -> int:  # fmt: skip
+    """Rows per chunk: ``chunk_size`` when given, else as many as fit the workspace budget (see the module
+    docstring; ``in_features`` sizes the weight, ``num_rows`` the logits); at least 1, at most ``num_rows``."""
+    if chunk_size:
+        rows = chunk_size
+    else:
+        row_bytes = num_classes * itemsize
+        rows = _budget(row_bytes * in_features, row_bytes * num_rows) // max(1, row_bytes * buffers)
+    return max(1, min(rows, num_rows))
+
+
+def _check_tensors(input: object, linear_weight: object, target: object, linear_bias: object) -> None:
+    for name, value in (("input", input), ("linear_weight", linear_weight)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"expected {name} to be a torch.Tensor, got {_describe(value)}")
+        if not value.dtype.is_floating_point:
+            raise TypeError(f"expected {name} to be floating point, got dtype {value.dtype}")
+    assert isinstance(input, Tensor) and isinstance(linear_weight, Tensor)
+    if input.ndim < 1:
+        raise ValueError("expected input of shape (..., in_features), got a 0-D tensor")
+    if linear_weight.ndim != 2:
+        raise ValueError(
+            f"expected linear_weight of shape (num_classes, in_features), got shape {tuple(linear_weight.shape)}"
+        )
+    if linear_weight.shape[0] == 0:
+        raise ValueError("expected linear_weight with at least one class (row), got shape (0, in_features)")
+    if linear_weight.shape[1] != input.shape[-1]:
+        raise ValueError(
+            f"expected linear_weight of shape (num_classes, {input.shape[-1]}) (in_features of the input), "
+            f"got shape {tuple(linear_weight.shape)}"
+        )
+    if linear_weight.dtype != input.dtype:
+        raise TypeError(f"expected linear_weight of the input's dtype {input.dtype}, got {linear_weight.dtype}")
+    if linear_weight.device != input.device:
+        raise ValueError(f"expected linear_weight on the input's device {input.device}, got {linear_weight.device}")
+    if linear_bias is not None:
+        if not isinstance(linear_bias, Tensor):
+            raise TypeError(f"expected linear_bias to be None or a torch.Tensor, got {_describe(linear_bias)}")
+        if linear_bias.dtype != input.dtype:
+            raise TypeError(f"expected linear_bias of the input's dtype {input.dtype}, got {linear_bias.dtype}")
+        if linear_bias.shape != linear_weight.shape[:1]:
+            raise ValueError(
+                f"expected linear_bias of shape ({linear_weight.shape[0]},), got shape {tuple(linear_bias.shape)}"
+            )
+        if linear_bias.device != input.device:
+            raise ValueError(f"expected linear_bias on the input's device {input.device}, got {linear_bias.device}")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"expected target to be a torch.Tensor of class indices, got {_describe(target)}")
+    if target.dtype.is_floating_point or target.dtype.is_complex:
+        raise TypeError(
+            "expected integer class indices as target (the fused linear loss has no soft / probability targets: "
+            f"use poly_loss(F.linear(...), target) for those), got dtype {target.dtype}"
+        )
+    if target.dtype == torch.bool:
+        raise TypeError("expected integer class indices as target, got dtype torch.bool")
+    if target.shape != input.shape[:-1]:
+        raise ValueError(
+            f"expected target of shape {tuple(input.shape[:-1])} (the input's shape without in_features), "
+            f"got shape {tuple(target.shape)}"
+        )
+    if target.device != input.device:
+        raise ValueError(f"expected target on the input's device {input.device}, got {target.device}")
+
+
+def _gemm_dtype(input: Tensor) -> torch.dtype:
+    """The chunk GEMMs' dtype: the input's, except bf16/fp16 on CPU (float32 there, see the module docstring)."""
+    return torch.float32 if input.device.type == "cpu" and input.dtype in _HALF else input.dtype
+
+
+# ------------------------------------------------------------------------------------------------ the chunk loop
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one call computes: the per-chunk kernel arguments (reduction ``"sum"`` for ``"mean"``/``"sum"``),
+    the public reduction, the cap and the rows per chunk."""
+
+    args: SoftmaxArgs
+    reduction: str
+    softcap: float
+    rows: int
+
+
+def chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor, softcap: float,
+                 dcap: Tensor | None) -> Tensor:  # fmt: skip
+    """Phase 1 of a chunk: ``out = h @ W.T (+ b)``, capped in place; ``dcap = 1 - (z'/c)^2`` when given."""
+    if bias is None:
+        torch.mm(h, weight.t(), out=out)
+    else:
+        torch.addmm(bias, h, weight.t(), out=out)
+    if softcap:
+        out.div_(softcap).tanh_()
+        if dcap is not None:
+            torch.mul(out, out, out=dcap).neg_().add_(1.0)
+        out.mul_(softcap)
+    return out
+
+
+def chunk_loss(z: Tensor, y: Tensor, args: SoftmaxArgs, compute_grad: bool) -> Tensor:
+    """Phase 2 of a chunk: the package's fused kernel through the dispatcher.  With ``compute_grad`` the
+    gradient (for ``grad_output = 1``) is written over ``z`` (the ``inplace=True`` path); returns the loss."""
+    name = _dispatch.select(z, y, args)
+    if compute_grad:
+        return _dispatch.forward_inplace(name, z, y, args)[0]
+    return _dispatch.forward(name, z, y, args, False)[0]
+
+
+class _Grads:
+    """The three gradient accumulators; ``None`` where not wanted.  ``grad_W`` / ``grad_b`` accumulate in
+    float32 for bf16/fp16 weights (see :func:`_accumulate`)."""
+
+    def __init__(self, h: Tensor, weight: Tensor, bias: Tensor | None, gemm: torch.dtype, needs: tuple[bool, ...]):
+        acc = torch.float32 if weight.dtype in _HALF else weight.dtype
+        n, v = h.shape[0], weight.shape[0]
+        self.input = h.new_empty(n, h.shape[1], dtype=gemm) if needs[0] else None
+        self.weight = weight.new_empty(weight.shape, dtype=acc) if needs[1] else None
+        self.bias = weight.new_empty(v, dtype=acc) if needs[2] and bias is not None else None
+        self.first = True
+
+    def add(self, g: Tensor, h: Tensor, weight: Tensor, rows: slice, row_scale: Tensor | None) -> None:
+        """Phase 3 of a chunk: ``grad_input[rows] = g @ W``, ``grad_W += g.T @ h``, ``grad_b += g.sum(0)``;
+        ``row_scale`` (``reduction="none"``'s per-row ``grad_output``) scales the ``(chunk, d)`` factors."""
+        if self.input is not None:
+            gi = self.input[rows]
+            torch.mm(g, weight, out=gi)
+            if row_scale is not None:
+                gi.mul_(row_scale.unsqueeze(1))
+        if self.weight is not None:
+            _accumulate(self.weight, g.t(), h if row_scale is None else h * row_scale.unsqueeze(1), self.first)
+        if self.bias is not None:
+            if row_scale is None:
+                part = g.sum(0, dtype=self.bias.dtype)
+            else:
+                part = torch.mv(g.t(), row_scale).to(self.bias.dtype)
+            if self.first:
+                self.bias.copy_(part)
+            else:
+                self.bias.add_(part)
+        self.first = False
+
+
+def _accumulate(acc: Tensor, a: Tensor, b: Tensor, first: bool) -> None:
+    """``acc (=|+=) a @ b``; float32 ``acc`` for bf16/fp16 ``a``, ``b`` through the ``out_dtype`` GEMMs (CUDA)."""
+    if acc.dtype == a.dtype:
+        if first:
+            torch.mm(a, b, out=acc)
+        else:
+            acc.addmm_(a, b)
+    elif first:
+        torch.mm(a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+
+
+def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, needs: tuple[bool, bool, bool],
+               row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
+    """The chunk loop: ``h`` ``(N, d)``, ``y`` ``(N,)``.  Returns the kernel loss (the sum over chunks for a scalar
+    plan, the ``(N,)`` row losses for ``"none"``) and the unscaled gradients when ``any(needs)``.  ``row_grad``
+    (``"none"`` in the backward): the per-row upstream gradient, folded into the gradients."""
+    gemm = _gemm_dtype(h)
+    n, v = h.shape[0], weight.shape[0]
+    ct = compute_dtype(h)
+    wc = weight.to(gemm)
+    bc = None if bias is None else bias.to(gemm)
+    compute_grad = any(needs)
+    grads = _Grads(h, weight, bias, gemm, needs) if compute_grad else None
+    scalar = plan.args.reduction != "none"
+    total = torch.zeros((), dtype=ct, device=h.device) if scalar else h.new_empty(n, dtype=ct)
+    rows = min(plan.rows, max(n, 1))
+    buf = h.new_empty(rows, v, dtype=gemm)
+    dcap = h.new_empty(rows, v, dtype=gemm) if plan.softcap and compute_grad else None
+    scale = None if row_grad is None else row_grad.to(gemm)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sl = slice(start, stop)
+        hc = h[sl].to(gemm)
+        z = chunk_logits(hc, wc, bc, buf[: stop - start], plan.softcap, None if dcap is None else dcap[: stop - start])
+        loss = chunk_loss(z, y[sl], plan.args, compute_grad)
+        if scalar:
+            total.add_(loss)
+        else:
+            total[sl] = loss
+        if grads is not None:
+            if dcap is not None:
+                z.mul_(dcap[: stop - start])
+            grads.add(z, hc, wc, sl, None if scale is None else scale[sl])
+    if grads is not None and grads.first:  # no rows: nothing was written (N = 0)
+        for g in (grads.weight, grads.bias):
+            if g is not None:
+                g.zero_()
+    return total, grads
+
+
+def denominator(y: Tensor, args: SoftmaxArgs, dtype: torch.dtype) -> Tensor:
+    """``reduction="mean"``'s denominator, as ``F.cross_entropy``: the non-ignored rows, or their summed target
+    class weights; a 0-D tensor on ``y``'s device (no host read)."""
+    valid = None if args.ignore_index is None else y != args.ignore_index
+    if args.weight is None:
+        if valid is None:
+            return torch.full((), float(y.numel()), dtype=dtype, device=y.device)  # a fill, not a host copy
+        return valid.sum().to(dtype)
+    w = args.weight[y if valid is None else torch.where(valid, y, 0)]
+    return (w if valid is None else w * valid).sum().to(dtype)
+
+
+def _inverse(denom: Tensor) -> Tensor:
+    """``1 / denom``, 0 where the denominator is 0 (every row ignored: the loss is NaN as in ``F.cross_entropy``,
+    the gradients are 0 as there)."""
+    return torch.where(denom == 0, torch.zeros_like(denom), 1.0 / denom)
+
+
+def _finish(grads: _Grads | None, h: Tensor, weight: Tensor, bias: Tensor | None,
+            scale: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    """Scale the accumulators by ``scale`` (the mean's ``1/denominator``) and cast them to the parameters' dtypes."""
+    if grads is None:
+        return None, None, None
+    out = []
+    for g, like in ((grads.input, h), (grads.weight, weight), (grads.bias, bias)):
+        if g is not None:
+            if scale is not None:
+                g.mul_(scale.to(g.dtype))
+            g = g if like is None or g.dtype == like.dtype else g.to(like.dtype)
+        out.append(g)
+    return out[0], out[1], out[2]
+
+
+def _forward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
+             needs: tuple[bool, bool, bool]) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    """The loss (reduced as ``plan.reduction`` says) and, for the scalar reductions, the gradients for
+    ``grad_output = 1``."""
+    scalar = plan.reduction != "none"
+    total, grads = run_chunks(h, weight, bias, y, plan, needs if scalar else (False, False, False))
+    scale = None
+    if plan.reduction == "mean":
+        denom = denominator(y, plan.args, total.dtype)
+        total = total / denom
+        scale = _inverse(denom)
+    return (total, *_finish(grads, h, weight, bias, scale))
+
+
+def _is_one(grad: Tensor) -> bool:
+    """``grad == 1`` read on the host only where that is free (a CPU tensor, eager)."""
+    return grad.device.type == "cpu" and not torch.compiler.is_compiling() and bool(grad == 1)
+
+
+def _scaled(grads: tuple[Tensor | None, ...], grad_out: Tensor, inplace: bool) -> tuple[Tensor | None, ...]:
+    if _is_one(grad_out):
+        return grads
+    return tuple(
+        None if g is None else (g.mul_(grad_out.to(g.dtype)) if inplace else g * grad_out.to(g.dtype)) for g in grads
+    )
+
+
+def _backward_none(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
+                   needs: tuple[bool, bool, bool], grad_out: Tensor) -> tuple[Tensor | None, ...]:  # fmt: skip
+    _, grads = run_chunks(h, weight, bias, y, plan, needs, row_grad=grad_out)
+    return _finish(grads, h, weight, bias, None)
+
+
+_DOUBLE_BACKWARD = (
+    "polyfocal: expected a first-order backward through the fused linear loss (its gradients come out of the "
+    "chunked kernels, not differentiable formulas), got create_graph=True; use poly_loss(F.linear(...)) for "
+    "double backward"
+)
+
+
+class _LinearLoss(torch.autograd.Function):
+    """Eager path: the forward runs the chunk loop (gradients included for the scalar reductions), the backward
+    hands them out scaled by ``grad_output`` (or recomputes: ``"none"``, and a second backward)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple[Tensor, _Plan]):  # type: ignore[override]
+        y, plan = call
+        needs = tuple(ctx.needs_input_grad[:3])
+        needs = (needs[0], needs[1], needs[2] and bias is not None)
+        loss, *grads = _forward(h, weight, bias, y, plan, needs)
+        ctx.save_for_backward(h, weight, bias)
+        ctx.call, ctx.needs = call, needs
+        ctx.grads = tuple(grads) if plan.reduction != "none" else None
+        ctx.set_materialize_grads(False)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor | None):  # type: ignore[override]
+        if grad_out is None:
+            return None, None, None, None
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        h, weight, bias = ctx.saved_tensors
+        y, plan = ctx.call
+        if plan.reduction == "none":
+            gi, gw, gb = _backward_none(h, weight, bias, y, plan, ctx.needs, grad_out)
+            return gi, gw, gb, None
+        grads, ctx.grads = ctx.grads, None  # handed out once; a second backward (retain_graph) recomputes
+        if grads is None:
+            grads = _forward(h, weight, bias, y, plan, ctx.needs)[1:]
+        gi, gw, gb = _scaled(grads, grad_out, inplace=True)
+        return gi, gw, gb, None
+
+
+# ----------------------------------------------------------------------------------- torch.compile: custom ops
+
+
+def _flat(plan: _Plan) -> tuple:
+    a = plan.args
+    return (a.class_weight, a.weight, list(a.epsilon), a.gamma, NO_IGNORE if a.ignore_index is None else a.ignore_index,
+            a.label_smoothing, plan.reduction, a.bias, a.margin, a.logit_scale, a.z_loss, plan.softcap,
+            plan.rows)  # fmt: skip
+
+
+def _plan(class_weight, weight, epsilon, gamma, ignore_index, ls, reduction, bias, margin, logit_scale, z_loss,
+          softcap, rows) -> _Plan:  # fmt: skip
+    args = SoftmaxArgs(class_weight=class_weight, weight=weight, normalizer=None, epsilon=tuple(epsilon), gamma=gamma,
+                       ignore_index=None if ignore_index == NO_IGNORE else ignore_index, label_smoothing=ls,
+                       reduction="none" if reduction == "none" else "sum", bias=bias, margin=margin,
+                       logit_scale=logit_scale, z_loss=z_loss)  # fmt: skip
+    return _Plan(args, reduction, softcap, rows)
+
+
+def _empty(like: Tensor, grad: Tensor | None) -> Tensor:
+    return like.new_empty(0) if grad is None else grad
+
+
+@torch.library.custom_op("polyfocal::linear_poly", mutates_args=())
+def linear_poly(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    y: Tensor,
+    class_weight: Tensor | None,
+    target_weight: Tensor | None,
+    epsilon: list[float],
+    gamma: float,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    adjust: Tensor | None,
+    margin: Tensor | None,
+    logit_scale: float,
+    z_loss: float,
+    softcap: float,
+    rows: int,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fused linear loss and (scalar reductions) its gradients for ``grad_output = 1`` (empty where not
+    wanted); the flat argument list of :func:`_flat`."""
+    plan = _plan(class_weight, target_weight, epsilon, gamma, ignore_index, label_smoothing, reduction, adjust,
+                 margin, logit_scale, z_loss, softcap, rows)  # fmt: skip
+    n = (needs[0], needs[1], needs[2] and bias is not None) if reduction != "none" else (False, False, False)
+    loss, gi, gw, gb = _forward(h, weight, bias, y, plan, n)
+    return loss, _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
+
+
+@linear_poly.register_fake
+def _(h, weight, bias, y, class_weight, target_weight, epsilon, gamma, ignore_index, ls, reduction, adjust, margin,
+      logit_scale, z_loss, softcap, rows, needs):  # fmt: skip
+    scalar = reduction != "none"
+    loss = h.new_empty(() if scalar else h.shape[:1], dtype=compute_dtype(h))
+    gi = torch.empty_like(h) if scalar and needs[0] else h.new_empty(0)
+    gw = torch.empty_like(weight) if scalar and needs[1] else weight.new_empty(0)
+    gb = weight.new_empty(weight.shape[:1]) if scalar and needs[2] and bias is not None else weight.new_empty(0)
+    return loss, gi, gw, gb
+
+
+@torch.library.custom_op("polyfocal::linear_poly_rows_backward", mutates_args=())
+def linear_poly_rows_backward(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    y: Tensor,
+    class_weight: Tensor | None,
+    target_weight: Tensor | None,
+    epsilon: list[float],
+    gamma: float,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    adjust: Tensor | None,
+    margin: Tensor | None,
+    logit_scale: float,
+    z_loss: float,
+    softcap: float,
+    rows: int,
+    needs: list[bool],
+    grad_out: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``reduction="none"``'s backward: the chunks recomputed with the per-row ``grad_out``."""
+    plan = _plan(class_weight, target_weight, epsilon, gamma, ignore_index, label_smoothing, reduction, adjust,
+                 margin, logit_scale, z_loss, softcap, rows)  # fmt: skip
+    n = (needs[0], needs[1], needs[2] and bias is not None)
+    gi, gw, gb = _backward_none(h, weight, bias, y, plan, n, grad_out)
+    return _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
+
+
+@linear_poly_rows_backward.register_fake
+def _(h, weight, bias, y, class_weight, target_weight, epsilon, gamma, ignore_index, ls, reduction, adjust, margin,
+      logit_scale, z_loss, softcap, rows, needs, grad_out):  # fmt: skip
+    gi = torch.empty_like(h) if needs[0] else h.new_empty(0)
+    gw = torch.empty_like(weight) if needs[1] else weight.new_empty(0)
+    gb = weight.new_empty(weight.shape[:1]) if needs[2] and bias is not None else weight.new_empty(0)
+    return gi, gw, gb
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[2], output[1], output[2], output[3])
+    ctx.inputs = inputs[3:]
+    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.set_materialize_grads(False)
+
+
+def _op_backward(ctx, grad_out, _gi, _gw, _gb):
+    if grad_out is None:
+        return (None,) * 18
+    h, weight, bias, gi, gw, gb = ctx.saved_tensors
+    rest = ctx.inputs
+    needs = rest[-1]
+    if rest[7] == "none":  # reduction
+        gi, gw, gb = linear_poly_rows_backward(h, weight, bias, *rest, grad_out)
+    else:
+        gi, gw, gb = (g * grad_out.to(g.dtype) for g in (gi, gw, gb))
+    out_gi = gi if needs[0] else None
+    out_gw = gw if needs[1] else None
+    out_gb = gb if needs[2] and bias is not None else None
+    return (out_gi, out_gw, out_gb) + (None,) * 15
+
+
+linear_poly.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------ public API
+
+
+def linear_poly_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    epsilon: float | Sequence[float] = 1.0,
+    gamma: float = 0.0,
+    alpha: Sequence[float] | Tensor | None = None,
+    weight: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    prior: Sequence[float] | Tensor | None = None,
+    tau: float = 1.0,
+    margin: Sequence[float] | Tensor | None = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""PolyLoss of a linear layer's output, fused and chunked (see the module docstring).
+
+    Exactly ``poly_loss(z, target, epsilon=..., gamma=..., ...)`` with ``z = F.linear(input, linear_weight,
+    linear_bias)``, or ``z = softcap * tanh(F.linear(...) / softcap)`` when ``softcap`` is given, for every
+    softmax-family option of :func:`polyfocal.poly_loss` (same defaults: ``epsilon=1`` is Poly-1).
+
+    Args:
+        input: ``(..., in_features)`` hidden states (``(in_features,)`` for one row, with a 0-D target).
+        linear_weight: ``(num_classes, in_features)``, the input's dtype and device.
+        target: class indices of shape ``input.shape[:-1]`` (integer; soft targets are refused).
+        linear_bias: ``None`` or ``(num_classes,)``.
+        softcap: ``None`` or ``c > 0``: the logits are ``c * tanh(z / c)`` before the loss (Gemma-2).
+        chunk_size: rows per chunk; ``None``: from the workspace budget (see the module docstring).
+        others: as :func:`polyfocal.poly_loss` (softmax).
+
+    Returns:
+        The reduced loss (0-D; float32 for bf16/fp16 input), or for ``reduction="none"`` the losses of shape
+        ``input.shape[:-1]``.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> import polyfocal
+        >>> h, w, y = torch.randn(6, 4), torch.randn(10, 4), torch.randint(0, 10, (6,))
+        >>> fused = polyfocal.linear_poly_loss(h, w, y, gamma=2.0, epsilon=1.0, softcap=3.0, chunk_size=4)
+        >>> plain = polyfocal.poly_loss(3.0 * torch.tanh(F.linear(h, w) / 3.0), y, gamma=2.0, epsilon=1.0)
+        >>> torch.allclose(fused, plain)
+        True
+    """
+    _check_tensors(input, linear_weight, target, linear_bias)
+    cap = _check_softcap(softcap)
+    chunk = _check_chunk_size(chunk_size)
+    h = hyper(
+        epsilon=epsilon,
+        gamma=gamma,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        tau=tau,
+        logit_scale=logit_scale,
+        z_loss=z_loss,
+    )
+    if torch._C._functorch.maybe_current_level() is not None:
+        raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
+    num_rows = math.prod(input.shape[:-1])
+    num_classes = linear_weight.shape[0]
+    gemm = _gemm_dtype(input)
+    # the per-class vectors through the same checks as poly_loss: a zero-stride stand-in for the (N, V) logits
+    stand_in = input.new_empty(1, dtype=gemm).expand(num_rows, num_classes)
+    y = target.reshape(num_rows)
+    call = prepare(stand_in, y, h, alpha=alpha, weight=weight, prior=prior, margin=margin)
+    args = call.args
+    assert isinstance(args, SoftmaxArgs)
+    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
+                f"linear_weight and linear_bias only), got a tensor that requires grad"
+            )
+    y = call.target
+    check_index_range(y, num_classes, args.ignore_index, background=False)
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
+    buffers = 2 if cap and any(needs) else 1
+    itemsize = torch.empty((), dtype=gemm).element_size()
+    rows = chunk_rows(num_rows, num_classes, itemsize, in_features=input.shape[-1], buffers=buffers, chunk_size=chunk)
+    plan = _Plan(dataclasses.replace(args, reduction="none" if h.reduction == "none" else "sum"), h.reduction, cap,
+                 rows)  # fmt: skip
+    x2 = input.reshape(num_rows, input.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if torch.compiler.is_compiling():
+        out = linear_poly(x2, linear_weight, linear_bias, y, *_flat(plan), list(needs))[0]
+    elif any(needs):
+        out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan))
+    else:
+        out = _forward(x2, linear_weight, linear_bias, y, plan, (False, False, False))[0]
+    return out.reshape(input.shape[:-1]) if h.reduction == "none" else out
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Fused linear + cross-entropy with the argument names and results of torch 2.13's
+    ``F.linear_cross_entropy`` (class-index targets; ``ignore_index=None`` means -100, as there), plus ``softcap``,
+    ``z_loss`` and ``chunk_size``.  See :func:`linear_poly_loss`."""
+    return linear_poly_loss(
+        input, linear_weight, target, linear_bias=linear_bias, epsilon=0.0, weight=weight, reduction=reduction,
+        ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=label_smoothing,
+        softcap=softcap, z_loss=z_loss, chunk_size=chunk_size,
+    )  # fmt: skip
+
+
+def linear_softmax_focal_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    gamma: float = 2.0,
+    alpha: Sequence[float] | Tensor | None = None,
+    epsilon: float | Sequence[float] = 0.0,
+    **kwargs,
+) -> Tensor:
+    """Fused linear + softmax focal loss (``gamma=2``, no polynomial term by default); the other keywords are
+    :func:`linear_poly_loss`'s."""
+    return linear_poly_loss(input, linear_weight, target, linear_bias=linear_bias, gamma=gamma, alpha=alpha,
+                            epsilon=epsilon, **kwargs)  # fmt: skip
+
+
+def linear_poly1_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    epsilon: float = 1.0,
+    **kwargs,
+) -> Tensor:
+    """Fused linear + Poly-1 cross-entropy (``gamma=0``, one ``epsilon``); the other keywords are
+    :func:`linear_poly_loss`'s."""
+    if "gamma" in kwargs:
+        raise TypeError("expected no gamma for linear_poly1_cross_entropy (it is gamma=0), got one")
+    if _real(epsilon, "epsilon") is None:
+        raise TypeError(f"expected epsilon to be a real number, got {_describe(epsilon)}")
+    return linear_poly_loss(input, linear_weight, target, linear_bias=linear_bias, epsilon=epsilon, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------- modules
+
+
+_HYPER_KEYS = ("epsilon", "gamma", "ignore_index", "label_smoothing", "reduction", "tau", "logit_scale", "z_loss")
+
+
+class LinearPolyLoss(torch.nn.Module):
+    """Module form of :func:`linear_poly_loss`: the options at construction, ``forward(input, linear_weight,
+    target, linear_bias=None)``.  Per-class tensors (``alpha``, ``weight``, ``prior``, ``margin``) are buffers
+    (they follow ``.to(device)``).
+
+    Example:
+        >>> import torch
+        >>> import polyfocal
+        >>> head = torch.nn.Linear(4, 10)
+        >>> criterion = polyfocal.LinearPolyLoss(gamma=2.0, epsilon=1.0)
+        >>> loss = criterion(torch.randn(6, 4), head.weight, torch.randint(0, 10, (6,)), head.bias)
+        >>> loss.backward()
+    """
+
+    _function = staticmethod(linear_poly_loss)
+    _TENSORS = ("alpha", "weight", "prior", "margin")
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self._options = {}
+        for key, value in options.items():
+            if key in self._TENSORS and isinstance(value, Tensor):
+                self.register_buffer(f"_{key}", value)
+            else:
+                self._options[key] = value
+        # the scalar options are checked now; the per-class tensors against the class count at the first call
+        hyper(**{k: v for k, v in self._options.items() if k in _HYPER_KEYS})
+        if "softcap" in self._options:
+            _check_softcap(self._options["softcap"])
+        if "chunk_size" in self._options:
+            _check_chunk_size(self._options["chunk_size"])
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
+        kwargs = dict(self._options)
+        for key in self._TENSORS:
+            buffer = getattr(self, f"_{key}", None)
+            if buffer is not None:
+                kwargs[key] = buffer
+        return self._function(input, linear_weight, target, linear_bias=linear_bias, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
+
+
+class LinearCrossEntropyLoss(LinearPolyLoss):
+    """Module form of :func:`linear_cross_entropy`."""
+
+    _function = staticmethod(linear_cross_entropy)
+
+
+class LinearSoftmaxFocalLoss(LinearPolyLoss):
+    """Module form of :func:`linear_softmax_focal_loss` (``gamma=2`` by default)."""
+
+    _function = staticmethod(linear_softmax_focal_loss)
+
+
+class LinearPoly1CrossEntropyLoss(LinearPolyLoss):
+    """Module form of :func:`linear_poly1_cross_entropy`."""
+
+    _function = staticmethod(linear_poly1_cross_entropy)
