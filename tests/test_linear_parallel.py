@@ -1,0 +1,211 @@
+"""Class-parallel fused linear + loss (``process_group=``): 2 and 3 gloo ranks (torchrun on localhost), each holding
+an uneven shard of the classes, against the single-process ``linear_poly_loss`` (float64: 1e-10; float32: 1e-5
+relative) and, for float64, the float64 textbook reference (autograd over ``F.linear`` + ``poly_loss_reference``).
+
+One spawned group per world size runs every case of :mod:`linear_parallel_cases` (the option grid: every family
+option, three reductions, ignored rows, a chunk whose rows are all ignored, every row ignored, uneven shards, bf16 /
+float32 / float64) and the checks that need a group (modules, mismatched ranks, communication volume)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import linear_parallel_cases as cases
+import polyfocal
+from polyfocal.reference import poly_loss_reference
+from process_helpers import free_port, run_process_group
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    import torch
+    import torch.distributed as dist
+    import polyfocal
+    from polyfocal import linear_parallel
+    import linear_parallel_cases as cases
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.group.WORLD
+    sizes = cases.SPLITS[world]
+    lo = sum(sizes[:rank]); hi = lo + sizes[rank]
+    results = {"offsets": linear_parallel.shard_offsets(sizes[rank], group)}
+    for index, (name, dtype, reduction, bias, chunk, ignore, opts) in enumerate(cases.CASES):
+        dt = getattr(torch, dtype)
+        h, w, b, y, up = cases.data(index, dt, bias, ignore)
+        h = h.requires_grad_()
+        ws = w[lo:hi].clone().requires_grad_()
+        bs = None if b is None else b[lo:hi].clone().requires_grad_()
+        out = polyfocal.linear_poly_loss(h, ws, y, linear_bias=bs, reduction=reduction, chunk_size=chunk,
+                                         process_group=group, **cases.options(opts, lo, hi))
+        out.backward(cases.upstream(reduction, up, out.dtype))
+        results[name] = {"loss": out.detach(), "input": h.grad, "weight": ws.grad,
+                         "bias": None if bs is None else bs.grad, "comm": linear_parallel.last_communication()}
+
+    # the module option and the twins
+    h, w, b, y, up = cases.data(0, torch.float64, True, "chunk")
+    module = polyfocal.LinearSoftmaxFocalLoss(gamma=2.0, process_group=group, alpha=cases.ALPHA[lo:hi])
+    results["module"] = module(h, w[lo:hi], y, b[lo:hi]).detach()
+    results["ce_twin"] = polyfocal.linear_cross_entropy(h, w[lo:hi], y, linear_bias=b[lo:hi], label_smoothing=0.1,
+                                                        process_group=group).detach()
+
+    # communication volume of one step: independent of V (one large shard vs. the small one)
+    big = 4000 if rank == 0 else 10
+    torch.manual_seed(0)  # the same input and targets on every rank
+    yb = torch.randint(0, 10, (64,))
+    hb = torch.randn(64, 8, requires_grad=True)
+    wb = torch.randn(big, 8, requires_grad=True)
+    polyfocal.linear_poly_loss(hb, wb, yb, process_group=group, chunk_size=16, gamma=2.0).backward()
+    comm_big = linear_parallel.last_communication()
+    hb = torch.randn(64, 8, requires_grad=True)
+    polyfocal.linear_poly_loss(hb, torch.randn(10, 8, requires_grad=True), yb, process_group=group,
+                               chunk_size=16, gamma=2.0).backward()
+    results["comm_v"] = (comm_big, linear_parallel.last_communication())
+
+    # ranks that disagree: a ValueError on every rank, before any loss work
+    errors = []
+    for bad in ({"gamma": 1.0 + rank}, {"rows": 5 + rank}):
+        rows = bad.get("rows", 5)
+        try:
+            polyfocal.linear_poly_loss(torch.randn(rows, 6).double(), w[lo:hi], torch.zeros(rows, dtype=torch.long),
+                                       gamma=bad.get("gamma", 1.0), process_group=group)
+        except ValueError as e:
+            errors.append(str(e))
+    results["errors"] = errors
+    torch.save(results, os.path.join(sys.argv[1], f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+    """
+)
+
+
+def _spawn(tmp_path, world: int) -> list[dict]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path), here]  # fmt: skip
+    proc = run_process_group(cmd, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ranks_said = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
+    assert proc.returncode == 0, ranks_said[-6000:] or proc.stderr[-6000:]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def group_results(request, tmp_path_factory):
+    world = request.param
+    return world, _spawn(tmp_path_factory.mktemp(f"world{world}"), world)
+
+
+def _single(index: int, case, *, reference: bool = False):
+    """The oracle: single-process linear_poly_loss on the whole weight (or the float64 textbook reference)."""
+    name, dtype, reduction, bias, chunk, ignore, opts = case
+    dt = getattr(torch, dtype)
+    h, w, b, y, up = cases.data(index, dt, bias, ignore)
+    kw = cases.options(opts)
+    if reference:
+        h, w, b = (None if t is None else t.double() for t in (h, w, b))
+    leaves = [t if t is None else t.clone().requires_grad_() for t in (h, w, b)]
+    if reference:
+        cap = kw.pop("softcap", None)
+        z = F.linear(*leaves)
+        z = z if cap is None else cap * torch.tanh(z / cap)
+        out = poly_loss_reference(z, y, reduction=reduction, **kw)
+    else:
+        out = polyfocal.linear_poly_loss(*leaves[:2], y, linear_bias=leaves[2], reduction=reduction,
+                                         chunk_size=chunk, **kw)  # fmt: skip
+    out.backward(cases.upstream(reduction, up, out.dtype))
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _close(got, want, tol, what):
+    assert got.shape == want.shape, what
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.mark.parametrize("index", range(len(cases.CASES)), ids=[c[0] for c in cases.CASES])
+def test_shards_match_single_process(group_results, index):
+    world, ranks = group_results
+    case = cases.CASES[index]
+    name, dtype, reduction, bias = case[:4]
+    loss, (gi, gw, gb) = _single(index, case)
+    sizes = cases.SPLITS[world]
+    for rank, res in enumerate(ranks):
+        got = res[name]
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        assert got["weight"].dtype == gw.dtype and got["input"].dtype == gi.dtype
+        if dtype == "bfloat16":  # float32 statistics: the loss to float32 precision, gradients to bf16 rounding
+            _close(got["loss"], loss, 1e-5, f"{name} rank {rank} loss")
+            for g, want, what in ((got["input"], gi, "input"), (got["weight"], gw[lo:hi], "weight")):
+                torch.testing.assert_close(g.float(), want.float(), rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+            continue
+        tol = TOL[dtype]
+        _close(got["loss"], loss, tol, f"{name} rank {rank} loss")
+        _close(got["input"], gi, tol, f"{name} rank {rank} grad input")
+        _close(got["weight"], gw[lo:hi], tol, f"{name} rank {rank} grad weight shard")
+        if bias:
+            _close(got["bias"], gb[lo:hi], tol, f"{name} rank {rank} grad bias shard")
+        else:
+            assert got["bias"] is None
+    if dtype == "float64":  # and the independent float64 oracle
+        ref, (ri, rw, rb) = _single(index, case, reference=True)
+        _close(loss, ref, 1e-9, f"{name} single-process vs reference")
+        for rank, res in enumerate(ranks):
+            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+            _close(res[name]["loss"], ref, 1e-9, f"{name} rank {rank} loss vs reference")
+            if name == "all_ignored":  # the mean over no rows: NaN loss, gradients 0 (as F.cross_entropy), not 0/0
+                assert torch.isnan(res[name]["loss"]) and not res[name]["input"].any() and not res[name]["weight"].any()
+                continue
+            _close(res[name]["input"], ri, 1e-9, f"{name} rank {rank} grad input vs reference")
+            _close(res[name]["weight"], rw[lo:hi], 1e-9, f"{name} rank {rank} grad weight vs reference")
+
+
+def test_group_checks(group_results):
+    world, ranks = group_results
+    sizes = cases.SPLITS[world]
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    h, w, b, y, _ = cases.data(0, torch.float64, True, "chunk")
+    focal = polyfocal.linear_softmax_focal_loss(h, w, y, linear_bias=b, gamma=2.0, alpha=cases.ALPHA)
+    ce = polyfocal.linear_cross_entropy(h, w, y, linear_bias=b, label_smoothing=0.1)
+    for res in ranks:
+        assert res["offsets"] == offsets
+        _close(res["module"], focal, 1e-10, "module")
+        _close(res["ce_twin"], ce, 1e-10, "linear_cross_entropy")
+        # mismatched options / shapes across ranks: every rank refuses, with a message naming what differs
+        assert len(res["errors"]) == 2
+        assert "expected the same options on every rank" in res["errors"][0]
+        assert "expected the same rows (N) on every rank" in res["errors"][1]
+        # communication: the same bytes whether rank 0's shard has 4000 or 10 classes (O(N), independent of V)
+        big, small = res["comm_v"]
+        assert big == small
+        n, d, chunks = 64, 8, 4
+        assert big.grad_input_bytes == n * d * 4
+        assert big.statistics_bytes == chunks * (16 * 4 + 2 * 16 * 4)  # a max, then [z'_y, sum exp] per row
+        # the grid: per-chunk statistics only, O(rows), for every case
+        for name, dtype, _, _, _, _, opts in cases.CASES:
+            values = 1 + (3 if opts.get("label_smoothing") else 2)  # the max; z'_y, sum exp (, sum a_c z'_c)
+            itemsize = 8 if dtype == "float64" else 4
+            comm = res[name]["comm"]
+            assert comm.statistics_bytes == cases.N * values * itemsize, name
+            assert comm.grad_input_bytes == cases.N * cases.D * itemsize, name
+
+
+def test_process_group_argument_errors():
+    h, w, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match="expected process_group to be None or a torch.distributed ProcessGroup"):
+        polyfocal.linear_poly_loss(h, w, y, process_group="world")
+    with pytest.raises(TypeError, match="expected process_group"):
+        polyfocal.LinearPolyLoss(process_group=3)
