@@ -26,18 +26,16 @@ ALL = dict(gamma=2.0, epsilon=[1.0, -0.5], softcap=1.5, weight="weight", alpha="
            z_loss=0.02, prior="prior", tau=1.5, margin="margin", logit_scale=1.3)  # fmt: skip
 
 # (name, dtype, reduction, bias, chunk_size, ignore, options); vector options name an entry of VECTORS
+# fmt: off
 CASES = [
     ("ce", "float64", "mean", True, CHUNK, "chunk", dict(epsilon=0.0)),
     ("poly1_nobias", "float64", "sum", False, CHUNK, "chunk", dict(epsilon=1.0)),
     ("focal_half", "float64", "none", True, CHUNK, "chunk", dict(gamma=0.5, epsilon=0.0)),
     ("focal2_poly", "float64", "mean", True, 3, "chunk", dict(gamma=2.0, epsilon=[1.0, -0.5])),
     ("smoothing", "float64", "mean", True, CHUNK, "chunk", dict(epsilon=1.0, label_smoothing=0.1)),
-    ("weight_alpha", "float64", "sum", True, CHUNK, "chunk", dict(gamma=2.0, epsilon=1.0, weight="weight",
-                                                                   alpha="alpha")),  # fmt: skip
-    ("weight_smooth_mean", "float64", "mean", True, CHUNK, "chunk", dict(epsilon=0.5, weight="weight",
-                                                                         label_smoothing=0.2)),  # fmt: skip
-    ("alpha_smooth_focal", "float64", "none", False, 5, "chunk", dict(gamma=1.0, alpha="alpha",
-                                                                      label_smoothing=0.15)),  # fmt: skip
+    ("weight_alpha", "float64", "sum", True, CHUNK, "chunk", dict(gamma=2.0, weight="weight", alpha="alpha")),
+    ("weight_smooth", "float64", "mean", True, CHUNK, "chunk", dict(epsilon=0.5, weight="weight", label_smoothing=0.2)),
+    ("alpha_smooth_focal", "float64", "none", False, 5, "chunk", dict(gamma=1.0, alpha="alpha", label_smoothing=0.15)),
     ("no_ignore", "float64", "mean", True, CHUNK, "none", dict(epsilon=1.0, ignore_index=None)),
     ("ignore_is_a_class", "float64", "mean", True, CHUNK, "class3", dict(epsilon=1.0, ignore_index=3)),
     ("prior", "float64", "none", True, CHUNK, "chunk", dict(epsilon=1.0, prior="prior", tau=1.5)),
@@ -56,6 +54,7 @@ CASES = [
     ("bf16_all_mean", "bfloat16", "mean", True, CHUNK, "chunk", ALL),
     ("bf16_poly1_none", "bfloat16", "none", True, CHUNK, "chunk", dict(epsilon=1.0)),
 ]
+# fmt: on
 
 
 def data(index: int, dtype: torch.dtype, bias: bool, ignore: str):

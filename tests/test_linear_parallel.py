@@ -107,7 +107,7 @@ def group_results(request, tmp_path_factory):
 
 def _single(index: int, case, *, reference: bool = False):
     """The oracle: single-process linear_poly_loss on the whole weight (or the float64 textbook reference)."""
-    name, dtype, reduction, bias, chunk, ignore, opts = case
+    _, dtype, reduction, bias, chunk, ignore, opts = case
     dt = getattr(torch, dtype)
     h, w, b, y, up = cases.data(index, dt, bias, ignore)
     kw = cases.options(opts)
@@ -128,7 +128,8 @@ def _single(index: int, case, *, reference: bool = False):
 
 def _close(got, want, tol, what):
     assert got.shape == want.shape, what
-    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")  # fmt: skip
 
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
@@ -138,7 +139,7 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
 def test_shards_match_single_process(group_results, index):
     world, ranks = group_results
     case = cases.CASES[index]
-    name, dtype, reduction, bias = case[:4]
+    name, dtype, _, bias = case[:4]
     loss, (gi, gw, gb) = _single(index, case)
     sizes = cases.SPLITS[world]
     for rank, res in enumerate(ranks):
@@ -147,8 +148,8 @@ def test_shards_match_single_process(group_results, index):
         assert got["weight"].dtype == gw.dtype and got["input"].dtype == gi.dtype
         if dtype == "bfloat16":  # float32 statistics: the loss to float32 precision, gradients to bf16 rounding
             _close(got["loss"], loss, 1e-5, f"{name} rank {rank} loss")
-            for g, want, what in ((got["input"], gi, "input"), (got["weight"], gw[lo:hi], "weight")):
-                torch.testing.assert_close(g.float(), want.float(), rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+            for g, want in ((got["input"], gi), (got["weight"], gw[lo:hi])):
+                torch.testing.assert_close(g.float(), want.float(), rtol=1e-2, atol=1e-2)
             continue
         tol = TOL[dtype]
         _close(got["loss"], loss, tol, f"{name} rank {rank} loss")
@@ -169,6 +170,8 @@ def test_shards_match_single_process(group_results, index):
                 continue
             _close(res[name]["input"], ri, 1e-9, f"{name} rank {rank} grad input vs reference")
             _close(res[name]["weight"], rw[lo:hi], 1e-9, f"{name} rank {rank} grad weight vs reference")
+            if bias:
+                _close(res[name]["bias"], rb[lo:hi], 1e-9, f"{name} rank {rank} grad bias vs reference")
 
 
 def test_group_checks(group_results):
@@ -205,7 +208,7 @@ def test_group_checks(group_results):
 
 def test_process_group_argument_errors():
     h, w, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 2])
-    with pytest.raises(TypeError, match="expected process_group to be None or a torch.distributed ProcessGroup"):
+    with pytest.raises(TypeError, match=r"expected process_group to be None or a torch\.distributed ProcessGroup"):
         polyfocal.linear_poly_loss(h, w, y, process_group="world")
     with pytest.raises(TypeError, match="expected process_group"):
         polyfocal.LinearPolyLoss(process_group=3)

@@ -466,7 +466,7 @@ def sharded_linear_poly_loss(
     parts: list[Tensor] = []
     prior_t = None
     if prior is not None and hp.tau != 0.0:
-        prior_t = (prior if isinstance(prior, Tensor) else torch.tensor([float(v) for v in prior]))
+        prior_t = prior if isinstance(prior, Tensor) else torch.tensor([float(v) for v in prior])
         prior_t = prior_t.to(device=input.device, dtype=torch.float64)
         parts.append(prior_t.sum().reshape(1))
     if args.class_weight is not None:
@@ -503,4 +503,3 @@ def sharded_linear_poly_loss(
     else:
         out = _forward(x2, linear_weight, linear_bias, y, plan, shard, (False, False, False))[0]
     return out.reshape(input.shape[:-1]) if hp.reduction == "none" else out
-
