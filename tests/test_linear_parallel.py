@@ -8,6 +8,7 @@ float32 / float64) and the checks that need a group (modules, mismatched ranks, 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 import textwrap
@@ -57,6 +58,15 @@ WORKER = textwrap.dedent(
     results["ce_twin"] = polyfocal.linear_cross_entropy(h, w[lo:hi], y, linear_bias=b[lo:hi], label_smoothing=0.1,
                                                         process_group=group).detach()
 
+    # a second backward (retain_graph) recomputes, with the same collectives: the gradients add up
+    h, w, b, y, up = cases.data(3, torch.float64, True, "chunk")
+    h = h.requires_grad_()
+    ws = w[lo:hi].clone().requires_grad_()
+    out = polyfocal.linear_poly_loss(h, ws, y, linear_bias=b[lo:hi], gamma=2.0, chunk_size=4, process_group=group)
+    out.backward(retain_graph=True)
+    out.backward()
+    results["twice"] = (h.grad, ws.grad)
+
     # communication volume of one step: independent of V (one large shard vs. the small one)
     big = 4000 if rank == 0 else 10
     torch.manual_seed(0)  # the same input and targets on every rank
@@ -99,10 +109,17 @@ def _spawn(tmp_path, world: int) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-@pytest.fixture(scope="module", params=[2, 3])
-def group_results(request, tmp_path_factory):
-    world = request.param
-    return world, _spawn(tmp_path_factory.mktemp(f"world{world}"), world)
+@pytest.fixture(scope="module")
+def both_groups(tmp_path_factory):
+    """The 2- and 3-rank groups, started together (their start-up overlaps)."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = {w: pool.submit(_spawn, tmp_path_factory.mktemp(f"world{w}"), w) for w in (2, 3)}
+        return {w: f.result() for w, f in futures.items()}
+
+
+@pytest.fixture(params=[2, 3])
+def group_results(request, both_groups):
+    return request.param, both_groups[request.param]
 
 
 def _single(index: int, case, *, reference: bool = False):
@@ -187,6 +204,13 @@ def test_group_checks(group_results):
         assert res["offsets"] == offsets
         _close(res["module"], focal, 1e-10, "module")
         _close(res["ce_twin"], ce, 1e-10, "linear_cross_entropy")
+        # retain_graph: the second backward recomputes the same gradients
+        h, w, b, y, _ = cases.data(3, torch.float64, True, "chunk")
+        h, w = h.requires_grad_(), w.requires_grad_()
+        polyfocal.linear_poly_loss(h, w, y, linear_bias=b, gamma=2.0, chunk_size=4).backward()
+        rank = ranks.index(res)
+        _close(res["twice"][0], 2 * h.grad, 1e-10, "retain_graph grad input")
+        _close(res["twice"][1], 2 * w.grad[offsets[rank] : offsets[rank + 1]], 1e-10, "retain_graph grad weight")
         # mismatched options / shapes across ranks: every rank refuses, with a message naming what differs
         assert len(res["errors"]) == 2
         assert "expected the same options on every rank" in res["errors"][0]
