@@ -200,7 +200,7 @@ def test_group_checks(group_results):
     h, w, b, y, _ = cases.data(0, torch.float64, True, "chunk")
     focal = polyfocal.linear_softmax_focal_loss(h, w, y, linear_bias=b, gamma=2.0, alpha=cases.ALPHA)
     ce = polyfocal.linear_cross_entropy(h, w, y, linear_bias=b, label_smoothing=0.1)
-    for res in ranks:
+    for rank, res in enumerate(ranks):
         assert res["offsets"] == offsets
         _close(res["module"], focal, 1e-10, "module")
         _close(res["ce_twin"], ce, 1e-10, "linear_cross_entropy")
@@ -208,7 +208,6 @@ def test_group_checks(group_results):
         h, w, b, y, _ = cases.data(3, torch.float64, True, "chunk")
         h, w = h.requires_grad_(), w.requires_grad_()
         polyfocal.linear_poly_loss(h, w, y, linear_bias=b, gamma=2.0, chunk_size=4).backward()
-        rank = ranks.index(res)
         _close(res["twice"][0], 2 * h.grad, 1e-10, "retain_graph grad input")
         _close(res["twice"][1], 2 * w.grad[offsets[rank] : offsets[rank + 1]], 1e-10, "retain_graph grad weight")
         # mismatched options / shapes across ranks: every rank refuses, with a message naming what differs
