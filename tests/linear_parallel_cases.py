@@ -57,8 +57,8 @@ CASES = [
 # fmt: on
 
 
-def data(index: int, dtype: torch.dtype, bias: bool, ignore: str):
-    """Full ``h (N, D)``, ``W (V, D)``, ``b (V,)`` or None (float64, to be cast) and ``y``; the upstream grads."""
+def data(index: int, dtype: torch.dtype, bias: bool, ignore: str, device: str = "cpu"):
+    """Full ``h (N, D)``, ``W (V, D)``, ``b (V,)`` or None, ``y`` and the per-row upstream gradients, on ``device``."""
     gen = torch.Generator().manual_seed(100 + index)
     h = torch.randn(N, D, generator=gen, dtype=torch.float64)
     w = torch.randn(V, D, generator=gen, dtype=torch.float64) / D**0.5 * 2
@@ -72,18 +72,19 @@ def data(index: int, dtype: torch.dtype, bias: bool, ignore: str):
     elif ignore == "class3":
         y[[1, 5, 9]] = 3
     up_rows = torch.randn(N, generator=gen, dtype=torch.float64)
-    return h.to(dtype), w.to(dtype), None if b is None else b.to(dtype), y, up_rows
+    h, w, b = (None if t is None else t.to(device=device, dtype=dtype) for t in (h, w, b))
+    return h, w, b, y.to(device), up_rows.to(device)
 
 
-def options(opts: dict, lo: int | None = None, hi: int | None = None) -> dict:
+def options(opts: dict, lo: int | None = None, hi: int | None = None, device: str = "cpu") -> dict:
     """The keyword options, the per-class vectors sliced to ``[lo, hi)`` when given."""
     out = {}
     for key, value in opts.items():
         if isinstance(value, str):
-            value = VECTORS[value] if lo is None else VECTORS[value][lo:hi]
+            value = (VECTORS[value] if lo is None else VECTORS[value][lo:hi]).to(device)
         out[key] = value
     return out
 
 
 def upstream(reduction: str, up_rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return up_rows.to(dtype) if reduction == "none" else torch.tensor(1.7, dtype=dtype)
+    return up_rows.to(dtype) if reduction == "none" else torch.tensor(1.7, dtype=dtype, device=up_rows.device)

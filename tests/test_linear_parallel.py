@@ -32,7 +32,8 @@ WORKER = textwrap.dedent(
     from polyfocal import linear_parallel
     import linear_parallel_cases as cases
 
-    dist.init_process_group("gloo")
+    device = sys.argv[3]
+    dist.init_process_group("gloo")  # on CUDA too: gloo all-reduces CUDA tensors, so 2 ranks can share 1 GPU
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     group = dist.group.WORLD
@@ -41,15 +42,20 @@ WORKER = textwrap.dedent(
     results = {"offsets": linear_parallel.shard_offsets(sizes[rank], group)}
     for index, (name, dtype, reduction, bias, chunk, ignore, opts) in enumerate(cases.CASES):
         dt = getattr(torch, dtype)
-        h, w, b, y, up = cases.data(index, dt, bias, ignore)
+        h, w, b, y, up = cases.data(index, dt, bias, ignore, device)
         h = h.requires_grad_()
         ws = w[lo:hi].clone().requires_grad_()
         bs = None if b is None else b[lo:hi].clone().requires_grad_()
         out = polyfocal.linear_poly_loss(h, ws, y, linear_bias=bs, reduction=reduction, chunk_size=chunk,
-                                         process_group=group, **cases.options(opts, lo, hi))
+                                         process_group=group, **cases.options(opts, lo, hi, device))
         out.backward(cases.upstream(reduction, up, out.dtype))
-        results[name] = {"loss": out.detach(), "input": h.grad, "weight": ws.grad,
-                         "bias": None if bs is None else bs.grad, "comm": linear_parallel.last_communication()}
+        results[name] = {"loss": out.detach().cpu(), "input": h.grad.cpu(), "weight": ws.grad.cpu(),
+                         "bias": None if bs is None else bs.grad.cpu(), "comm": linear_parallel.last_communication()}
+    if device != "cpu":
+        torch.save(results, os.path.join(sys.argv[1], f"rank{rank}.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.exit(0)
 
     # the module option and the twins
     h, w, b, y, up = cases.data(0, torch.float64, True, "chunk")
@@ -97,12 +103,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _spawn(tmp_path, world: int) -> list[dict]:
+def _spawn(tmp_path, world: int, device: str = "cpu") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     here = os.path.dirname(os.path.abspath(__file__))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path), here]  # fmt: skip
+           "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path), here, device]  # fmt: skip
     proc = run_process_group(cmd, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     ranks_said = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
     assert proc.returncode == 0, ranks_said[-6000:] or proc.stderr[-6000:]
@@ -122,12 +128,12 @@ def group_results(request, both_groups):
     return request.param, both_groups[request.param]
 
 
-def _single(index: int, case, *, reference: bool = False):
+def _single(index: int, case, *, reference: bool = False, device: str = "cpu"):
     """The oracle: single-process linear_poly_loss on the whole weight (or the float64 textbook reference)."""
     _, dtype, reduction, bias, chunk, ignore, opts = case
     dt = getattr(torch, dtype)
-    h, w, b, y, up = cases.data(index, dt, bias, ignore)
-    kw = cases.options(opts)
+    h, w, b, y, up = cases.data(index, dt, bias, ignore, device)
+    kw = cases.options(opts, device=device)
     if reference:
         h, w, b = (None if t is None else t.double() for t in (h, w, b))
     leaves = [t if t is None else t.clone().requires_grad_() for t in (h, w, b)]
@@ -140,7 +146,7 @@ def _single(index: int, case, *, reference: bool = False):
         out = polyfocal.linear_poly_loss(*leaves[:2], y, linear_bias=leaves[2], reduction=reduction,
                                          chunk_size=chunk, **kw)  # fmt: skip
     out.backward(cases.upstream(reduction, up, out.dtype))
-    return out.detach(), [None if t is None else t.grad for t in leaves]
+    return out.detach().cpu(), [None if t is None else t.grad.cpu() for t in leaves]
 
 
 def _close(got, want, tol, what):
@@ -235,3 +241,23 @@ def test_process_group_argument_errors():
         polyfocal.linear_poly_loss(h, w, y, process_group="world")
     with pytest.raises(TypeError, match="expected process_group"):
         polyfocal.LinearPolyLoss(process_group=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_two_gloo_ranks_on_one_gpu(tmp_path):
+    """The grid on CUDA tensors: 2 gloo ranks sharing one GPU (NCCL needs one GPU per rank), against the
+    single-process CUDA linear_poly_loss.  bf16: the single-process CUDA path rounds the logits to bf16 (bf16
+    GEMMs), the sharded one keeps them in float32 (``out_dtype`` GEMMs), so bf16 is compared to bf16 precision."""
+    ranks = _spawn(tmp_path, 2, "cuda")
+    sizes = cases.SPLITS[2]
+    for index, case in enumerate(cases.CASES):
+        name, dtype, _, bias = case[:4]
+        loss, (gi, gw, gb) = _single(index, case, device="cuda")
+        tol = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 3e-2}[dtype]
+        for rank, res in enumerate(ranks):
+            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+            _close(res[name]["loss"], loss, tol, f"cuda {name} rank {rank} loss")
+            _close(res[name]["input"], gi, tol, f"cuda {name} rank {rank} grad input")
+            _close(res[name]["weight"], gw[lo:hi], tol, f"cuda {name} rank {rank} grad weight")
+            if bias:
+                _close(res[name]["bias"], gb[lo:hi], tol, f"cuda {name} rank {rank} grad bias")
