@@ -40,7 +40,8 @@ run the backward), ``grad_output`` scaling, bf16 / fp16 (float32 statistics and 
 chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.  This is the
 torch-ops implementation of the two-phase form (the reference); there are no native C / Triton two-phase kernels
 yet.  ``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
-(gloo: CPU tensors; NCCL: one CUDA device per rank).
+(gloo: CPU tensors, or CUDA tensors; NCCL: one CUDA device per rank); the shard sizes and checks are read on the
+host once per call (one synchronisation on CUDA).
 """
 
 from __future__ import annotations
@@ -386,7 +387,10 @@ class _ShardedLoss(torch.autograd.Function):
 
 
 def _key(h, softcap: float, chunk: int, dtype: torch.dtype, present: tuple[bool, ...], bias: bool) -> str:
-    return repr((dataclasses.astuple(h)[:-1], softcap, chunk, str(dtype), present, bias))
+    """The options every rank must share, as text (their CRC is exchanged): the scalar hyperparameters, the cap,
+    the chunking, the dtype and which per-class options / bias are given (their values are per shard)."""
+    scalars = tuple(getattr(h, f.name) for f in dataclasses.fields(h) if f.compare)
+    return repr((scalars, softcap, chunk, str(dtype), present, bias))
 
 
 @torch.compiler.disable
