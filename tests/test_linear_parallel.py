@@ -64,6 +64,24 @@ WORKER = textwrap.dedent(
     results["ce_twin"] = polyfocal.linear_cross_entropy(h, w[lo:hi], y, linear_bias=b[lo:hi], label_smoothing=0.1,
                                                         process_group=group).detach()
 
+    # sequence parallelism: row-sharded hidden states, an autograd all-gather, grad_input="partial" (the
+    # all-gather's backward sums the partial input gradients and hands each rank its rows)
+    import torch.distributed.nn.functional as dnn
+    h, w, b, y, up = cases.data(15, torch.float64, True, "chunk")
+    rows = 12 // world
+    h_rows = h[rank * rows : (rank + 1) * rows].clone().requires_grad_()
+    ws = w[lo:hi].clone().requires_grad_()
+    out = linear_parallel.sharded_linear_poly_loss(torch.cat(dnn.all_gather(h_rows, group=group)), ws, y[:12],
+                                                   linear_bias=b[lo:hi], gamma=2.0, label_smoothing=0.1,
+                                                   chunk_size=5, process_group=group, grad_input="partial")
+    comm = linear_parallel.last_communication()
+    out.backward()
+    results["sequence_parallel"] = (out.detach(), h_rows.grad, ws.grad, comm)
+    try:
+        linear_parallel.sharded_linear_poly_loss(h, w[lo:hi], y, process_group=group, grad_input="scatter")
+    except ValueError as e:
+        results["grad_input_error"] = str(e)
+
     # a second backward (retain_graph) recomputes, with the same collectives: the gradients add up
     h, w, b, y, up = cases.data(3, torch.float64, True, "chunk")
     h = h.requires_grad_()
@@ -216,6 +234,18 @@ def test_group_checks(group_results):
         polyfocal.linear_poly_loss(h, w, y, linear_bias=b, gamma=2.0, chunk_size=4).backward()
         _close(res["twice"][0], 2 * h.grad, 1e-10, "retain_graph grad input")
         _close(res["twice"][1], 2 * w.grad[offsets[rank] : offsets[rank + 1]], 1e-10, "retain_graph grad weight")
+        # sequence parallelism (grad_input="partial"): each rank's rows of the single-process input gradient
+        h, w, b, y, _ = cases.data(15, torch.float64, True, "chunk")
+        h, w = h[:12].requires_grad_(), w.requires_grad_()
+        loss = polyfocal.linear_poly_loss(h, w, y[:12], linear_bias=b, gamma=2.0, label_smoothing=0.1, chunk_size=5)
+        loss.backward()
+        got_loss, got_rows, got_w, comm = res["sequence_parallel"]
+        rows = 12 // world
+        _close(got_loss, loss.detach(), 1e-10, "sequence-parallel loss")
+        _close(got_rows, h.grad[rank * rows : (rank + 1) * rows], 1e-10, "sequence-parallel grad of this rank's rows")
+        _close(got_w, w.grad[offsets[rank] : offsets[rank + 1]], 1e-10, "sequence-parallel grad weight")
+        assert comm.grad_input_bytes == 0
+        assert "expected grad_input to be 'all_reduce' or 'partial', got 'scatter'" in res["grad_input_error"]
         # mismatched options / shapes across ranks: every rank refuses, with a message naming what differs
         assert len(res["errors"]) == 2
         assert "expected the same options on every rank" in res["errors"][0]

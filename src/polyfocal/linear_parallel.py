@@ -125,6 +125,7 @@ class _Shard:
     w_t: Tensor | None  # w_y per row
     a_sum: float | Tensor  # sum_c alpha_c w_c (or C)
     w_sum: float | Tensor  # sum_c w_c (or C)
+    reduce_input: bool  # all-reduce grad_input (else each rank keeps its partial sum)
 
 
 def _check_group(process_group: object) -> None:
@@ -313,7 +314,7 @@ def _run(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
             if dcap is not None:
                 z.mul_(dcap[: stop - start])
             grads.add(z if z.dtype == gemm else z.to(gemm), hc, wc, sl, None)
-    if grads is not None and grads.input is not None:
+    if grads is not None and grads.input is not None and shard.reduce_input:
         _all_reduce(grads.input, shard.group, "grad_input_bytes")
     return total, grads
 
@@ -415,10 +416,20 @@ def sharded_linear_poly_loss(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
+    grad_input: str = "all_reduce",
 ) -> Tensor:
     """:func:`polyfocal.linear_poly_loss` with ``linear_weight`` (and the per-class options) sharded by classes
-    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given."""
+    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given.
+
+    ``grad_input="all_reduce"`` (what ``linear_poly_loss`` uses): every rank gets the full input gradient.
+    ``grad_input="partial"``: each rank gets its shard's partial sum ``dL/dz_r W_r`` (the sum over ranks is the
+    full gradient) and nothing is all-reduced -- for callers whose own collective reduces it, e.g. sequence
+    parallelism, where the input is an autograd all-gather of row-sharded hidden states
+    (``torch.distributed.nn.functional.all_gather``) whose backward reduce-scatters: each rank then gets the
+    gradient of its own rows."""
     _check_group(process_group)
+    if grad_input not in ("all_reduce", "partial"):
+        raise ValueError(f"expected grad_input to be 'all_reduce' or 'partial', got {grad_input!r}")
     _check_tensors(input, linear_weight, target, linear_bias)
     cap = _check_softcap(softcap)
     chunk = _check_chunk_size(chunk_size)
@@ -453,8 +464,8 @@ def sharded_linear_poly_loss(
     group = process_group
     _LAST.__init__()
     present = (alpha is not None, weight is not None, prior is not None, margin is not None)
-    offsets = _exchange(x2, linear_weight, y, _key(hp, cap, chunk, input.dtype, present, linear_bias is not None),
-                        needs[0], group)  # fmt: skip
+    key = _key(hp, cap, chunk, input.dtype, present, linear_bias is not None) + grad_input
+    offsets = _exchange(x2, linear_weight, y, key, needs[0], group)
     import torch.distributed as dist
 
     rank = dist.get_rank(group)
@@ -496,7 +507,7 @@ def sharded_linear_poly_loss(
     if args.weight is not None:
         assert sums is not None
         w_sum, w_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
-    shard = _Shard(group, offset, local_classes, num_classes, a_t, w_t, a_sum, w_sum)
+    shard = _Shard(group, offset, local_classes, num_classes, a_t, w_t, a_sum, w_sum, grad_input == "all_reduce")
     kernel_args = dataclasses.replace(args, bias=bias_t, reduction="none" if hp.reduction == "none" else "sum")
     buffers = 2 if cap and any(needs) else 1
     rows = chunk_rows(num_rows, num_classes, torch.empty((), dtype=gemm).element_size(), buffers=buffers,
