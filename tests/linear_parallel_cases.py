@@ -53,6 +53,7 @@ CASES = [
     ("f32_focal_sum", "float32", "sum", False, CHUNK, "chunk", dict(gamma=2.0, epsilon=1.0, weight="weight")),
     ("bf16_all_mean", "bfloat16", "mean", True, CHUNK, "chunk", ALL),
     ("bf16_poly1_none", "bfloat16", "none", True, CHUNK, "chunk", dict(epsilon=1.0)),
+    ("f16_all_sum", "float16", "sum", True, CHUNK, "chunk", ALL),
 ]
 # fmt: on
 
