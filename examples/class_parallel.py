@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=None, help="SGD step (default 2 * rows / dim)")
+    parser.add_argument("--lr", type=float, default=None, help="SGD step (default rows / dim)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / ranks)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unsharded run")
     parser.add_argument("--single", action="store_true", help="run only the unsharded step and print it as JSON")
@@ -159,7 +159,7 @@ def main() -> None:
     torch.nn.init.eye_(trunk.weight)
     torch.nn.init.zeros_(trunk.bias)
     w.requires_grad_()
-    lr = args.lr if args.lr is not None else 2.0 * args.rows / args.dim
+    lr = args.lr if args.lr is not None else args.rows / args.dim
     params = [w, *trunk.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
     for step in range(args.steps):
