@@ -766,7 +766,7 @@ class LinearPolyLoss(torch.nn.Module):
         if self._options.get("process_group") is not None:
             from .linear_parallel import _check_group
 
-            _check_group(self._options["process_group"])
+            _check_group(self._options["process_group"], initialised=False)  # the type now, the group at the call
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
         kwargs = dict(self._options)

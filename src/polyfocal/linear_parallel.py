@@ -128,14 +128,15 @@ class _Shard:
     reduce_input: bool  # all-reduce grad_input (else each rank keeps its partial sum)
 
 
-def _check_group(process_group: object) -> None:
+def _check_group(process_group: object, *, initialised: bool = True) -> None:
+    """A ``ProcessGroup`` (``TypeError``), of an initialised default group when ``initialised`` (``ValueError``)."""
     import torch.distributed as dist
 
     if not dist.is_available() or not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(
             f"expected process_group to be None or a torch.distributed ProcessGroup, got {_describe(process_group)}"
         )
-    if not dist.is_initialized():
+    if initialised and not dist.is_initialized():
         raise ValueError("expected an initialised torch.distributed default process group, got none")
 
 
