@@ -318,3 +318,28 @@ def test_example_runs(both_groups):
     assert len(steps) == 4 and steps == sorted(steps, reverse=True), out
     assert "trunk replicas identical across ranks: True" in out
     assert "independent of V" in out and "statistics 1.0 KiB" in out, out  # 64 rows x 4 values x 4 B
+
+
+def test_one_rank_group_in_process_and_compile():
+    """A group of one rank (in this process): the single-process result; under torch.compile the call runs
+    eagerly (a graph break) with the same result."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a default process group is already initialised in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        h, w, b, y, _ = cases.data(0, torch.float64, True, "chunk")
+        kw = cases.options(cases.ALL)
+        leaves = [t.clone().requires_grad_() for t in (h, w, b)]
+        want = polyfocal.linear_poly_loss(*leaves[:2], y, linear_bias=leaves[2], chunk_size=4, **kw)
+        want.backward()
+        for fn in (polyfocal.linear_poly_loss, torch.compile(polyfocal.linear_poly_loss, backend="eager")):
+            mine = [t.clone().requires_grad_() for t in (h, w, b)]
+            got = fn(*mine[:2], y, linear_bias=mine[2], chunk_size=4, process_group=dist.group.WORLD, **kw)
+            got.backward()
+            _close(got.detach(), want.detach(), 1e-10, "one rank loss")
+            for g, r in zip(mine, leaves, strict=True):
+                _close(g.grad, r.grad, 1e-10, "one rank grad")
+    finally:
+        dist.destroy_process_group()
