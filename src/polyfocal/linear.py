@@ -584,6 +584,7 @@ def linear_poly_loss(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     r"""PolyLoss of a linear layer's output, fused and chunked (see the module docstring).
 
@@ -598,6 +599,9 @@ def linear_poly_loss(
         linear_bias: ``None`` or ``(num_classes,)``.
         softcap: ``None`` or ``c > 0``: the logits are ``c * tanh(z / c)`` before the loss (Gemma-2).
         chunk_size: rows per chunk; ``None``: from the workspace budget (see the module docstring).
+        process_group: ``None``, or a ``torch.distributed`` process group over which ``linear_weight``,
+            ``linear_bias`` and the per-class options are sharded by classes (class-parallel; see
+            :mod:`polyfocal.linear_parallel`).
         others: as :func:`polyfocal.poly_loss` (softmax).
 
     Returns:
@@ -613,6 +617,15 @@ def linear_poly_loss(
         >>> torch.allclose(fused, plain)
         True
     """
+    if process_group is not None:
+        from .linear_parallel import sharded_linear_poly_loss
+
+        return sharded_linear_poly_loss(
+            input, linear_weight, target, process_group=process_group, linear_bias=linear_bias, epsilon=epsilon,
+            gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, prior=prior, tau=tau, margin=margin, logit_scale=logit_scale,
+            z_loss=z_loss, softcap=softcap, chunk_size=chunk_size,
+        )  # fmt: skip
     _check_tensors(input, linear_weight, target, linear_bias)
     cap = _check_softcap(softcap)
     chunk = _check_chunk_size(chunk_size)
@@ -681,6 +694,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     z_loss: float = 0.0,
     chunk_size: int | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     """Fused linear + cross-entropy with the argument names and results of torch 2.13's
     ``F.linear_cross_entropy`` (class-index targets; ``ignore_index=None`` means -100, as there), plus ``softcap``,
@@ -688,7 +702,7 @@ def linear_cross_entropy(
     return linear_poly_loss(
         input, linear_weight, target, linear_bias=linear_bias, epsilon=0.0, weight=weight, reduction=reduction,
         ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=label_smoothing,
-        softcap=softcap, z_loss=z_loss, chunk_size=chunk_size,
+        softcap=softcap, z_loss=z_loss, chunk_size=chunk_size, process_group=process_group,
     )  # fmt: skip
 
 
@@ -764,6 +778,10 @@ class LinearPolyLoss(torch.nn.Module):
             _check_softcap(self._options["softcap"])
         if "chunk_size" in self._options:
             _check_chunk_size(self._options["chunk_size"])
+        if self._options.get("process_group") is not None:
+            from .linear_parallel import _check_group
+
+            _check_group(self._options["process_group"], initialised=False)  # the type now, the group at the call
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
         kwargs = dict(self._options)

@@ -1,0 +1,521 @@
+r"""Class-parallel fused linear + loss over ``torch.distributed``: the classifier weight sharded by classes.
+
+``linear_poly_loss(input, linear_weight, target, process_group=group, ...)`` (and its twins and the ``Linear*Loss``
+modules with ``process_group=``) computes exactly the single-process :func:`polyfocal.linear_poly_loss` of the
+*whole* weight, while each rank holds only a contiguous shard of its rows:
+
+* **Shards.**  Rank ``r`` of ``group`` (``r = dist.get_rank(group)``) passes ``linear_weight`` of shape
+  ``(V_r, d)``, the classes ``[o_r, o_r + V_r)`` of the full ``(V, d)`` weight, with ``o_r = V_0 + ... + V_{r-1}``
+  (shards in rank order, uneven sizes allowed, each ``V_r >= 1``; ``V = sum_r V_r``).  ``torch.tensor_split(W,
+  P)`` gives ``V_r = ceil(V / P)`` for the first ``V mod P`` ranks and ``floor(V / P)`` after them -- any split in
+  rank order works; the sizes are exchanged at every call (one all-gather of a few integers).
+  :func:`shard_offsets` returns them.
+* **Per-class options are sharded with the classes**: ``linear_bias``, ``alpha``, ``weight``, ``prior`` and
+  ``margin`` are this rank's ``(V_r,)`` slices.  ``prior`` is normalised by the global sum (all-reduced).
+* **Replicated**: ``input`` ``(..., d)``, ``target`` (global class indices in ``[0, V)``, or ``ignore_index``) and
+  every scalar option are the same on every rank; this is checked (shapes, options, a checksum of the targets)
+  and a mismatch raises ``ValueError`` on every rank, before any loss work.
+
+**The two phases, per chunk of rows** (the same chunking as the single-process call: ``chunk_rows`` of the
+*global* ``V``, so each rank's ``(chunk, V_r)`` workspace is ``1/P`` of the single-process one):
+
+1. local logits ``z = h W_r^T (+ b_r)`` (capped with ``softcap``), adjusted ``z' = s (z + bias_r - m_y onehot_y)``;
+   per row: the max (all-reduce MAX), then ``sum_{c != y} exp(z'_c - M)``, the target logit ``z'_y`` (from the
+   rank owning ``y``, 0 elsewhere) and, for label smoothing, ``sum_c a_c z'_c`` (all-reduce SUM);
+2. every rank derives the same per-row scalars from those statistics -- ``lse``, ``p_y``, ``1 - p_y`` (to relative
+   precision), ``-log p_y``, the loss and the gradient coefficients ``K1, K2`` of
+   :func:`polyfocal.kernels._torch_impl.softmax_row_terms` -- and writes its shard's ``dL/dz`` in place over the
+   workspace: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a`` (times ``s``, the mask and ``1 - (z/c)^2``);
+   then ``grad_W_r += g^T h``, ``grad_b_r += g.sum(0)`` stay local and ``grad_input += g W_r`` is a partial sum.
+
+Once per call: the per-row target weights ``alpha_y w_y`` / ``w_y`` (owner's values) and the class sums
+``sum_c alpha_c w_c``, ``sum_c w_c``, ``sum_c prior_c`` (one all-reduce of ``O(N)``); at the end ``grad_input`` is
+all-reduced (``N x d``).  Nothing ``V``-sized crosses the network: per step ``O(N)`` statistics plus the ``N x d``
+input gradient, independent of ``V`` (:func:`last_communication` counts them).  The loss is computed from the
+all-reduced statistics, so it is the same on every rank; ``grad_input`` is the full gradient on every rank (the
+input is replicated); each rank gets the gradient of its own weight / bias shard.
+
+Reductions, ``reduction="none"`` (the backward recomputes the chunks, with the same collectives: every rank must
+run the backward), ``grad_output`` scaling, bf16 / fp16 (float32 statistics and gradient accumulators; on CPU the
+chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.  This is the
+torch-ops implementation of the two-phase form (the reference); there are no native C / Triton two-phase kernels
+yet.  ``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
+(gloo: CPU tensors, or CUDA tensors; NCCL: one CUDA device per rank); the shard sizes and checks are read on the
+host once per call (one synchronisation on CUDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import zlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._args import SoftmaxArgs, hyper, prepare
+from ._params import _describe
+from ._validation import check_index_range, compute_dtype
+from .kernels._torch_impl import softmax_row_terms
+from .linear import (
+    _DOUBLE_BACKWARD,
+    _check_chunk_size,
+    _check_softcap,
+    _check_tensors,
+    _gemm_dtype,
+    _Grads,
+    _inverse,
+    chunk_rows,
+)
+
+__all__ = ["CommunicationVolume", "last_communication", "shard_offsets", "sharded_linear_poly_loss"]
+
+
+# ------------------------------------------------------------------------------------------ communication count
+
+
+@dataclasses.dataclass
+class CommunicationVolume:
+    """Bytes handed to collectives by this process in the last call (forward, or ``"none"``'s backward)."""
+
+    calls: int = 0
+    setup_bytes: int = 0  # shard sizes / checks and the per-row target weights, once per call
+    statistics_bytes: int = 0  # the per-chunk row statistics
+    grad_input_bytes: int = 0  # the final all-reduce of grad_input (N x d)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.setup_bytes + self.statistics_bytes + self.grad_input_bytes
+
+
+_LAST = CommunicationVolume()
+
+
+def last_communication() -> CommunicationVolume:
+    """A copy of the communication count of this process's last sharded call (forward, or backward for
+    ``reduction="none"``)."""
+    return dataclasses.replace(_LAST)
+
+
+def _all_reduce(t: Tensor, group, kind: str, op=None) -> Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    _LAST.calls += 1
+    nbytes = t.numel() * t.element_size()
+    setattr(_LAST, kind, getattr(_LAST, kind) + nbytes)
+    return t
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+    """This rank's view: the group, the class offset and count of its shard, the global class count, and the
+    per-row / per-class quantities gathered once per call."""
+
+    group: object
+    offset: int
+    size: int
+    num_classes: int
+    a_t: Tensor | None  # alpha_y w_y per row (owner's value, all-reduced), compute dtype
+    w_t: Tensor | None  # w_y per row
+    a_sum: float | Tensor  # sum_c alpha_c w_c (or C)
+    w_sum: float | Tensor  # sum_c w_c (or C)
+    reduce_input: bool  # all-reduce grad_input (else each rank keeps its partial sum)
+
+
+def _check_group(process_group: object, *, initialised: bool = True) -> None:
+    """A ``ProcessGroup`` (``TypeError``), of an initialised default group when ``initialised`` (``ValueError``)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(
+            f"expected process_group to be None or a torch.distributed ProcessGroup, got {_describe(process_group)}"
+        )
+    if initialised and not dist.is_initialized():
+        raise ValueError("expected an initialised torch.distributed default process group, got none")
+
+
+def shard_offsets(num_classes_local: int, process_group: object) -> list[int]:
+    """The class offsets ``[o_0, ..., o_P]`` of the shards in rank order (``o_P = V``): rank ``r`` holds
+    ``[o_r, o_{r+1})``.  A collective: every rank of the group calls it."""
+    _check_group(process_group)
+    import torch.distributed as dist
+
+    sizes = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(sizes, int(num_classes_local), group=process_group)
+    return [0, *itertools.accumulate(int(s) for s in sizes)]
+
+
+def _fingerprint(y: Tensor, key: str) -> list[int]:
+    """Integers every rank must agree on: the options' checksum and two target checksums."""
+    yl = y.to(torch.int64)
+    idx = torch.arange(1, y.numel() + 1, device=y.device, dtype=torch.int64)
+    return [zlib.crc32(key.encode()), int(yl.sum()), int((yl * idx).sum())]
+
+
+def _exchange(h2: Tensor, weight: Tensor, y: Tensor, key: str, needs_input: bool, group) -> list[int]:
+    """One all-gather of ``[V_r, N, d, needs_input, checks...]``; the offsets, or ``ValueError`` on every rank."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    mine = torch.tensor([weight.shape[0], h2.shape[0], h2.shape[1], int(needs_input), *_fingerprint(y, key)],
+                        dtype=torch.int64, device=h2.device)  # fmt: skip
+    everyone = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(everyone, mine, group=group)
+    _LAST.calls += 1
+    _LAST.setup_bytes += world * mine.numel() * mine.element_size()
+    rows = torch.stack(everyone).tolist()
+    names = ("rows (N)", "in_features (d)", "input.requires_grad", "options", "targets", "targets")
+    for column, name in enumerate(names, start=1):
+        values = [r[column] for r in rows]
+        if len(set(values)) != 1:
+            raise ValueError(
+                f"expected the same {name} on every rank of the process group (replicated input, target and "
+                f"options), got {values if column < 4 else 'different values'}"
+            )
+    return [0, *itertools.accumulate(r[0] for r in rows)]
+
+
+# ------------------------------------------------------------------------------------------------ the chunk loop
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    args: SoftmaxArgs
+    reduction: str
+    softcap: float
+    rows: int
+
+
+def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
+    """``out = h W^T (+ b)`` in ``out``'s dtype (float32 from bf16/fp16 GEMMs on CUDA), capped in place."""
+    if out.dtype == hc.dtype:
+        if bc is None:
+            torch.mm(hc, wc.t(), out=out)
+        else:
+            torch.addmm(bc, hc, wc.t(), out=out)
+    else:
+        torch.mm(hc, wc.t(), out_dtype=out.dtype, out=out)
+        if bc is not None:
+            out.add_(bc)
+    if softcap:
+        out.div_(softcap).tanh_()
+        if dcap is not None:
+            torch.mul(out, out, out=dcap).neg_().add_(1.0)
+        out.mul_(softcap)
+    return out
+
+
+def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compute_grad: bool,
+           row_grad: Tensor | None) -> Tensor:  # fmt: skip
+    """Both phases of one chunk on the ``(rows, V_r)`` logits ``z`` (compute dtype): the rows' losses; with
+    ``compute_grad`` this shard's ``dL/dz'`` chain-ruled to ``dL/dz`` (before the cap) is written over ``z``."""
+    args, group = plan.args, shard.group
+    import torch.distributed as dist
+
+    valid = None if args.ignore_index is None else yc != args.ignore_index
+    yv = yc if valid is None else torch.where(valid, yc, 0)
+    local = yv - shard.offset
+    own = (local >= 0) & (local < shard.size)
+    li1 = torch.where(own, local, 0).unsqueeze(1)
+    ls = args.label_smoothing
+    # the logits the loss sees, z' = s (z + bias - m_y onehot_y), in place
+    if args.bias is not None:
+        z.add_(args.bias)
+    if args.margin is not None:
+        m_t = torch.where(own, args.margin[li1.squeeze(1)], 0.0)
+        z.scatter_add_(1, li1, -m_t.unsqueeze(1))
+    if args.logit_scale != 1.0:
+        z.mul_(args.logit_scale)
+    # phase 1: row statistics
+    stats = z.new_zeros(3 if ls > 0.0 else 2, z.shape[0])
+    stats[0] = torch.where(own, z.gather(1, li1).squeeze(1), 0.0)  # z'_y from its owner
+    if ls > 0.0:
+        stats[2] = z.sum(1) if args.class_weight is None else torch.mv(z, args.class_weight)
+    big = z.amax(1)
+    _all_reduce(big, group, "statistics_bytes", dist.ReduceOp.MAX)
+    z.sub_(big.unsqueeze(1)).exp_()  # e_c = exp(z'_c - M)
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, 0.0, kept).unsqueeze(1))  # the target's e_y out of the row sum
+    stats[1] = z.sum(1)
+    _all_reduce(stats, group, "statistics_bytes")
+    # phase 2: the same per-row scalars on every rank
+    z_t, rest = stats[0], stats[1]
+    e_t = torch.exp(z_t - big)
+    total = rest + e_t
+    lse = big + torch.log(total)
+    p_t = e_t / total
+    u1 = rest / total
+    ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), lse - z_t)
+    smooth = shard.a_sum * lse - stats[2] if ls > 0.0 else None
+    a_t = None if shard.a_t is None else shard.a_t[rows]
+    w_t = None if shard.w_t is None else shard.w_t[rows]
+    loss, k1, k2 = softmax_row_terms(ce1, u1, p_t, smooth, a_t, w_t, epsilon=list(args.epsilon), gamma=args.gamma,
+                                     label_smoothing=ls, num_classes=shard.num_classes,
+                                     weight_sum=shard.w_sum)  # fmt: skip
+    if args.z_loss != 0.0:
+        loss = loss + args.z_loss * lse * lse
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+    if not compute_grad:
+        return loss
+    scale = torch.full_like(lse, args.logit_scale) if row_grad is None else row_grad * args.logit_scale
+    if valid is not None:
+        scale = torch.where(valid, scale, 0.0)
+    k1 = k1 * scale
+    k2 = k2 * scale
+    coef = k1 + k2 * shard.a_sum if ls > 0.0 else k1
+    if args.z_loss != 0.0:
+        coef = coef + (2.0 * args.z_loss) * lse * scale
+    z.mul_((coef / total).unsqueeze(1))  # coef * p
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, coef * p_t - k1, kept).unsqueeze(1))
+    if ls > 0.0:
+        k2_ = k2.unsqueeze(1)
+        if args.class_weight is None:
+            z.sub_(k2_)
+        else:
+            z.addcmul_(k2_, args.class_weight.unsqueeze(0), value=-1.0)
+    return loss
+
+
+def _run(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, shard: _Shard,
+         needs: tuple[bool, bool, bool], row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
+    """The chunk loop; returns the summed (scalar plan) or per-row losses and the unscaled local gradients, with
+    ``grad_input`` already all-reduced."""
+    gemm = _gemm_dtype(h)
+    ct = compute_dtype(h)
+    n = h.shape[0]
+    wc = weight.to(gemm)
+    bc = None if bias is None else bias.to(gemm)
+    compute_grad = any(needs)
+    grads = _Grads(h, weight, bias, gemm, needs) if compute_grad else None
+    scalar = plan.reduction != "none"
+    total = torch.zeros((), dtype=ct, device=h.device) if scalar else h.new_empty(n, dtype=ct)
+    rows = min(plan.rows, max(n, 1))
+    buf = h.new_empty(rows, shard.size, dtype=ct)
+    dcap = h.new_empty(rows, shard.size, dtype=ct) if plan.softcap and compute_grad else None
+    rg = None if row_grad is None else row_grad.to(ct)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sl = slice(start, stop)
+        hc = h[sl].to(gemm)
+        z = _logits(hc, wc, bc, buf[: stop - start], plan.softcap, None if dcap is None else dcap[: stop - start])
+        loss = _chunk(z, y[sl], plan, shard, sl, compute_grad, None if rg is None else rg[sl])
+        if scalar:
+            total.add_(loss.sum())
+        else:
+            total[sl] = loss
+        if grads is not None:
+            if dcap is not None:
+                z.mul_(dcap[: stop - start])
+            grads.add(z if z.dtype == gemm else z.to(gemm), hc, wc, sl, None)
+    if grads is not None and grads.input is not None and shard.reduce_input:
+        _all_reduce(grads.input, shard.group, "grad_input_bytes")
+    return total, grads
+
+
+def _denominator(y: Tensor, args: SoftmaxArgs, shard: _Shard, dtype: torch.dtype) -> Tensor:
+    valid = None if args.ignore_index is None else y != args.ignore_index
+    if shard.w_t is None:
+        if valid is None:
+            return torch.tensor(float(y.numel()), dtype=dtype, device=y.device)
+        return valid.sum().to(dtype)
+    return (shard.w_t if valid is None else shard.w_t * valid).sum().to(dtype)
+
+
+def _finish(grads: _Grads | None, h: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None):
+    if grads is None:
+        return None, None, None
+    out = []
+    for g, like in ((grads.input, h), (grads.weight, weight), (grads.bias, bias)):
+        if g is not None:
+            if scale is not None:
+                g.mul_(scale.to(g.dtype))
+            g = g if like is None or g.dtype == like.dtype else g.to(like.dtype)
+        out.append(g)
+    return out[0], out[1], out[2]
+
+
+def _forward(h, weight, bias, y, plan: _Plan, shard: _Shard, needs):
+    scalar = plan.reduction != "none"
+    total, grads = _run(h, weight, bias, y, plan, shard, needs if scalar else (False, False, False))
+    scale = None
+    if plan.reduction == "mean":
+        denom = _denominator(y, plan.args, shard, total.dtype)
+        total = total / denom
+        scale = _inverse(denom)
+    return (total, *_finish(grads, h, weight, bias, scale))
+
+
+class _ShardedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple):  # type: ignore[override]
+        y, plan, shard = call
+        needs = tuple(ctx.needs_input_grad[:3])
+        needs = (needs[0], needs[1], needs[2] and bias is not None)
+        loss, *grads = _forward(h, weight, bias, y, plan, shard, needs)
+        ctx.save_for_backward(h, weight, bias)
+        ctx.call, ctx.needs = call, needs
+        ctx.grads = tuple(grads) if plan.reduction != "none" else None
+        ctx.set_materialize_grads(False)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor | None):  # type: ignore[override]
+        if grad_out is None:
+            return None, None, None, None
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        h, weight, bias = ctx.saved_tensors
+        y, plan, shard = ctx.call
+        if plan.reduction == "none":
+            _LAST.__init__()
+            _, grads = _run(h, weight, bias, y, plan, shard, ctx.needs, row_grad=grad_out)
+            return (*_finish(grads, h, weight, bias, None), None)
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # a second backward (retain_graph): recompute, with the same collectives on every rank
+            grads = _forward(h, weight, bias, y, plan, shard, ctx.needs)[1:]
+        out = tuple(None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads)
+        return (*out, None)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def _key(h, softcap: float, chunk: int, dtype: torch.dtype, present: tuple[bool, ...], bias: bool) -> str:
+    """The options every rank must share, as text (their CRC is exchanged): the scalar hyperparameters, the cap,
+    the chunking, the dtype and which per-class options / bias are given (their values are per shard)."""
+    scalars = tuple(getattr(h, f.name) for f in dataclasses.fields(h) if f.compare)
+    return repr((scalars, softcap, chunk, str(dtype), present, bias))
+
+
+@torch.compiler.disable
+def sharded_linear_poly_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    process_group: object,
+    linear_bias: Tensor | None = None,
+    epsilon: float | Sequence[float] = 1.0,
+    gamma: float = 0.0,
+    alpha: Sequence[float] | Tensor | None = None,
+    weight: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    prior: Sequence[float] | Tensor | None = None,
+    tau: float = 1.0,
+    margin: Sequence[float] | Tensor | None = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    grad_input: str = "all_reduce",
+) -> Tensor:
+    """:func:`polyfocal.linear_poly_loss` with ``linear_weight`` (and the per-class options) sharded by classes
+    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given.
+
+    ``grad_input="all_reduce"`` (what ``linear_poly_loss`` uses): every rank gets the full input gradient.
+    ``grad_input="partial"``: each rank gets its shard's partial sum ``dL/dz_r W_r`` (the sum over ranks is the
+    full gradient) and nothing is all-reduced -- for callers whose own collective reduces it, e.g. sequence
+    parallelism, where the input is an autograd all-gather of row-sharded hidden states
+    (``torch.distributed.nn.functional.all_gather``) whose backward reduce-scatters: each rank then gets the
+    gradient of its own rows."""
+    _check_group(process_group)
+    if grad_input not in ("all_reduce", "partial"):
+        raise ValueError(f"expected grad_input to be 'all_reduce' or 'partial', got {grad_input!r}")
+    _check_tensors(input, linear_weight, target, linear_bias)
+    cap = _check_softcap(softcap)
+    chunk = _check_chunk_size(chunk_size)
+    hp = hyper(epsilon=epsilon, gamma=gamma, ignore_index=ignore_index, label_smoothing=label_smoothing,
+               reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss)  # fmt: skip
+    if torch._C._functorch.maybe_current_level() is not None:
+        raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
+    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
+                f"linear_weight and linear_bias only), got a tensor that requires grad"
+            )
+    num_rows = math.prod(input.shape[:-1])
+    local_classes = linear_weight.shape[0]
+    gemm = _gemm_dtype(input)
+    ct = compute_dtype(input)
+    stand_in = input.new_empty(1, dtype=gemm).expand(num_rows, local_classes)  # this shard's per-class checks
+    call = prepare(stand_in, target.reshape(num_rows), hp, alpha=alpha, weight=weight, prior=prior, margin=margin)
+    args = call.args
+    assert isinstance(args, SoftmaxArgs)
+    y = call.target
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
+    x2 = input.reshape(num_rows, input.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    group = process_group
+    _LAST.__init__()
+    present = (alpha is not None, weight is not None, prior is not None, margin is not None)
+    key = _key(hp, cap, chunk, input.dtype, present, linear_bias is not None) + grad_input
+    offsets = _exchange(x2, linear_weight, y, key, needs[0], group)
+    import torch.distributed as dist
+
+    rank = dist.get_rank(group)
+    offset, num_classes = offsets[rank], offsets[-1]
+    check_index_range(y, num_classes, args.ignore_index, background=False)
+
+    # once per call: class sums and the owner's per-row target weights, one all-reduce (float64)
+    valid = None if args.ignore_index is None else y != args.ignore_index
+    yv = y if valid is None else torch.where(valid, y, 0)
+    local = yv - offset
+    own = (local >= 0) & (local < local_classes)
+    li = torch.where(own, local, 0)
+    parts: list[Tensor] = []
+    prior_t = None
+    if prior is not None and hp.tau != 0.0:
+        prior_t = prior if isinstance(prior, Tensor) else torch.tensor([float(v) for v in prior])
+        prior_t = prior_t.to(device=input.device, dtype=torch.float64)
+        parts.append(prior_t.sum().reshape(1))
+    if args.class_weight is not None:
+        parts += [args.class_weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.class_weight[li], 0.0)]
+    if args.weight is not None:
+        parts += [args.weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.weight[li], 0.0)]
+    sums = torch.cat([p.to(torch.float64) for p in parts]) if parts else None
+    if sums is not None:
+        _all_reduce(sums, group, "setup_bytes")
+    pos = 0
+    bias_t = args.bias
+    if prior_t is not None:
+        assert sums is not None
+        bias_t = (hp.tau * (torch.log(prior_t) - torch.log(sums[0]))).to(ct)
+        pos = 1
+    a_t = w_t = None
+    a_sum: float | Tensor = float(num_classes)
+    w_sum: float | Tensor = float(num_classes)
+    if args.class_weight is not None:
+        assert sums is not None
+        a_sum, a_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
+        pos += 1 + num_rows
+    if args.weight is not None:
+        assert sums is not None
+        w_sum, w_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
+    shard = _Shard(group, offset, local_classes, num_classes, a_t, w_t, a_sum, w_sum, grad_input == "all_reduce")
+    kernel_args = dataclasses.replace(args, bias=bias_t, reduction="none" if hp.reduction == "none" else "sum")
+    buffers = 2 if cap and any(needs) else 1
+    rows = chunk_rows(num_rows, num_classes, torch.empty((), dtype=gemm).element_size(), in_features=x2.shape[-1],
+                      buffers=buffers, chunk_size=chunk)  # fmt: skip
+    plan = _Plan(kernel_args, hp.reduction, cap, rows)
+    if any(needs):
+        out = _ShardedLoss.apply(x2, linear_weight, linear_bias, (y, plan, shard))
+    else:
+        out = _forward(x2, linear_weight, linear_bias, y, plan, shard, (False, False, False))[0]
+    return out.reshape(input.shape[:-1]) if hp.reduction == "none" else out
