@@ -62,6 +62,10 @@ WORKER = textwrap.dedent(
         json.dump(out, f)
     dist.barrier()  # nobody tears down its connections while the other rank still uses them
     dist.destroy_process_group()
+    sys.stdout.flush()
+    # Skip the interpreter's shutdown: there, C++ static destructors of torch's thread pools have aborted a rank
+    # ("terminate called without an active exception", SIGABRT) after its work was done and written.
+    os._exit(0)
     """
 )
 

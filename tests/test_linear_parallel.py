@@ -56,7 +56,8 @@ WORKER = textwrap.dedent(
         torch.save(results, os.path.join(sys.argv[1], f"rank{rank}.pt"))
         dist.barrier()
         dist.destroy_process_group()
-        sys.exit(0)
+        sys.stdout.flush()
+        os._exit(0)
 
     # the module option and the twins
     h, w, b, y, up = cases.data(0, torch.float64, True, "chunk")
@@ -118,6 +119,8 @@ WORKER = textwrap.dedent(
     torch.save(results, os.path.join(sys.argv[1], f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter shutdown: its static destructors have aborted a gloo rank after its work (SIGABRT)
     """
 )
 
