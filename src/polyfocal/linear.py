@@ -63,7 +63,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._args import SoftmaxArgs, hyper, prepare
+from ._args import Call, Hyper, SoftmaxArgs, hyper, prepare
 from ._params import _describe, _real
 from ._validation import check_index_range, compute_dtype
 from .kernels import _dispatch
@@ -564,6 +564,39 @@ linear_poly.register_autograd(_op_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------ public API
 
 
+def validated(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None, *,
+              softcap: object, chunk_size: object, alpha: object, weight: object, prior: object, margin: object,
+              **scalars: object) -> tuple[float, int, Hyper, Call, tuple[bool, bool, bool]]:  # fmt: skip
+    """The fused linear loss's checks, before any work (single-process and class-parallel alike): the tensors,
+    ``softcap`` / ``chunk_size``, the scalar options (``hyper``), no ``torch.func`` transform, the per-class vectors
+    through :func:`prepare` on a zero-stride stand-in for the ``(N, V)`` logits, none of them requiring grad.
+    Returns ``(softcap, chunk, hyper, call, needs)``, ``needs`` = which of input / weight / bias want a gradient."""
+    _check_tensors(input, linear_weight, target, linear_bias)
+    cap = _check_softcap(softcap)
+    chunk = _check_chunk_size(chunk_size)
+    h = hyper(**scalars)
+    if torch._C._functorch.maybe_current_level() is not None:
+        raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
+    num_rows = math.prod(input.shape[:-1])
+    # the per-class vectors through the same checks as poly_loss: a zero-stride stand-in for the (N, V) logits
+    stand_in = input.new_empty(1, dtype=_gemm_dtype(input)).expand(num_rows, linear_weight.shape[0])
+    call = prepare(stand_in, target.reshape(num_rows), h, alpha=alpha, weight=weight, prior=prior, margin=margin)
+    assert isinstance(call.args, SoftmaxArgs)
+    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
+                f"linear_weight and linear_bias only), got a tensor that requires grad"
+            )
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
+    return cap, chunk, h, call, needs
+
+
 def linear_poly_loss(
     input: Tensor,
     linear_weight: Tensor,
@@ -626,44 +659,17 @@ def linear_poly_loss(
             label_smoothing=label_smoothing, prior=prior, tau=tau, margin=margin, logit_scale=logit_scale,
             z_loss=z_loss, softcap=softcap, chunk_size=chunk_size,
         )  # fmt: skip
-    _check_tensors(input, linear_weight, target, linear_bias)
-    cap = _check_softcap(softcap)
-    chunk = _check_chunk_size(chunk_size)
-    h = hyper(
-        epsilon=epsilon,
-        gamma=gamma,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        tau=tau,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-    )
-    if torch._C._functorch.maybe_current_level() is not None:
-        raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
+    cap, chunk, h, call, needs = validated(
+        input, linear_weight, target, linear_bias, softcap=softcap, chunk_size=chunk_size, alpha=alpha,
+        weight=weight, prior=prior, margin=margin, epsilon=epsilon, gamma=gamma, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss,
+    )  # fmt: skip
     num_rows = math.prod(input.shape[:-1])
     num_classes = linear_weight.shape[0]
     gemm = _gemm_dtype(input)
-    # the per-class vectors through the same checks as poly_loss: a zero-stride stand-in for the (N, V) logits
-    stand_in = input.new_empty(1, dtype=gemm).expand(num_rows, num_classes)
-    y = target.reshape(num_rows)
-    call = prepare(stand_in, y, h, alpha=alpha, weight=weight, prior=prior, margin=margin)
     args = call.args
-    assert isinstance(args, SoftmaxArgs)
-    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
-        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
-                f"linear_weight and linear_bias only), got a tensor that requires grad"
-            )
     y = call.target
     check_index_range(y, num_classes, args.ignore_index, background=False)
-    grad_on = torch.is_grad_enabled()
-    needs = (
-        grad_on and input.requires_grad,
-        grad_on and linear_weight.requires_grad,
-        grad_on and linear_bias is not None and linear_bias.requires_grad,
-    )
     buffers = 2 if cap and any(needs) else 1
     itemsize = torch.empty((), dtype=gemm).element_size()
     rows = chunk_rows(num_rows, num_classes, itemsize, in_features=input.shape[-1], buffers=buffers, chunk_size=chunk)

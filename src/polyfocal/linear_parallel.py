@@ -55,19 +55,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._args import SoftmaxArgs, hyper, prepare
+from ._args import SoftmaxArgs
 from ._params import _describe
 from ._validation import check_index_range, compute_dtype
 from .kernels._torch_impl import softmax_row_terms
 from .linear import (
     _DOUBLE_BACKWARD,
-    _check_chunk_size,
-    _check_softcap,
-    _check_tensors,
     _gemm_dtype,
     _Grads,
     _inverse,
     chunk_rows,
+    validated,
 )
 
 __all__ = ["CommunicationVolume", "last_communication", "shard_offsets", "sharded_linear_poly_loss"]
@@ -431,34 +429,18 @@ def sharded_linear_poly_loss(
     _check_group(process_group)
     if grad_input not in ("all_reduce", "partial"):
         raise ValueError(f"expected grad_input to be 'all_reduce' or 'partial', got {grad_input!r}")
-    _check_tensors(input, linear_weight, target, linear_bias)
-    cap = _check_softcap(softcap)
-    chunk = _check_chunk_size(chunk_size)
-    hp = hyper(epsilon=epsilon, gamma=gamma, ignore_index=ignore_index, label_smoothing=label_smoothing,
-               reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss)  # fmt: skip
-    if torch._C._functorch.maybe_current_level() is not None:
-        raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
-    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
-        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
-                f"linear_weight and linear_bias only), got a tensor that requires grad"
-            )
+    cap, chunk, hp, call, needs = validated(
+        input, linear_weight, target, linear_bias, softcap=softcap, chunk_size=chunk_size, alpha=alpha,
+        weight=weight, prior=prior, margin=margin, epsilon=epsilon, gamma=gamma, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss,
+    )  # fmt: skip
     num_rows = math.prod(input.shape[:-1])
     local_classes = linear_weight.shape[0]
     gemm = _gemm_dtype(input)
     ct = compute_dtype(input)
-    stand_in = input.new_empty(1, dtype=gemm).expand(num_rows, local_classes)  # this shard's per-class checks
-    call = prepare(stand_in, target.reshape(num_rows), hp, alpha=alpha, weight=weight, prior=prior, margin=margin)
     args = call.args
     assert isinstance(args, SoftmaxArgs)
     y = call.target
-    grad_on = torch.is_grad_enabled()
-    needs = (
-        grad_on and input.requires_grad,
-        grad_on and linear_weight.requires_grad,
-        grad_on and linear_bias is not None and linear_bias.requires_grad,
-    )
     x2 = input.reshape(num_rows, input.shape[-1])
     if not x2.is_contiguous():
         x2 = x2.contiguous()
