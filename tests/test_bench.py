@@ -27,7 +27,9 @@ def _main(argv: list[str]) -> int:
 
         cli.build_parser()
     except ImportError:
-        return bench._main(argv)
+        from polyfocal import _bench_cli
+
+        return _bench_cli.main(argv)
     return cli.main(["bench", *argv])
 
 
@@ -270,6 +272,7 @@ def test_torch_free_parser_lists_every_variant_and_imports_no_torch():
     from polyfocal import _bench_cli
 
     assert _bench_cli.VARIANT_NAMES == tuple(bench.VARIANTS)
+    assert _bench_cli.MATRIX_LEVEL_NAMES == tuple(bench.MATRIX_LEVELS)
     code = "import sys, polyfocal.cli as c; c.build_parser(['bench']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -6,6 +6,7 @@ Every test that concerns the kernels runs on every backend: ``native`` (C, CPU f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -38,6 +39,12 @@ def _device(backend: str) -> str:
 # ------------------------------------------------------------------------ 1. indices out of range
 
 
+def _op(x, y, **options):
+    """The custom op called directly, with class-index targets (no host validation of the indices before it)."""
+    args = dataclasses.replace(polyfocal._args.hyper(**options), is_index=True)
+    return kernels.poly_op(x, y, True, *polyfocal._args.flatten(args))
+
+
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("bad", [255, 100_000_000, -3])
 def test_kernels_check_class_indices_themselves(backend, bad):
@@ -48,15 +55,15 @@ def test_kernels_check_class_indices_themselves(backend, bad):
     y[5] = bad
     if dev == "cuda":  # no host sync on CUDA: the kernel never addresses the index and makes the loss nan
         with kernels.backend(backend):
-            out, grad = kernels.softmax_poly(x, y, None, None, None, [], 0.0, -100, 0.0, "mean", True)
+            out, grad = _op(x, y, ignore_index=-100)
             assert out.isnan() and grad[5].isnan().all() and not grad[:5].isnan().any()
-            out, grad = kernels.sigmoid_poly(x, y, True, None, None, None, 0.25, [], 2.0, -100, 0.0, "none", True)
+            out, grad = _op(x, y, activation="sigmoid", alpha=0.25, gamma=2.0, ignore_index=-100, reduction="none")
             assert out[5].isnan().all() and not out[:5].isnan().any()
         return
     with kernels.backend(backend), pytest.raises(IndexError, match=rf"expected class indices in \[0, 4\].*got {bad}"):
-        kernels.softmax_poly(x, y, None, None, None, [], 0.0, -100, 0.0, "mean", True)
+        _op(x, y, ignore_index=-100)
     with kernels.backend(backend), pytest.raises(IndexError, match=rf"expected class indices in \[0, 5\].*got {bad}"):
-        kernels.sigmoid_poly(x, y, True, None, None, None, 0.25, [], 2.0, -100, 0.0, "mean", True)
+        _op(x, y, activation="sigmoid", alpha=0.25, gamma=2.0, ignore_index=-100)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,6 +5,7 @@ torch.compile), identities with the rest of the family and hypothesis properties
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -325,8 +326,9 @@ def test_torch_compile_fullgraph(name):
 
 def test_opcheck_sigmoid_op_with_detection_arguments():
     x, y, score = torch.randn(6, 4, requires_grad=True), torch.tensor([0, 4, 1, 3, 4, 2]), torch.rand(6)
-    sargs = (x, y, True, None, None, None, None, [1.0], 1.5, -100, 0.0, "mean", True, None, 0.0, "quality", True, score)
-    torch.library.opcheck(kernels.sigmoid_poly, sargs, test_utils=("test_schema", "test_faketensor"))
+    h = polyfocal._args.hyper(activation="sigmoid", epsilon=1.0, gamma=1.5, ignore_index=-100, variant="quality")
+    flat = polyfocal._args.flatten(dataclasses.replace(h, is_index=True, score=score))
+    torch.library.opcheck(kernels.poly_op, (x, y, True, *flat), test_utils=("test_schema", "test_faketensor"))
 
 
 # --- identities -------------------------------------------------------------------------------------------------

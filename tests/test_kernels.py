@@ -5,6 +5,7 @@ registration (torch.library.opcheck, torch.compile fullgraph) and low-precision 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import polyfocal
-from polyfocal import kernels
+from polyfocal import _args, kernels
 from polyfocal.kernels import _native
 from polyfocal.reference import poly_loss_reference
 
@@ -228,10 +229,12 @@ def test_opcheck_custom_ops():
     y = torch.randint(0, 4, (5,), generator=gen)
     a = torch.rand(4, generator=gen)
     for reduction, grad in itertools.product(("none", "mean"), (True, False)):
-        args = (x, y, a, None, None, [1.0], 2.0, -100, 0.1, reduction, grad)
-        torch.library.opcheck(kernels.softmax_poly, args, test_utils=("test_schema", "test_faketensor"))
-        sargs = (x, y, True, None, None, None, 0.25, [1.0], 2.0, kernels.NO_IGNORE, 0.0, reduction, grad)
-        torch.library.opcheck(kernels.sigmoid_poly, sargs, test_utils=("test_schema", "test_faketensor"))
+        h = _args.hyper(epsilon=1.0, gamma=2.0, ignore_index=-100, label_smoothing=0.1, reduction=reduction)
+        flat = _args.flatten(dataclasses.replace(h, is_index=True, class_weight=a))
+        torch.library.opcheck(kernels.poly_op, (x, y, grad, *flat), test_utils=("test_schema", "test_faketensor"))
+        h = _args.hyper(activation="sigmoid", epsilon=1.0, gamma=2.0, alpha=0.25, reduction=reduction)
+        flat = _args.flatten(dataclasses.replace(h, is_index=True))
+        torch.library.opcheck(kernels.poly_op, (x, y, grad, *flat), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -288,14 +291,19 @@ def test_many_rows_mean_denominator_across_programs(backend):
 @pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler / native build failed")
 def test_native_kernels_only_take_cpu_tensors_of_their_dtypes():
     """Forcing backend "native" must never hand a non-CPU pointer (or a dtype it does not read) to the C code."""
-    assert _native.supports(torch.empty(4, 3), False, [1.0], softmax=True)
-    assert _native.supports(torch.empty(4, 3, 2), True, [], softmax=True)  # spatial softmax
+
+    def supports(x, is_index, epsilon, softmax):
+        h = _args.hyper(activation="softmax" if softmax else "sigmoid", epsilon=tuple(epsilon))
+        return _native.supports(x, torch.empty(0), dataclasses.replace(h, is_index=is_index))
+
+    assert supports(torch.empty(4, 3), False, [1.0], softmax=True)
+    assert supports(torch.empty(4, 3, 2), True, [], softmax=True)  # spatial softmax
     for dtype in (torch.bfloat16, torch.float16):
-        assert _native.supports(torch.empty(4, 3, dtype=dtype), False, [1.0], softmax=True)
-    assert not _native.supports(torch.empty(4, 3, device="meta"), False, [1.0], softmax=True)
-    assert not _native.supports(torch.empty(4, 3, dtype=torch.float64), False, [1.0], softmax=False)
-    assert not _native.supports(torch.empty(4, 3, 2), True, [], softmax=False)  # sigmoid indices on a map
-    assert not _native.supports(torch.empty(4, 3), False, [1.0] * 17, softmax=True)
+        assert supports(torch.empty(4, 3, dtype=dtype), False, [1.0], softmax=True)
+    assert not supports(torch.empty(4, 3, device="meta"), False, [1.0], softmax=True)
+    assert not supports(torch.empty(4, 3, dtype=torch.float64), False, [1.0], softmax=False)
+    assert not supports(torch.empty(4, 3, 2), True, [], softmax=False)  # sigmoid indices on a map
+    assert not supports(torch.empty(4, 3), False, [1.0] * 17, softmax=True)
 
 
 def test_backend_choice_is_per_thread():
@@ -456,7 +464,7 @@ def test_native_sigmoid_reads_broadcast_views_without_expanding_them():
 
 _MEMORY_PROBE = r"""
 import ctypes, re, sys, torch, polyfocal
-from polyfocal import kernels
+from polyfocal import _args, kernels
 ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)
 torch.set_num_threads(1)
 def rss(key):

@@ -420,13 +420,12 @@ def test_compile_fullgraph(reduction):
 
 def test_custom_op_opcheck():
     (h, w, b), y = _data(17)
-    from polyfocal._args import SoftmaxArgs
+    from polyfocal._args import hyper
     from polyfocal.linear import _flat, _Plan, linear_poly
 
-    args = SoftmaxArgs(class_weight=None, weight=None, normalizer=None, epsilon=(1.0,), gamma=2.0, ignore_index=-100,
-                       label_smoothing=0.0, reduction="sum")  # fmt: skip
+    args = hyper(epsilon=(1.0,), gamma=2.0, ignore_index=-100, reduction="sum")
     plan = _Plan(args, "mean", 3.0, 4)
-    torch.library.opcheck(linear_poly, (h.detach(), w.detach(), b.detach(), y, *_flat(plan), [True, True, True]),
+    torch.library.opcheck(linear_poly, (h.detach(), w.detach(), b.detach(), y, *_flat(plan, (True, True, True))),
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
 
 

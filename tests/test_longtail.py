@@ -4,6 +4,7 @@ identities that tie them to plain cross-entropy, autograd (gradcheck, double bac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -311,8 +312,10 @@ def test_opcheck_custom_op_with_long_tail_arguments():
     y = torch.randint(0, 4, (5,), generator=gen)
     b, m = torch.randn(4, generator=gen), torch.rand(4, generator=gen)
     for reduction in ("none", "mean"):
-        args = (x, y, None, None, None, [1.0], 2.0, -100, 0.1, reduction, True, b, m, 2.0, 0.1)
-        torch.library.opcheck(kernels.softmax_poly, args, test_utils=("test_schema", "test_faketensor"))
+        h = polyfocal._args.hyper(epsilon=1.0, gamma=2.0, ignore_index=-100, label_smoothing=0.1, reduction=reduction,
+                                  logit_scale=2.0, z_loss=0.1)  # fmt: skip
+        flat = polyfocal._args.flatten(dataclasses.replace(h, is_index=True, bias=b, margin=m))
+        torch.library.opcheck(kernels.poly_op, (x, y, True, *flat), test_utils=("test_schema", "test_faketensor"))
 
 
 @settings(max_examples=40, deadline=None)
@@ -467,10 +470,9 @@ def test_logit_scale_defaults_to_1_everywhere():
 
     owners = [getattr(polyfocal, n) for n in polyfocal.__all__]
     defaults = {}
-    for obj in owners:
-        fn = obj.__init__ if inspect.isclass(obj) else obj
-        if callable(fn) and "logit_scale" in inspect.signature(fn).parameters:
-            defaults[obj.__name__] = inspect.signature(fn).parameters["logit_scale"].default
+    for obj in owners:  # a module class's signature is its constructor's (the function's options)
+        if callable(obj) and "logit_scale" in inspect.signature(obj).parameters:
+            defaults[obj.__name__] = inspect.signature(obj).parameters["logit_scale"].default
     assert {"ldam_loss", "LDAMLoss", "poly_loss", "cross_entropy"} <= set(defaults)
     assert set(defaults.values()) == {1.0}, defaults
     assert parse_loss_spec("ldam").params["s"] == 1.0

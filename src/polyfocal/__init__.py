@@ -20,84 +20,56 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# The one list of the lazy top-level exports, by submodule (the TYPE_CHECKING imports below mirror it for type
+# checkers; tests/test_readme.py keeps them equal).
 _EXPORTS = {
-    "balanced_softmax_loss": "functional",
-    "cross_entropy": "functional",
-    "ldam_loss": "functional",
-    "logit_adjusted_loss": "functional",
-    "poly1_cross_entropy": "functional",
-    "poly1_focal_loss": "functional",
-    "poly_loss": "functional",
-    "sigmoid_focal_loss": "functional",
-    "softmax_focal_loss": "functional",
-    "asymmetric_loss": "functional",
-    "varifocal_loss": "functional",
-    "quality_focal_loss": "functional",
-    "CrossEntropyLoss": "modules",
-    "Poly1CrossEntropyLoss": "modules",
-    "Poly1FocalLoss": "modules",
-    "PolyLoss": "modules",
-    "SigmoidFocalLoss": "modules",
-    "SoftmaxFocalLoss": "modules",
-    "BalancedSoftmaxLoss": "modules",
-    "LDAMLoss": "modules",
-    "LogitAdjustedLoss": "modules",
-    "adjust_logits": "weights",
-    "AsymmetricLoss": "modules",
-    "VarifocalLoss": "modules",
-    "QualityFocalLoss": "modules",
-    "class_balanced_alpha": "weights",
-    "ldam_margins": "weights",
-    "all_reduce_normalizer": "distributed",
-    "linear_poly_loss": "linear",
-    "linear_cross_entropy": "linear",
-    "linear_softmax_focal_loss": "linear",
-    "linear_poly1_cross_entropy": "linear",
-    "LinearPolyLoss": "linear",
-    "LinearCrossEntropyLoss": "linear",
-    "LinearSoftmaxFocalLoss": "linear",
-    "LinearPoly1CrossEntropyLoss": "linear",
+    "functional": (
+        "asymmetric_loss",
+        "balanced_softmax_loss",
+        "cross_entropy",
+        "ldam_loss",
+        "logit_adjusted_loss",
+        "poly1_cross_entropy",
+        "poly1_focal_loss",
+        "poly_loss",
+        "quality_focal_loss",
+        "sigmoid_focal_loss",
+        "softmax_focal_loss",
+        "varifocal_loss",
+    ),
+    "modules": (
+        "AsymmetricLoss",
+        "BalancedSoftmaxLoss",
+        "CrossEntropyLoss",
+        "LDAMLoss",
+        "LogitAdjustedLoss",
+        "Poly1CrossEntropyLoss",
+        "Poly1FocalLoss",
+        "PolyLoss",
+        "QualityFocalLoss",
+        "SigmoidFocalLoss",
+        "SoftmaxFocalLoss",
+        "VarifocalLoss",
+    ),
+    "weights": (
+        "adjust_logits",
+        "class_balanced_alpha",
+        "ldam_margins",
+    ),
+    "distributed": ("all_reduce_normalizer",),
+    "linear": (
+        "LinearCrossEntropyLoss",
+        "LinearPoly1CrossEntropyLoss",
+        "LinearPolyLoss",
+        "LinearSoftmaxFocalLoss",
+        "linear_cross_entropy",
+        "linear_poly1_cross_entropy",
+        "linear_poly_loss",
+        "linear_softmax_focal_loss",
+    ),
 }
-
-__all__ = [
-    "AsymmetricLoss",
-    "BalancedSoftmaxLoss",
-    "CrossEntropyLoss",
-    "LDAMLoss",
-    "LinearCrossEntropyLoss",
-    "LinearPoly1CrossEntropyLoss",
-    "LinearPolyLoss",
-    "LinearSoftmaxFocalLoss",
-    "LogitAdjustedLoss",
-    "Poly1CrossEntropyLoss",
-    "Poly1FocalLoss",
-    "PolyLoss",
-    "QualityFocalLoss",
-    "SigmoidFocalLoss",
-    "SoftmaxFocalLoss",
-    "VarifocalLoss",
-    "__version__",
-    "adjust_logits",
-    "all_reduce_normalizer",
-    "asymmetric_loss",
-    "balanced_softmax_loss",
-    "class_balanced_alpha",
-    "cross_entropy",
-    "ldam_loss",
-    "ldam_margins",
-    "linear_cross_entropy",
-    "linear_poly1_cross_entropy",
-    "linear_poly_loss",
-    "linear_softmax_focal_loss",
-    "logit_adjusted_loss",
-    "poly1_cross_entropy",
-    "poly1_focal_loss",
-    "poly_loss",
-    "quality_focal_loss",
-    "sigmoid_focal_loss",
-    "softmax_focal_loss",
-    "varifocal_loss",
-]
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
     from .distributed import all_reduce_normalizer
@@ -143,7 +115,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'polyfocal' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,21 +1,24 @@
-"""Validation in two named stages, each returning one frozen argument object.
+"""Validation in two named stages, each producing the one argument object, :class:`Args`.
 
-1. :func:`hyper` checks the scalar hyperparameters (no tensors needed): a :class:`Hyper`.  The modules build it
-   once, at construction (and again when an attribute is reassigned), so a module call skips this stage.
-2. :func:`prepare` checks the tensors against the input and returns a :class:`Call`: the input and target in
-   the canonical layout the backends take (softmax ``(N, C, *)`` with class dim 1; an unbatched ``(C,)`` input
-   becomes ``(1, C)``) and a :class:`SoftmaxArgs` or :class:`SigmoidArgs`.
+1. :func:`hyper` checks the scalar hyperparameters (no tensors needed) into an :class:`Args` whose tensor fields
+   are empty.  It is memoised on the values, so a repeated call (every module call, every call of a public function
+   with the same options) is one dictionary lookup.
+2. :func:`prepare` checks the tensors against the input and returns a :class:`Call`: the input and target in the
+   canonical layout the backends take (softmax ``(N, C, *)`` with class dim 1; an unbatched ``(C,)`` input becomes
+   ``(1, C)``) and the same :class:`Args` with its tensor fields filled in.
 
-Backends receive ``(x, target, args)`` and nothing else; the only place the arguments are spelled out as a flat
-list is the ``torch.library`` op schema (:mod:`polyfocal.kernels._ops`), converted by one pair of functions.
-Every check runs before any loss computation and raises ``TypeError`` / ``ValueError`` / ``IndexError`` with a
-message ``"expected …, got …"``; the class-index range is checked by the kernels themselves (no extra pass).
+Below the public signatures nothing else carries the arguments: ``_core``, the backends and the custom ops take the
+:class:`Args`; the op schema is generated from its fields (:data:`SCHEMA`, :func:`flatten`, :func:`unflatten`).
+A new hyperparameter is one field here, with its check in the field's metadata.  Every check runs before any loss
+computation and raises ``TypeError`` / ``ValueError`` / ``IndexError`` with a message ``"expected …, got …"``; the
+class-index range is checked by the kernels themselves (no extra pass).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,89 +49,123 @@ from ._validation import (
     per_class_tensor,
 )
 
-__all__ = ["Call", "Hyper", "SigmoidArgs", "SoftmaxArgs", "hyper", "prepare"]
+__all__ = ["NO_IGNORE", "SCHEMA", "Args", "Call", "check_vectors", "flatten", "hyper", "prepare", "unflatten"]
+
+#: ``ignore_index`` of the C and Triton kernels for "nothing is ignored" (no class index equals it).
+NO_IGNORE = -(2**63)
 
 
-@dataclass(frozen=True)
-class Hyper:
-    """Validated scalar hyperparameters.  ``epsilon`` has its trailing zero terms dropped (``()`` = no poly
-    term); ``alpha`` is the sigmoid's number (softmax's per-class alpha is a tensor, see :class:`SoftmaxArgs`)."""
-
-    activation: str
-    epsilon: tuple[float, ...]
-    gamma: float
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
-    alpha: float | None = None
-    detach_modulator: bool = False
-    # softmax family only (long-tail options): the prior's temperature, the logit scale and the z-loss weight
-    tau: float = 1.0
-    logit_scale: float = 1.0
-    z_loss: float = 0.0
-    # sigmoid family only: the asymmetric loss (gamma_neg, clip) and the varifocal / quality focal variants
-    gamma_neg: float | None = None
-    clip: float = 0.0
-    variant: str = "poly"
-    iou_weighted: bool = True
-    # the argument objects of calls without tensor arguments, built once per Hyper (see prepare's fast path)
-    _plain: dict = field(default_factory=dict, compare=False, repr=False)
+def _option(default: object, check=None, family: str | None = None, stage: int = 1):
+    """A field of :class:`Args`: its default, the check of stage 1 (``None``: checked by hand in :func:`_hyper`),
+    the family it belongs to (``None``: both) and its stage (2: filled in by :func:`prepare` from the tensors)."""
+    return field(default=default, metadata={"check": check, "family": family, "stage": stage})
 
 
-@dataclass(frozen=True)
-class SoftmaxArgs:
-    """Softmax family.  ``class_weight = alpha * weight`` (combined once; ``None`` when both are absent) enters
-    the CE term per class; ``weight`` alone gives the poly terms' ``w_t`` and the ``"mean"`` denominator
-    ``sum_i w[y_i]`` over non-ignored elements.  Vectors are ``(C,)`` in the compute dtype; ``normalizer`` is
-    ``None`` or broadcastable to the loss shape ``(N, *)``.
-
-    Long-tail options: the loss sees the logits ``z' = logit_scale * (z + bias - margin[y] onehot_y)`` with
-    ``bias = tau * log(prior / sum(prior))`` (``None``: no prior, or ``tau = 0``) and ``margin`` ``(C,)`` or
-    ``None`` (class-index targets only); ``z_loss`` adds ``z_loss * logsumexp(z')^2`` to each row's loss."""
-
-    class_weight: torch.Tensor | None
-    weight: torch.Tensor | None
-    normalizer: torch.Tensor | None
-    epsilon: tuple[float, ...]
-    gamma: float
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
-    detach_modulator: bool = False
-    bias: torch.Tensor | None = None
-    margin: torch.Tensor | None = None
-    logit_scale: float = 1.0
-    z_loss: float = 0.0
+def _flag(value: object) -> bool:
+    return bool(value)
 
 
-@dataclass(frozen=True)
-class SigmoidArgs:
-    """Sigmoid family.  ``is_index``: the target is class indices ``(N, *)`` for ``x`` ``(N, C, *)`` with index
-    ``C`` = background (and ``ignore_index`` masking the whole row), else dense targets of ``x``'s shape.
-    ``weight``, ``pos_weight``, ``normalizer``: ``None`` or tensors broadcastable to ``x`` (not expanded).
+@dataclass(frozen=True, eq=False)
+class Args:
+    """Every argument of one loss call below the public signature.
 
-    The detection / multi-label members (see :func:`polyfocal.asymmetric_loss`, :func:`polyfocal.varifocal_loss`,
-    :func:`polyfocal.quality_focal_loss`): ``gamma_neg`` (``None``: ``gamma``) and ``clip`` make the ``"poly"``
-    variant asymmetric; ``variant`` is ``"poly"``, ``"varifocal"`` (``alpha``, ``gamma``, ``iou_weighted``) or
-    ``"quality"`` (``gamma`` is QFL's ``beta``); ``score``: ``None`` or a float tensor of the index target's shape,
-    the value of the target class's element (mmdet's ``(label, score)`` pair; 1 without it)."""
+    Stage 1 (scalars, :func:`hyper`): ``epsilon`` has its trailing zero terms dropped (``()`` = no poly term);
+    ``alpha`` is the sigmoid's number (softmax's per-class alpha is the tensor ``class_weight``).
 
-    is_index: bool
-    alpha: float | None
-    weight: torch.Tensor | None
-    pos_weight: torch.Tensor | None
-    normalizer: torch.Tensor | None
-    epsilon: tuple[float, ...]
-    gamma: float
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
-    detach_modulator: bool = False
-    gamma_neg: float | None = None
-    clip: float = 0.0
-    variant: str = "poly"
-    iou_weighted: bool = True
-    score: torch.Tensor | None = None
+    Stage 2 (tensors, :func:`prepare`), all in the compute dtype.  **softmax**: ``class_weight = alpha * weight``
+    (``None`` when both are absent) enters the CE term per class; ``weight`` alone gives the poly terms' ``w_t``
+    and the ``"mean"`` denominator ``sum_i w[y_i]`` over non-ignored elements; ``(C,)`` vectors.  Long-tail options:
+    the loss sees ``logit_scale * (z + bias - margin[y] onehot_y)`` with ``bias = tau * log(prior / sum(prior))``
+    (``None``: no prior, or ``tau = 0``), ``margin`` ``(C,)`` or ``None`` (class-index targets only); ``z_loss``
+    adds ``z_loss * logsumexp(z')^2`` to each row's loss.  **sigmoid**: ``is_index``: the target is class indices
+    ``(N, *)`` for ``x`` ``(N, C, *)`` with index ``C`` = background (``ignore_index`` masks the whole row), else
+    dense targets of ``x``'s shape; ``weight``, ``pos_weight``: ``None`` or broadcast views of ``x``'s shape.  The
+    detection members (:func:`polyfocal.asymmetric_loss`, :func:`polyfocal.varifocal_loss`,
+    :func:`polyfocal.quality_focal_loss`): ``gamma_neg`` (``None``: ``gamma``) and ``clip`` make ``"poly"``
+    asymmetric; ``variant`` is ``"poly"``, ``"varifocal"`` or ``"quality"`` (``gamma`` is QFL's ``beta``);
+    ``score``: ``None`` or the value of the target class's element beside class indices.  Both: ``normalizer``
+    ``None`` or broadcast to the loss shape."""
+
+    activation: str = _option("softmax", check_activation)
+    epsilon: tuple[float, ...] = _option(())
+    gamma: float = _option(0.0, check_gamma)
+    alpha: float | None = _option(None, family="sigmoid")
+    ignore_index: int | None = _option(None, check_ignore_index)
+    label_smoothing: float = _option(0.0, check_label_smoothing)
+    reduction: str = _option("mean", check_reduction)
+    detach_modulator: bool = _option(False, _flag)
+    tau: float = _option(1.0, check_tau, "softmax")
+    logit_scale: float = _option(1.0, check_logit_scale, "softmax")
+    z_loss: float = _option(0.0, check_z_loss, "softmax")
+    gamma_neg: float | None = _option(None, check_gamma_neg, "sigmoid")
+    clip: float = _option(0.0, check_clip, "sigmoid")
+    variant: str = _option("poly", check_sigmoid_variant, "sigmoid")
+    iou_weighted: bool = _option(True, _flag, "sigmoid")
+    is_index: bool = _option(False, stage=2)
+    class_weight: torch.Tensor | None = _option(None, stage=2)
+    weight: torch.Tensor | None = _option(None, stage=2)
+    pos_weight: torch.Tensor | None = _option(None, stage=2)
+    normalizer: torch.Tensor | None = _option(None, stage=2)
+    bias: torch.Tensor | None = _option(None, stage=2)
+    margin: torch.Tensor | None = _option(None, stage=2)
+    score: torch.Tensor | None = _option(None, stage=2)
+    # the argument objects of calls without tensor arguments, built once per stage-1 object (prepare's fast path)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, metadata={"stage": 0})
+
+    @property
+    def softmax(self) -> bool:
+        """The softmax family (else sigmoid)."""
+        return self.activation == "softmax"
+
+    @property
+    def is_detection(self) -> bool:
+        """A detection / multi-label member of the sigmoid family (asymmetric, varifocal, quality focal)."""
+        return self.variant != "poly" or self.gamma_neg is not None or self.clip > 0.0
+
+    @property
+    def ignore_code(self) -> int:
+        """``ignore_index`` as the kernels take it: :data:`NO_IGNORE` for none."""
+        return NO_IGNORE if self.ignore_index is None else self.ignore_index
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensor fields that are set."""
+        return tuple(v for v in (getattr(self, n) for n in _TENSOR_FIELDS) if v is not None)
+
+
+_FIELDS = tuple(f for f in dataclasses.fields(Args) if f.metadata["stage"])
+_STAGE1 = tuple(f for f in _FIELDS if f.metadata["stage"] == 1)
+_STAGE1_NAMES = frozenset(f.name for f in _STAGE1)
+_TENSOR_FIELDS = tuple(f.name for f in _FIELDS if f.type == "torch.Tensor | None")
+_NAMES = tuple(f.name for f in _FIELDS)
+
+# ------------------------------------------------------------------------------------ the flat form (op schema)
+
+_SCHEMA_TYPES = {
+    "str": "str",
+    "bool": "bool",
+    "float": "float",
+    "float | None": "float?",
+    "int | None": "int?",
+    "tuple[float, ...]": "float[]",
+    "torch.Tensor | None": "Tensor?",
+}
+#: The fields of :class:`Args` as a ``torch.library`` schema fragment, in field order.
+SCHEMA = ", ".join(f"{_SCHEMA_TYPES[f.type]} {f.name}" for f in _FIELDS)
+
+
+def flatten(args: Args) -> tuple:
+    """The fields of ``args`` in :data:`SCHEMA` order (sequences as lists)."""
+    return tuple(list(v) if type(v) is tuple else v for v in (getattr(args, n) for n in _NAMES))
+
+
+def unflatten(flat) -> Args:
+    """The inverse of :func:`flatten`."""
+    return Args(**{n: tuple(v) if type(v) is list else v for n, v in zip(_NAMES, flat, strict=True)})
+
+
+def _with(args: Args, **values: object) -> Args:
+    """``args`` with some fields replaced (a new object; the memo is not shared)."""
+    return Args(**{**{n: getattr(args, n) for n in _NAMES}, **values})
 
 
 @dataclass(frozen=True)
@@ -137,118 +174,64 @@ class Call:
 
     x: torch.Tensor
     target: torch.Tensor
-    args: SoftmaxArgs | SigmoidArgs
+    args: Args
     out_shape: torch.Size
 
 
+# --------------------------------------------------------------------------------------- stage 1: the scalars
+
 _PLAIN = (float, int, str, bool, type(None))
+_MEMO: dict[tuple, Args] = {}
 
 
-def hyper(
-    *,
-    activation: object = "softmax",
-    epsilon: object = (),
-    gamma: object = 0.0,
-    alpha: object = None,
-    ignore_index: object = None,
-    label_smoothing: object = 0.0,
-    reduction: object = "mean",
-    epsilon_sequence: bool = True,
-    detach_modulator: bool = False,
-    tau: object = 1.0,
-    logit_scale: object = 1.0,
-    z_loss: object = 0.0,
-    gamma_neg: object = None,
-    clip: object = 0.0,
-    variant: str = "poly",
-    iou_weighted: bool = True,
-) -> Hyper:
-    """Stage 1: the scalar hyperparameters (``alpha`` only as the sigmoid's number; softmax alpha is checked in
-    :func:`prepare`).  ``epsilon_sequence=False`` refuses Poly-N sequences (the Poly-1 functions).
+def hyper(**options: object) -> Args:
+    """Stage 1: the scalar hyperparameters, by the names of :class:`Args`' stage-1 fields (``alpha`` only as the
+    sigmoid's number; softmax alpha is checked in :func:`prepare`), plus ``epsilon_sequence=False`` to refuse
+    Poly-N sequences (the Poly-1 functions).
 
     Calls with plain Python values (the usual case) are memoised: a repeated call costs one dictionary lookup."""
-    values = (activation, epsilon, gamma, alpha, ignore_index, label_smoothing, reduction)
-    plain = (
-        type(gamma) in _PLAIN
-        and type(alpha) in _PLAIN
-        and type(ignore_index) in _PLAIN
-        and type(label_smoothing) in _PLAIN
-        and type(activation) is str
-        and type(reduction) is str
-        and (type(epsilon) in _PLAIN or (type(epsilon) is tuple and all(type(e) in _PLAIN for e in epsilon)))
-        and type(tau) in _PLAIN
-        and type(logit_scale) in _PLAIN
-        and type(z_loss) in _PLAIN
-        and type(gamma_neg) in _PLAIN
-        and type(clip) in _PLAIN
-        and type(variant) is str
-        and type(iou_weighted) is bool
-    )
-    extra = (tau, logit_scale, z_loss, gamma_neg, clip, variant, iou_weighted)
-    if plain and not torch.compiler.is_compiling():
-        return _hyper_cached(*values, epsilon_sequence, detach_modulator, *extra)
-    return _hyper(*values, epsilon_sequence, detach_modulator, *extra)
+    if not torch.compiler.is_compiling() and all(
+        type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)) for v in options.values()
+    ):
+        key = (*options, *map(type, options.values()), *options.values())  # types: True must not hit the entry of 1
+        hit = _MEMO.get(key)
+        if hit is None:
+            if len(_MEMO) >= 1024:
+                _MEMO.clear()
+            hit = _MEMO[key] = _hyper(options)
+        return hit
+    return _hyper(options)
 
 
-@functools.lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
-def _hyper_cached(*values: object) -> Hyper:
-    return _hyper(*values)  # type: ignore[arg-type]
-
-
-def _hyper(
-    activation: object,
-    epsilon: object,
-    gamma: object,
-    alpha: object,
-    ignore_index: object,
-    label_smoothing: object,
-    reduction: object,
-    epsilon_sequence: bool,
-    detach_modulator: bool,
-    tau: object = 1.0,
-    logit_scale: object = 1.0,
-    z_loss: object = 0.0,
-    gamma_neg: object = None,
-    clip: object = 0.0,
-    variant: object = "poly",
-    iou_weighted: object = True,
-) -> Hyper:
-    activation = check_activation(activation)
-    tau_v, scale_v, z_v = check_tau(tau), check_logit_scale(logit_scale), check_z_loss(z_loss)
-    if activation == "sigmoid" and (scale_v != 1.0 or z_v != 0.0):
-        raise ValueError(
-            "expected logit_scale=1 and z_loss=0 for activation='sigmoid' (softmax-family arguments), "
-            f"got logit_scale={logit_scale!r}, z_loss={z_loss!r}"
-        )
-    variant = check_sigmoid_variant(variant)
-    if activation == "softmax" and (gamma_neg is not None or (clip is not None and clip != 0) or variant != "poly"):
-        raise ValueError(
-            "expected gamma_neg=None, clip=0 and the 'poly' variant for activation='softmax' (they are sigmoid "
-            f"arguments), got gamma_neg={gamma_neg!r}, clip={clip!r}, variant={variant!r}"
-        )
-    eps = check_epsilon(epsilon, allow_sequence=epsilon_sequence)
+def _hyper(options: dict) -> Args:
+    """Each option through its field's check, then the rules across fields (the family's own options)."""
+    options = dict(options)
+    sequence = options.pop("epsilon_sequence", True)
+    unknown = options.keys() - _STAGE1_NAMES
+    if unknown:
+        raise TypeError(f"expected hyperparameters among {sorted(_STAGE1_NAMES)}, got {sorted(unknown)}")
+    checked = (f for f in _STAGE1 if f.metadata["check"] and f.name in options)
+    values = {f.name: f.metadata["check"](options[f.name]) for f in checked}
+    activation, variant = values.get("activation", "softmax"), values.get("variant", "poly")
+    alpha = options.get("alpha")
+    if activation == "sigmoid":
+        values["alpha"] = check_nonnegative(alpha, "alpha") if variant == "varifocal" else check_sigmoid_alpha(alpha)
+    else:
+        values.pop("alpha", None)  # softmax alpha is a per-class tensor: prepare checks it
+    for f in _STAGE1:  # an option of the other family must keep its default
+        family = f.metadata["family"]
+        if family and family != activation and f.name in values and values[f.name] != f.default:
+            raise ValueError(
+                f"expected {f.name}={f.default!r} for activation={activation!r} (one of the {family} arguments), "
+                f"got {f.name}={options[f.name]!r}"
+            )
+    eps = check_epsilon(options.get("epsilon", ()), allow_sequence=sequence)
     while eps and eps[-1] == 0.0:
         eps = eps[:-1]
-    return Hyper(
-        activation=activation,
-        epsilon=eps,
-        gamma=check_gamma(gamma),
-        ignore_index=check_ignore_index(ignore_index),
-        label_smoothing=check_label_smoothing(label_smoothing),
-        reduction=check_reduction(reduction),
-        alpha=(check_nonnegative(alpha, "alpha") if variant == "varifocal" else check_sigmoid_alpha(alpha))
-        if activation == "sigmoid"
-        else None,
-        detach_modulator=bool(detach_modulator),
-        tau=tau_v,
-        logit_scale=scale_v,
-        z_loss=z_v,
-        gamma_neg=check_gamma_neg(gamma_neg),
-        clip=check_clip(clip),
-        variant=variant,
-        iou_weighted=bool(iou_weighted),
-    )
+    return Args(**values, epsilon=eps)
 
+
+# ---------------------------------------------------------------------------------------- stage 2: the tensors
 
 _DERIVED: dict[tuple, tuple] = {}
 
@@ -272,105 +255,104 @@ def _derived(tag: str, sources: tuple, extra: tuple, make):
     return value
 
 
-def prepare(
-    input: object,
-    target: object,
-    h: Hyper,
-    *,
-    alpha: object = None,
-    weight: object = None,
-    pos_weight: object = None,
-    normalizer: object = None,
-    prior: object = None,
-    margin: object = None,
-    values_checked: bool = False,
-    score: object = None,
-) -> Call:
-    """Stage 2: tensors against the input; returns the canonical :class:`Call`.  ``prior`` / ``margin``: the
-    softmax family's long-tail vectors; ``values_checked=True`` (modules, which check them at construction)
-    skips the check of their values."""
-    if (  # the common call, checked in a few attribute tests: what the full checks below accept unchanged
-        alpha is None
-        and weight is None
-        and pos_weight is None
-        and normalizer is None
-        and prior is None
-        and margin is None
-        and score is None
-        and type(input) is torch.Tensor
+_FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+
+
+def prepare(input: object, target: object, h: Args, **tensors: object) -> Call:
+    """Stage 2: the tensor arguments (``alpha`` (softmax), ``weight``, ``pos_weight``, ``normalizer``, ``prior``,
+    ``margin``, ``score``; ``None`` = absent) against the input; returns the canonical :class:`Call`."""
+    if not any(v is not None for v in tensors.values()):
+        call = _fast(input, target, h)
+        if call is not None:
+            return call
+    x = check_logits(input)
+    return _softmax_call(x, target, h, **tensors) if h.softmax else _sigmoid_call(x, target, h, **tensors)
+
+
+def _fast(input: object, target: object, h: Args) -> Call | None:
+    """The common call, checked in a few attribute tests: what the full checks accept unchanged (else ``None``)."""
+    if not (
+        type(input) is torch.Tensor
         and type(target) is torch.Tensor
         and input.dtype in _FLOATS
         and target.device == input.device
     ):
-        if h.activation == "softmax":
-            if input.ndim == 2 and target.dtype is torch.int64 and target.shape == input.shape[:1] and input.shape[1]:
-                args = h._plain.get("softmax")
-                if args is None:
-                    args = h._plain.setdefault("softmax", _softmax_args(h, None, None, None, None, None))
-                return Call(input, target, args, target.shape)
-        elif h.variant == "poly" and input.ndim and target.dtype is input.dtype and target.shape == input.shape:
-            args = h._plain.get("sigmoid")
+        return None
+    if h.softmax:
+        if input.ndim == 2 and target.dtype is torch.int64 and target.shape == input.shape[:1] and input.shape[1]:
+            args = h._memo.get("softmax")
             if args is None:
-                args = h._plain.setdefault("sigmoid", _sigmoid_args(h, False, None, None, None, None))
-            return Call(input, target, args, input.shape)
-    x = check_logits(input)
-    ct = compute_dtype(x)
-    device = x.device
-    if h.activation == "softmax":
-        if score is not None:
-            raise ValueError("expected score=None for activation='softmax' (a sigmoid-family argument), got a value")
-        if x.ndim == 0:
-            raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
-        if pos_weight is not None:
-            raise ValueError(
-                "expected pos_weight=None for activation='softmax' (it is a sigmoid/BCE argument), got a value"
-            )
-        class_dim = 1 if x.ndim >= 2 else 0
-        num_classes = x.shape[class_dim]
-        if num_classes == 0:
-            raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(x.shape)}")
-        alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
-        weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
-        check = not values_checked
-        tail = (num_classes, device, ct, check)
+                args = h._memo.setdefault("softmax", _with(h, is_index=True))
+            return Call(input, target, args, target.shape)
+    elif h.variant == "poly" and input.ndim and target.dtype is input.dtype and target.shape == input.shape:
+        return Call(input, target, h, input.shape)
+    return None
 
-        def bias_of() -> torch.Tensor | None:
-            p = long_tail_vector(prior, "prior", num_classes, device=device, positive=True, check_values=check)
-            if p is None or h.tau == 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
-                return None
-            return (h.tau * (torch.log(p) - torch.log(p.sum()))).to(ct)
 
-        def margin_of() -> torch.Tensor | None:
-            m = long_tail_vector(margin, "margin", num_classes, device=device, positive=False, check_values=check)
-            return None if m is None else m.to(ct)
-
-        bias_t = _derived("bias", (prior,), (*tail, h.tau), bias_of)
-        margin_t = _derived("margin", (margin,), tail, margin_of)
-        targets = check_target(x, target, activation="softmax")
-        if margin_t is not None and not targets.is_index:
-            raise ValueError(
-                "expected class-index targets with margin= (the margin is subtracted from the target class's "
-                "logit), got a floating-point (probability) target"
-            )
-        loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
-        norm = broadcast_tensor(normalizer, "normalizer", loss_shape, device=device, dtype=ct)
-        y = targets.values
-        if x.ndim == 1:
-            x, y = x.unsqueeze(0), y.unsqueeze(0)
-            norm = None if norm is None else norm.reshape(1)
-        elif norm is not None:
-            norm = torch.broadcast_to(norm, y.shape)  # a view
-        if targets.is_index and y.dtype != torch.int64:
-            y = y.long()
-        class_weight = alpha_t if weight_t is None else weight_t
-        if alpha_t is not None and weight_t is not None:
-            class_weight = _derived("alpha*weight", (alpha_t, weight_t), (), lambda: alpha_t * weight_t)
-        return Call(x, y, _softmax_args(h, class_weight, weight_t, norm, bias_t, margin_t), loss_shape)
-
-    if prior is not None or margin is not None:
+def _softmax_call(x, target, h: Args, *, alpha=None, weight=None, prior=None, margin=None, **other) -> Call:
+    """Stage 2 of the softmax family: the per-class vectors, the long-tail vectors, the target."""
+    for name, value in other.items():
+        if value is not None and name != "normalizer":
+            raise ValueError(f"expected {name}=None for activation='softmax' (a sigmoid argument), got a value")
+    if x.ndim == 0:
+        raise ValueError("expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-D tensor")
+    ct, device = compute_dtype(x), x.device
+    class_dim = 1 if x.ndim >= 2 else 0
+    num_classes = x.shape[class_dim]
+    if num_classes == 0:
+        raise ValueError(f"expected at least one class along dim {class_dim}, got input shape {tuple(x.shape)}")
+    alpha_t = per_class_tensor(alpha, "alpha", num_classes, device=device, dtype=ct)
+    weight_t = per_class_tensor(weight, "weight", num_classes, device=device, dtype=ct)
+    bias_t, margin_t = _long_tail(h, prior, margin, num_classes, device, ct)
+    targets = check_target(x, target, activation="softmax")
+    if margin_t is not None and not targets.is_index:
         raise ValueError(
-            "expected prior=None and margin=None for activation='sigmoid' (softmax-family arguments), got a value"
+            "expected class-index targets with margin= (the margin is subtracted from the target class's "
+            "logit), got a floating-point (probability) target"
         )
+    loss_shape = x.shape[:class_dim] + x.shape[class_dim + 1 :]
+    norm = broadcast_tensor(other.get("normalizer"), "normalizer", loss_shape, device=device, dtype=ct)
+    y = targets.values
+    if x.ndim == 1:
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+        norm = None if norm is None else norm.reshape(1)
+    elif norm is not None:
+        norm = torch.broadcast_to(norm, y.shape)  # a view
+    if targets.is_index and y.dtype != torch.int64:
+        y = y.long()
+    class_weight = alpha_t if weight_t is None else weight_t
+    if alpha_t is not None and weight_t is not None:
+        class_weight = _derived("alpha*weight", (alpha_t, weight_t), (), lambda: alpha_t * weight_t)
+    args = _with(h, is_index=targets.is_index, class_weight=class_weight, weight=weight_t, normalizer=norm,
+                 bias=bias_t, margin=margin_t)  # fmt: skip
+    return Call(x, y, args, loss_shape)
+
+
+def _long_tail(h: Args, prior, margin, num_classes: int, device, ct) -> tuple:
+    """``bias = tau * log(prior / sum(prior))`` and the margin vector, memoised per source tensor."""
+    tail = (num_classes, device, ct)
+
+    def bias_of() -> torch.Tensor | None:
+        p = long_tail_vector(prior, "prior", num_classes, device=device, positive=True)
+        if p is None or h.tau == 0.0:  # tau = 0: no adjustment at all (bit-identical to no prior)
+            return None
+        return (h.tau * (torch.log(p) - torch.log(p.sum()))).to(ct)
+
+    def margin_of() -> torch.Tensor | None:
+        m = long_tail_vector(margin, "margin", num_classes, device=device, positive=False)
+        return None if m is None else m.to(ct)
+
+    bias_t = None if prior is None else _derived("bias", (prior,), (*tail, h.tau), bias_of)
+    margin_t = None if margin is None else _derived("margin", (margin,), tail, margin_of)
+    return bias_t, margin_t
+
+
+def _sigmoid_call(x, target, h: Args, *, weight=None, pos_weight=None, normalizer=None, score=None, **other) -> Call:
+    """Stage 2 of the sigmoid family: element-wise tensors broadcast to the input, the target, the score."""
+    for name, value in other.items():
+        if value is not None and name != "alpha":
+            raise ValueError(f"expected {name}=None for activation='sigmoid' (a softmax argument), got a value")
+    ct, device = compute_dtype(x), x.device
     weight_t = broadcast_tensor(weight, "weight", x.shape, device=device, dtype=ct)
     pos_weight_t = broadcast_tensor(pos_weight, "pos_weight", x.shape, device=device, dtype=ct)
     targets = check_target(x, target, activation="sigmoid")
@@ -380,64 +362,48 @@ def prepare(
     score_t = _check_score(score, y, targets.is_index, x, ct) if score is not None else None
     if h.variant != "poly" and not targets.is_index and y.dtype.is_floating_point:
         check_unit_range(y, "score (the soft target)")
+    vectors = (weight_t, pos_weight_t, norm)
     if targets.is_index:
         if y.dtype != torch.int64:
             y = y.long()
         if x.ndim == 1:  # unbatched (C,) logits with a 0-D class index
             x, y = x.unsqueeze(0), y.unsqueeze(0)
-            weight_t, pos_weight_t, norm = (
-                None if v is None else v.unsqueeze(0) for v in (weight_t, pos_weight_t, norm)
-            )
+            vectors = tuple(None if v is None else v.unsqueeze(0) for v in vectors)
             score_t = None if score_t is None else score_t.reshape(1)
     elif x.ndim == 0:
         x, y = x.reshape(1), y.reshape(1)
-        weight_t, pos_weight_t, norm = (None if v is None else v.reshape(1) for v in (weight_t, pos_weight_t, norm))
-    weight_t, pos_weight_t, norm = (
-        None if v is None else torch.broadcast_to(v, x.shape) for v in (weight_t, pos_weight_t, norm)
-    )
-    return Call(x, y, _sigmoid_args(h, targets.is_index, weight_t, pos_weight_t, norm, score_t), out_shape)
+        vectors = tuple(None if v is None else v.reshape(1) for v in vectors)
+    weight_t, pos_weight_t, norm = (None if v is None else torch.broadcast_to(v, x.shape) for v in vectors)
+    args = _with(h, is_index=targets.is_index, weight=weight_t, pos_weight=pos_weight_t, normalizer=norm,
+                 score=score_t)  # fmt: skip
+    return Call(x, y, args, out_shape)
 
 
-_FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+def check_vectors(h: Args, tensors: dict) -> None:
+    """The tensor options' own checks without an input (a module's construction): the family's options, and per-class
+    vectors (softmax ``alpha`` / ``weight`` / ``prior`` / ``margin``) against their own length."""
+    own, other = (("alpha", "weight", "prior", "margin"), ("pos_weight", "score")) if h.softmax else ((), _SOFTMAX)
+    for name in other:
+        if tensors.get(name) is not None:
+            family = "softmax" if name in _SOFTMAX else "sigmoid"
+            raise ValueError(
+                f"expected {name}=None for activation={h.activation!r} (a {family}-family argument), got a value"
+            )
+    for name in own:
+        value = tensors.get(name)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            length, device = (value.shape[0] if value.ndim else 0), value.device
+        else:
+            length, device = len(value) if isinstance(value, Sequence) else 0, torch.device("cpu")
+        if name in ("prior", "margin"):
+            long_tail_vector(value, name, length, device=device, positive=name == "prior")
+        else:
+            per_class_tensor(value, name, length, device=device, dtype=torch.float32)
 
 
-def _softmax_args(h: Hyper, class_weight, weight, normalizer, bias, margin) -> SoftmaxArgs:
-    return SoftmaxArgs(
-        class_weight=class_weight,
-        weight=weight,
-        normalizer=normalizer,
-        epsilon=h.epsilon,
-        gamma=h.gamma,
-        ignore_index=h.ignore_index,
-        label_smoothing=h.label_smoothing,
-        reduction=h.reduction,
-        detach_modulator=h.detach_modulator,
-        bias=bias,
-        margin=margin,
-        logit_scale=h.logit_scale,
-        z_loss=h.z_loss,
-    )
-
-
-def _sigmoid_args(h: Hyper, is_index: bool, weight, pos_weight, normalizer, score) -> SigmoidArgs:
-    return SigmoidArgs(
-        is_index=is_index,
-        alpha=h.alpha,
-        weight=weight,
-        pos_weight=pos_weight,
-        normalizer=normalizer,
-        epsilon=h.epsilon,
-        gamma=h.gamma,
-        ignore_index=h.ignore_index,
-        label_smoothing=h.label_smoothing,
-        reduction=h.reduction,
-        detach_modulator=h.detach_modulator,
-        gamma_neg=h.gamma_neg,
-        clip=h.clip,
-        variant=h.variant,
-        iou_weighted=h.iou_weighted,
-        score=score,
-    )
+_SOFTMAX = ("prior", "margin")
 
 
 def _check_score(score: object, y: torch.Tensor, is_index: bool, x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:

@@ -4,9 +4,11 @@ fast.  The command itself (:func:`polyfocal.bench.run_from_args`) imports torch 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MATRIX_LEVEL_NAMES", "VARIANT_NAMES", "register"]
+__all__ = ["MATRIX_LEVEL_NAMES", "VARIANT_NAMES", "main", "register"]
 
 # --level of the matrix (polyfocal.bench.MATRIX_LEVELS: the -march of the native kernels, torch's capability)
 MATRIX_LEVEL_NAMES = ("native", "avx512", "avx2", "sse4")
@@ -107,3 +109,21 @@ def _register_linear(p: Any) -> None:
     )
     p.add_argument("--linear-rows", metavar="ROW,...", help="--linear: a subset of the rows (baselines not added)")
     p.add_argument("--softcap", type=float, metavar="C", help="--linear: logit soft-capping (torch-chunked skipped)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m polyfocal._bench_cli``: the subcommand alone (works without the other subcommands' modules)."""
+    from .cli import CLIError
+
+    parser = argparse.ArgumentParser(prog="polyfocal")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"polyfocal bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._args import SigmoidArgs, SoftmaxArgs
+from ._args import Args
 from ._validation import check_index_range
 
 NEG_INF = float("-inf")
@@ -50,24 +50,18 @@ def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _combine(
-    ce: torch.Tensor,
-    log_1m_pt: torch.Tensor | None,
-    *,
-    gamma: float,
-    epsilon: tuple[float, ...],
-    poly_weight: torch.Tensor | None,
-    modulator_grad: bool,
+    ce: torch.Tensor, log_1m_pt: torch.Tensor | None, args: Args, *, poly_weight: torch.Tensor | None
 ) -> torch.Tensor:
     """``(1 - p_t)^gamma * ce + poly_weight * sum_j eps_j (1 - p_t)^(j + gamma)``."""
-    loss = ce
+    loss, gamma = ce, args.gamma
     if gamma != 0.0:
         assert log_1m_pt is not None
         modulator = torch.exp(gamma * log_1m_pt)
-        if not modulator_grad:
+        if args.detach_modulator:
             modulator = modulator.detach()
         loss = modulator * ce
     poly = None
-    for j, eps in enumerate(epsilon, start=1):
+    for j, eps in enumerate(args.epsilon, start=1):
         if eps == 0.0:
             continue
         assert log_1m_pt is not None
@@ -82,23 +76,7 @@ def _needs_pt(gamma: float, epsilon: tuple[float, ...]) -> bool:
     return gamma != 0.0 or any(e != 0.0 for e in epsilon)
 
 
-def softmax_poly_loss(
-    x: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    is_index: bool,
-    epsilon: tuple[float, ...],
-    gamma: float,
-    class_weight: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    ignore_index: int | None,
-    label_smoothing: float,
-    modulator_grad: bool = True,
-    bias: torch.Tensor | None = None,
-    margin: torch.Tensor | None = None,
-    logit_scale: float = 1.0,
-    z_loss: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor | int]:
+def softmax_poly_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> tuple[torch.Tensor, torch.Tensor | int]:
     """Per-element softmax PolyLoss and the denominator of ``reduction="mean"``.
 
     ``x`` is ``(N, C, *)`` in the compute dtype; ``target`` is ``(N, *)`` class indices or ``(N, C, *)``
@@ -106,9 +84,12 @@ def softmax_poly_loss(
     The denominator follows ``F.cross_entropy``: the summed target weights of the non-ignored elements
     (their count without ``weight``) for class indices, the number of elements for probabilities.
 
-    Long-tail options (see :class:`polyfocal._args.SoftmaxArgs`): the loss sees
+    Long-tail options (see :class:`polyfocal._args.Args`): the loss sees
     ``logit_scale * (x + bias - margin[y] onehot_y)`` and adds ``z_loss * logsumexp(...)^2`` per element.
     """
+    is_index = not target.dtype.is_floating_point
+    epsilon, gamma, ignore_index = args.epsilon, args.gamma, args.ignore_index
+    class_weight, weight, bias, margin = args.class_weight, args.weight, args.bias, args.margin
     num_classes = x.shape[1]
     shape = (1, num_classes) + (1,) * (x.ndim - 2)
     if bias is not None:
@@ -116,11 +97,11 @@ def softmax_poly_loss(
     if margin is not None:  # class indices only (prepare refuses a margin for probability targets)
         y_m = target if ignore_index is None else torch.where(target != ignore_index, target, 0)
         x = x.scatter_add(1, y_m.unsqueeze(1), -margin[y_m].unsqueeze(1))
-    if logit_scale != 1.0:
-        x = x * logit_scale
+    if args.logit_scale != 1.0:
+        x = x * args.logit_scale
     logp = torch.log_softmax(x, dim=1)
     need_pt = _needs_pt(gamma, epsilon)
-    ls = label_smoothing
+    ls = args.label_smoothing
     valid: torch.Tensor | None = None
     log_1m_pt: torch.Tensor | None = None
 
@@ -163,9 +144,9 @@ def softmax_poly_loss(
             log_1m_pt = _logsumexp(logp + _safe_log(1.0 - q), 1)
         denominator = ce.numel()
 
-    loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=poly_weight, modulator_grad=modulator_grad)
-    if z_loss != 0.0:  # not class-weighted; masked, normalised and averaged like the row loss
-        loss = loss + z_loss * torch.logsumexp(x, 1) ** 2
+    loss = _combine(ce, log_1m_pt, args, poly_weight=poly_weight)
+    if args.z_loss != 0.0:  # not class-weighted; masked, normalised and averaged like the row loss
+        loss = loss + args.z_loss * torch.logsumexp(x, 1) ** 2
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
     return loss, denominator
@@ -179,37 +160,19 @@ def index_to_multi_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) ->
     return out.scatter_(1, y.clamp(max=num_classes - 1).unsqueeze(1), foreground)
 
 
-def sigmoid_poly_loss(
-    x: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    hard: bool,
-    epsilon: tuple[float, ...],
-    gamma: float,
-    alpha: float | None,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    label_smoothing: float,
-    modulator_grad: bool = True,
-    gamma_neg: float | None = None,
-    clip: float = 0.0,
-    variant: str = "poly",
-    iou_weighted: bool = True,
-) -> torch.Tensor:
+def sigmoid_poly_loss(x: torch.Tensor, t: torch.Tensor, args: Args, *, hard: bool) -> torch.Tensor:
     """Element-wise sigmoid PolyLoss; ``t`` has ``x``'s shape and dtype, values in [0, 1].
 
     ``hard=True`` promises ``t`` is exactly 0 or 1 (it came from class indices), which allows the
     cheaper ``log(1 - p_t) = logsigmoid(-x)`` / ``logsigmoid(x)``.  ``gamma_neg`` / ``clip`` (asymmetric loss) and
     ``variant`` (``"varifocal"``, ``"quality"``) select the detection members: :func:`_sigmoid_detection_loss`.
     """
-    if label_smoothing > 0.0:
-        t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    ls, alpha, weight, pos_weight = args.label_smoothing, args.alpha, args.weight, args.pos_weight
+    if ls > 0.0:
+        t = t * (1.0 - ls) + 0.5 * ls
         hard = False
-    if variant != "poly" or gamma_neg is not None or clip > 0.0:
-        loss = _sigmoid_detection_loss(
-            x, t, epsilon=epsilon, gamma=gamma, alpha=alpha, pos_weight=pos_weight, modulator_grad=modulator_grad,
-            gamma_neg=gamma_neg, clip=clip, variant=variant, iou_weighted=iou_weighted,
-        )  # fmt: skip
+    if args.is_detection:
+        loss = _sigmoid_detection_loss(x, t, args)
         return loss if weight is None else loss * weight
     if pos_weight is not None and pos_weight.requires_grad:  # torch's BCE refuses a gradient for pos_weight
         ce = (1.0 - t) * F.softplus(x) + pos_weight * t * F.softplus(-x)
@@ -218,7 +181,7 @@ def sigmoid_poly_loss(
     if alpha is not None:
         ce = (alpha * t + (1.0 - alpha) * (1.0 - t)) * ce
     log_1m_pt = None
-    if _needs_pt(gamma, epsilon):
+    if _needs_pt(args.gamma, args.epsilon):
         hard_part = F.logsigmoid(torch.where(t > 0.5, -x, x))
         if hard:
             log_1m_pt = hard_part
@@ -229,7 +192,7 @@ def sigmoid_poly_loss(
             ts = torch.where(exact, 0.5, t)
             soft = _logaddexp(torch.log(ts) + F.logsigmoid(-x), torch.log1p(-ts) + F.logsigmoid(x))
             log_1m_pt = torch.where(exact, hard_part, soft)
-    loss = _combine(ce, log_1m_pt, gamma=gamma, epsilon=epsilon, poly_weight=None, modulator_grad=modulator_grad)
+    loss = _combine(ce, log_1m_pt, args, poly_weight=None)
     return loss if weight is None else loss * weight
 
 
@@ -246,34 +209,22 @@ def _power(log_u: torch.Tensor, g: torch.Tensor | float) -> torch.Tensor:
     return torch.ones_like(log_u) if g == 0.0 else torch.exp(g * log_u)
 
 
-def _sigmoid_detection_loss(
-    x: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    epsilon: tuple[float, ...],
-    gamma: float,
-    alpha: float | None,
-    pos_weight: torch.Tensor | None,
-    modulator_grad: bool,
-    gamma_neg: float | None,
-    clip: float,
-    variant: str,
-    iou_weighted: bool,
-) -> torch.Tensor:
+def _sigmoid_detection_loss(x: torch.Tensor, t: torch.Tensor, args: Args) -> torch.Tensor:
     """The asymmetric (``"poly"`` with ``gamma_neg`` / ``clip``), varifocal and quality focal losses, in log space.
 
     Modulating factors are ``exp(g * log u)``; ``log u`` comes from log-sigmoids for exact 0/1 targets (relative
     precision at any logit) and from ``_safe_log`` of a sum of non-negative parts otherwise, so ``u = 0`` (below the
     clip margin, or ``s`` exactly equal to a soft ``q``) gives ``u^g = 0`` with zero, not NaN, derivatives.
     """
+    gamma, gamma_neg, clip, alpha, pos_weight = args.gamma, args.gamma_neg, args.clip, args.alpha, args.pos_weight
     exact_one, exact_zero = t == 1.0, t == 0.0
     log_s, log_1ms = F.logsigmoid(x), F.logsigmoid(-x)
-    if variant == "varifocal":
-        positive = _bce(x, t, pos_weight) * (t if iou_weighted else 1.0)
+    if args.variant == "varifocal":
+        positive = _bce(x, t, pos_weight) * (t if args.iou_weighted else 1.0)
         # negatives (t <= 0): alpha s^gamma (-log(1 - s)); s^gamma = exp(gamma log s)
         negative = (1.0 if alpha is None else alpha) * _power(log_s, gamma) * F.softplus(x)
         return torch.where(t > 0, positive, negative)
-    if variant == "quality":
+    if args.variant == "quality":
         s, one_minus_s = torch.exp(log_s), torch.exp(log_1ms)
         distance = (t * one_minus_s - (1.0 - t) * s).abs()  # |t - s| as a difference of non-negative parts
         log_u = torch.where(exact_one, log_1ms, torch.where(exact_zero, log_s, _safe_log(distance)))
@@ -297,10 +248,10 @@ def _sigmoid_detection_loss(
         if alpha is not None:
             ce = (alpha * t + (1.0 - alpha) * (1.0 - t)) * ce
     modulator = _power(log_u, g)
-    if not modulator_grad:
+    if args.detach_modulator:
         modulator = modulator.detach()
     loss = modulator * ce
-    for j, eps in enumerate(epsilon, start=1):
+    for j, eps in enumerate(args.epsilon, start=1):
         if eps != 0.0:
             loss = loss + eps * _power(log_u, g + j)
     return loss
@@ -315,33 +266,17 @@ def _reduce(loss: torch.Tensor, normalizer: torch.Tensor | None, reduction: str,
     return total if reduction == "sum" else total / denominator
 
 
-def softmax_loss(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs) -> torch.Tensor:
+def softmax_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> torch.Tensor:
     """The softmax family on the composite path: ``x`` ``(N, C, *)``, ``target`` class indices ``(N, *)`` or
     probabilities of ``x``'s shape; reduced as ``args.reduction`` says (``"none"``: shape ``(N, *)``)."""
-    is_index = not target.dtype.is_floating_point
-    if is_index:
+    if not target.dtype.is_floating_point:
         check_index_range(target, x.shape[1], args.ignore_index, background=False)
     xc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
-    loss, denominator = softmax_poly_loss(
-        xc,
-        target,
-        is_index=is_index,
-        epsilon=args.epsilon,
-        gamma=args.gamma,
-        class_weight=args.class_weight,
-        weight=args.weight,
-        ignore_index=args.ignore_index,
-        label_smoothing=args.label_smoothing,
-        modulator_grad=not args.detach_modulator,
-        bias=args.bias,
-        margin=args.margin,
-        logit_scale=args.logit_scale,
-        z_loss=args.z_loss,
-    )
+    loss, denominator = softmax_poly_loss(xc, target, args)
     return _reduce(loss, args.normalizer, args.reduction, denominator)
 
 
-def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs) -> torch.Tensor:
+def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> torch.Tensor:
     """The sigmoid family on the composite path: ``x`` at least 1-D; dense targets of ``x``'s shape or, with
     ``args.is_index``, class indices ``(N, *)`` (index ``C`` = background, ``ignore_index`` masks the row)."""
     ct = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -359,22 +294,8 @@ def sigmoid_loss(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs) -> to
             t = t * args.score.to(ct).unsqueeze(1)
     else:
         t = target.to(ct)
-    loss = sigmoid_poly_loss(
-        xc,
-        t,
-        hard=(args.is_index and args.score is None) or not target.dtype.is_floating_point,
-        epsilon=args.epsilon,
-        gamma=args.gamma,
-        alpha=args.alpha,
-        weight=args.weight,
-        pos_weight=args.pos_weight,
-        label_smoothing=args.label_smoothing,
-        modulator_grad=not args.detach_modulator,
-        gamma_neg=args.gamma_neg,
-        clip=args.clip,
-        variant=args.variant,
-        iou_weighted=args.iou_weighted,
-    )
+    hard = (args.is_index and args.score is None) or not target.dtype.is_floating_point
+    loss = sigmoid_poly_loss(xc, t, args, hard=hard)
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
         denominator = valid.sum() * loss.shape[1]

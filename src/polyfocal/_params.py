@@ -163,6 +163,19 @@ def check_z_loss(z_loss: object) -> float:
     return check_nonnegative(z_loss, "z_loss")
 
 
+def check_softcap(softcap: object) -> float:
+    """Logit soft-capping ``c * tanh(z / c)``: ``None`` -> 0.0 (off); else a finite number > 0."""
+    if softcap is None:
+        return 0.0
+    value = _real(softcap, "softcap")
+    if value is None:
+        raise TypeError(f"expected softcap to be None or a number > 0, got {_describe(softcap)}")
+    value = float(value)
+    if not (_finite(value) and value > 0):
+        raise ValueError(f"expected softcap to be None or a finite number > 0, got {softcap!r}")
+    return value
+
+
 # --- the dense-detection / multi-label members of the sigmoid family (asymmetric, varifocal, quality focal) ---
 
 SIGMOID_VARIANTS = ("poly", "varifocal", "quality")

@@ -65,10 +65,9 @@ import torch.nn.functional as F
 
 from . import functional as pf
 from . import weights
-from ._bench_cli import MATRIX_LEVEL_NAMES, register
 from .cli import CLIError
 
-__all__ = ["VARIANTS", "Workload", "make_workload", "register", "run_bench", "run_from_args", "run_matrix"]
+__all__ = ["VARIANTS", "Workload", "make_workload", "run_bench", "run_from_args", "run_matrix"]
 
 FAMILIES = ("softmax", "sigmoid")
 UNIT = {"softmax": "torch-softmax", "sigmoid": "torch-bce"}
@@ -615,7 +614,6 @@ MATRIX_LEVELS: dict[str, tuple[str | None, str | None]] = {
     "avx2": ("x86-64-v3", "avx2"),
     "sse4": ("x86-64-v2", "default"),
 }
-assert tuple(MATRIX_LEVELS) == MATRIX_LEVEL_NAMES
 
 
 def level_environment(level: str) -> dict[str, str]:
@@ -918,19 +916,3 @@ def _write_json(result: dict[str, Any], path: str | None) -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     print(f"wrote {path}")
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m polyfocal.bench``: the subcommand alone (works without the other subcommands' modules)."""
-    parser = argparse.ArgumentParser(prog="polyfocal")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except CLIError as err:
-        print(f"polyfocal bench: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

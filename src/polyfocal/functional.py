@@ -20,13 +20,13 @@ as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`) scales the w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
 import torch
 
 from . import kernels
-from ._args import Hyper, hyper, prepare
+from ._args import Args, Call, check_vectors, hyper, prepare
 from ._params import check_nonnegative
 
 __all__ = [
@@ -51,44 +51,48 @@ ClassVector: TypeAlias = "Sequence[float] | torch.Tensor | None"
 Normalizer: TypeAlias = "float | torch.Tensor | None"
 
 
-def _apply(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    h: Hyper,
-    *,
-    alpha: object = None,
-    weight: object = None,
-    pos_weight: object = None,
-    normalizer: object = None,
-    prior: object = None,
-    margin: object = None,
-    values_checked: bool = False,
-    score: object = None,
-    inplace: bool = False,
-) -> torch.Tensor:
-    """Stage 2 of the validation (tensors), then the loss: the one path of every public function and module."""
-    call = prepare(
-        input,
-        target,
-        h,
-        alpha=alpha,
-        weight=weight,
-        pos_weight=pos_weight,
-        normalizer=normalizer,
-        prior=prior,
-        margin=margin,
-        values_checked=values_checked,
-        score=score,
-    )
+_TENSORS = ("weight", "pos_weight", "normalizer", "prior", "margin", "score")
+_NO_INPUT = object()  # check_options' stand-in for the input: stage 1 only
+
+
+def check_options(function: Callable[..., torch.Tensor], options: dict) -> Args:
+    """Stage 1 of a public ``function`` for ``options`` without an input (a module's construction): the scalars
+    through the function's own ``hyper()`` call and the per-class vectors' own checks; raises as the call would."""
+    return function(_NO_INPUT, _NO_INPUT, **options)
+
+
+def _run(options: dict, **fixed: object) -> torch.Tensor:
+    """The one path of every public function (and, through them, every module).  ``options`` is the function's
+    ``locals()`` -- its bound arguments, by the names of :class:`polyfocal._args.Args` -- and ``fixed`` what the
+    function sets itself (``activation``, ``variant``, ``epsilon_sequence``): stage 1 (the scalars, memoised),
+    stage 2 (the tensors), then the loss."""
+    input, target, inplace = options.pop("input"), options.pop("target"), options.pop("inplace")
+    tensors = {name: options.pop(name) for name in _TENSORS if name in options}
+    options.update(fixed)
+    if "alpha" in options and options.get("activation", "softmax") == "softmax":
+        tensors["alpha"] = options.pop("alpha")  # softmax alpha is per class: a tensor of stage 2
+    h = hyper(**options)
+    if input is _NO_INPUT:
+        check_vectors(h, tensors)
+        return h  # type: ignore[return-value]
+    call = prepare(input, target, h, **tensors)
     if inplace is not False:
         kernels.check_inplace(input, call.x, call.target, call.args, inplace)
         if inplace:
-            return _reshape(kernels.loss_inplace(call.x, call.target, call.args), call, h)
-    return _reshape(kernels.loss(call.x, call.target, call.args), call, h)
+            return _shaped(kernels.loss_inplace(call.x, call.target, call.args), call)
+    return _shaped(kernels.loss(call.x, call.target, call.args), call)
 
 
-def _reshape(out: torch.Tensor, call, h: Hyper) -> torch.Tensor:
-    return out.reshape(call.out_shape) if h.reduction == "none" else out
+def _shaped(out: torch.Tensor, call: Call) -> torch.Tensor:
+    return out.reshape(call.out_shape) if call.args.reduction == "none" else out
+
+
+def _renamed(options: dict, **names: str) -> dict:
+    """``options`` with keys renamed (``gamma_pos="gamma"``: a public name for a field of another name).  The
+    renamed options are focusing parameters, checked here under their public name (errors say ``beta``)."""
+    for old, new in names.items():
+        options[new] = check_nonnegative(options.pop(old), old)
+    return options
 
 
 def poly_loss(
@@ -220,33 +224,7 @@ def poly_loss(
         >>> torch.allclose(poly1, (F.cross_entropy(x, y, reduction="none") + 1 - p_t).mean())
         True
     """
-    h = hyper(
-        activation=activation,
-        epsilon=epsilon,
-        gamma=gamma,
-        alpha=alpha,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        detach_modulator=detach_modulator,
-        tau=tau,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-        gamma_neg=gamma_neg,
-        clip=clip,
-    )
-    return _apply(
-        input,
-        target,
-        h,
-        alpha=alpha,
-        weight=weight,
-        pos_weight=pos_weight,
-        normalizer=normalizer,
-        prior=prior,
-        margin=margin,
-        inplace=inplace,
-    )
+    return _run(locals())
 
 
 def cross_entropy(
@@ -281,15 +259,7 @@ def cross_entropy(
         ...                F.cross_entropy(x, y, w, label_smoothing=0.1))
         True
     """
-    h = hyper(
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        tau=tau,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-    )
-    return _apply(input, target, h, weight=weight, prior=prior, margin=margin, inplace=inplace)
+    return _run(locals())
 
 
 def poly1_cross_entropy(
@@ -324,19 +294,7 @@ def poly1_cross_entropy(
         >>> torch.allclose(polyfocal.poly1_cross_entropy(x, y, epsilon=0.0), polyfocal.cross_entropy(x, y))
         True
     """
-    h = hyper(
-        epsilon=epsilon,
-        epsilon_sequence=False,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        tau=tau,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-    )
-    return _apply(
-        input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, margin=margin, inplace=inplace
-    )
+    return _run(locals(), epsilon_sequence=False)
 
 
 def softmax_focal_loss(
@@ -373,19 +331,7 @@ def softmax_focal_loss(
         ...                (1 - torch.exp(-ce)) ** 2 * ce)
         True
     """
-    h = hyper(
-        epsilon=epsilon,
-        gamma=gamma,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        tau=tau,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-    )
-    return _apply(
-        input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, margin=margin, inplace=inplace
-    )
+    return _run(locals())
 
 
 def logit_adjusted_loss(
@@ -425,16 +371,7 @@ def logit_adjusted_loss(
         >>> torch.allclose(la, F.cross_entropy(x + 2.0 * torch.log(counts / counts.sum()), y))
         True
     """
-    h = hyper(
-        epsilon=epsilon,
-        gamma=gamma,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        tau=tau,
-        z_loss=z_loss,
-    )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, prior=prior, inplace=inplace)
+    return _run(locals())
 
 
 def balanced_softmax_loss(
@@ -464,22 +401,7 @@ def balanced_softmax_loss(
         >>> torch.allclose(polyfocal.balanced_softmax_loss(x, y, prior=counts), F.cross_entropy(x + counts.log(), y))
         True
     """
-    return logit_adjusted_loss(
-        input,
-        target,
-        prior=prior,
-        tau=1.0,
-        gamma=gamma,
-        epsilon=epsilon,
-        alpha=alpha,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        normalizer=normalizer,
-        reduction=reduction,
-        z_loss=z_loss,
-        inplace=inplace,
-    )
+    return _run(locals())
 
 
 def ldam_loss(
@@ -521,16 +443,7 @@ def ldam_loss(
         >>> torch.allclose(polyfocal.ldam_loss(x, y, margin=m, logit_scale=30.0), F.cross_entropy(30.0 * z, y))
         True
     """
-    h = hyper(
-        epsilon=epsilon,
-        gamma=gamma,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        logit_scale=logit_scale,
-        z_loss=z_loss,
-    )
-    return _apply(input, target, h, alpha=alpha, weight=weight, normalizer=normalizer, margin=margin, inplace=inplace)
+    return _run(locals())
 
 
 def sigmoid_focal_loss(
@@ -564,16 +477,7 @@ def sigmoid_focal_loss(
         ...                F.binary_cross_entropy_with_logits(x, t))
         True
     """
-    h = hyper(
-        activation="sigmoid",
-        epsilon=epsilon,
-        gamma=gamma,
-        alpha=alpha,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
-    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
+    return _run(locals(), activation="sigmoid")
 
 
 def poly1_focal_loss(
@@ -606,17 +510,7 @@ def poly1_focal_loss(
         >>> torch.allclose(polyfocal.poly1_focal_loss(x, t, epsilon=1.0, reduction="none"), fl + (1 - p_t) ** 3)
         True
     """
-    h = hyper(
-        activation="sigmoid",
-        epsilon=epsilon,
-        epsilon_sequence=False,
-        gamma=gamma,
-        alpha=alpha,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
-    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
+    return _run(locals(), activation="sigmoid", epsilon_sequence=False)
 
 
 def _refuse_torchscript() -> None:
@@ -692,19 +586,7 @@ def asymmetric_loss(
         >>> torch.allclose(polyfocal.asymmetric_loss(x, t, reduction="none"), manual, atol=1e-6)
         True
     """
-    h = hyper(
-        activation="sigmoid",
-        epsilon=epsilon,
-        gamma=gamma_pos,
-        alpha=alpha,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        detach_modulator=detach_modulator,
-        gamma_neg=gamma_neg,
-        clip=clip,
-    )
-    return _apply(input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, inplace=inplace)
+    return _run(_renamed(locals(), gamma_pos="gamma"), activation="sigmoid")
 
 
 def _score_pair(target: object) -> tuple[object, object]:
@@ -759,20 +641,8 @@ def varifocal_loss(
         >>> torch.allclose(polyfocal.varifocal_loss(x, q, reduction="none"), manual)
         True
     """
-    target, pair_score = _score_pair(score)
-    h = hyper(
-        activation="sigmoid",
-        epsilon=0.0,
-        gamma=gamma,
-        alpha=alpha,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        variant="varifocal",
-        iou_weighted=iou_weighted,
-    )
-    return _apply(
-        input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, score=pair_score, inplace=inplace
-    )
+    target, score = _score_pair(score)  # the target, and mmdet's per-anchor score beside class indices (or None)
+    return _run(locals(), activation="sigmoid", variant="varifocal")
 
 
 def quality_focal_loss(
@@ -810,18 +680,8 @@ def quality_focal_loss(
         >>> torch.allclose(polyfocal.quality_focal_loss(x, (label, score)), polyfocal.quality_focal_loss(x, q))
         True
     """
-    target, pair_score = _score_pair(score)
-    h = hyper(
-        activation="sigmoid",
-        epsilon=epsilon,
-        gamma=check_nonnegative(beta, "beta"),
-        ignore_index=ignore_index,
-        reduction=reduction,
-        variant="quality",
-    )
-    return _apply(
-        input, target, h, weight=weight, pos_weight=pos_weight, normalizer=normalizer, score=pair_score, inplace=inplace
-    )
+    target, score = _score_pair(score)  # the target, and mmdet's per-anchor score beside class indices (or None)
+    return _run(_renamed(locals(), beta="gamma"), activation="sigmoid", variant="quality")
 
 
 for _public in (asymmetric_loss, quality_focal_loss, varifocal_loss):

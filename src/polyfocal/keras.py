@@ -40,11 +40,12 @@ from ._params import (
     _describe,
     _finite,
     _is_real_number,
-    _real,
     check_epsilon,
     check_gamma,
     check_label_smoothing,
     check_sigmoid_alpha,
+    check_tau,
+    check_z_loss,
 )
 
 __all__ = [
@@ -265,31 +266,13 @@ def _check_prior(prior: object) -> list[float] | None:
     return [float(p) for p in values]
 
 
-def _check_tau(tau: object) -> float:
-    value = _real(tau, "tau")
-    if value is None:
-        raise TypeError(f"expected tau to be a finite real number, got {_describe(tau)}")
-    if not _finite(float(value)):
-        raise ValueError(f"expected tau to be a finite real number, got {tau!r}")
-    return float(value)
-
-
-def _check_z_loss(z_loss: object) -> float:
-    value = _real(z_loss, "z_loss")
-    if value is None:
-        raise TypeError(f"expected z_loss to be a finite real number >= 0, got {_describe(z_loss)}")
-    if not _finite(float(value)) or value < 0:
-        raise ValueError(f"expected z_loss to be a finite real number >= 0, got {z_loss!r}")
-    return float(value)
-
-
 def _check_logit_options(
     prior: object, tau: object, z_loss: object, from_logits: bool
 ) -> tuple[list[float] | None, float, float, tuple[float, ...] | None]:
     """Validate ``prior``/``tau``/``z_loss``; return them and the logit offset ``tau * log(prior / sum(prior))``."""
     prior_ = _check_prior(prior)
-    tau_ = _check_tau(tau)
-    z_loss_ = _check_z_loss(z_loss)
+    tau_ = check_tau(tau)
+    z_loss_ = check_z_loss(z_loss)
     if prior_ is not None and not from_logits:
         raise ValueError(
             "expected from_logits=True with a prior: the logit adjustment adds tau * log(prior) to the logits, "

@@ -63,11 +63,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._args import Call, Hyper, SoftmaxArgs, hyper, prepare
-from ._params import _describe, _real
+from ._args import SCHEMA, Args, Call, flatten, hyper, prepare, unflatten
+from ._params import _describe, _real, check_softcap
 from ._validation import check_index_range, compute_dtype
 from .kernels import _dispatch
-from .kernels._torch_impl import NO_IGNORE
 
 __all__ = [
     "MAX_CHUNK_BYTES",
@@ -92,19 +91,6 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------- validation
-
-
-def _check_softcap(softcap: object) -> float:
-    """``None`` -> 0.0 (off); else a finite number > 0."""
-    if softcap is None:
-        return 0.0
-    value = _real(softcap, "softcap")
-    if value is None:
-        raise TypeError(f"expected softcap to be None or a number > 0, got {_describe(softcap)}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"expected softcap to be None or a finite number > 0, got {softcap!r}")
-    return value
 
 
 def _check_chunk_size(chunk_size: object) -> int:
@@ -209,7 +195,7 @@ class _Plan:
     """What one call computes: the per-chunk kernel arguments (reduction ``"sum"`` for ``"mean"``/``"sum"``),
     the public reduction, the cap and the rows per chunk."""
 
-    args: SoftmaxArgs
+    args: Args
     reduction: str
     softcap: float
     rows: int
@@ -230,7 +216,7 @@ def chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor, so
     return out
 
 
-def chunk_loss(z: Tensor, y: Tensor, args: SoftmaxArgs, compute_grad: bool) -> Tensor:
+def chunk_loss(z: Tensor, y: Tensor, args: Args, compute_grad: bool) -> Tensor:
     """Phase 2 of a chunk: the package's fused kernel through the dispatcher.  With ``compute_grad`` the
     gradient (for ``grad_output = 1``) is written over ``z`` (the ``inplace=True`` path); returns the loss."""
     name = _dispatch.select(z, y, args)
@@ -325,7 +311,7 @@ def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: 
     return total, grads
 
 
-def denominator(y: Tensor, args: SoftmaxArgs, dtype: torch.dtype) -> Tensor:
+def denominator(y: Tensor, args: Args, dtype: torch.dtype) -> Tensor:
     """``reduction="mean"``'s denominator, as ``F.cross_entropy``: the non-ignored rows, or their summed target
     class weights; a 0-D tensor on ``y``'s device (no host read)."""
     valid = None if args.ignore_index is None else y != args.ignore_index
@@ -435,60 +421,43 @@ class _LinearLoss(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- torch.compile: custom ops
 
 
-def _flat(plan: _Plan) -> tuple:
-    a = plan.args
-    return (a.class_weight, a.weight, list(a.epsilon), a.gamma, NO_IGNORE if a.ignore_index is None else a.ignore_index,
-            a.label_smoothing, plan.reduction, a.bias, a.margin, a.logit_scale, a.z_loss, plan.softcap,
-            plan.rows)  # fmt: skip
+_PLAN = "str plan_reduction, float softcap, int rows, bool[] needs"
 
 
-def _plan(class_weight, weight, epsilon, gamma, ignore_index, ls, reduction, bias, margin, logit_scale, z_loss,
-          softcap, rows) -> _Plan:  # fmt: skip
-    args = SoftmaxArgs(class_weight=class_weight, weight=weight, normalizer=None, epsilon=tuple(epsilon), gamma=gamma,
-                       ignore_index=None if ignore_index == NO_IGNORE else ignore_index, label_smoothing=ls,
-                       reduction="none" if reduction == "none" else "sum", bias=bias, margin=margin,
-                       logit_scale=logit_scale, z_loss=z_loss)  # fmt: skip
-    return _Plan(args, reduction, softcap, rows)
+def _flat(plan: _Plan, needs: tuple[bool, ...]) -> tuple:
+    """The op arguments after ``(h, weight, bias, y)``: the kernel arguments' fields, then the plan's own."""
+    return (*flatten(plan.args), plan.reduction, plan.softcap, plan.rows, list(needs))
+
+
+def _unflat(flat: tuple) -> tuple[_Plan, tuple[bool, ...]]:
+    *fields, reduction, softcap, rows, needs = flat
+    return _Plan(unflatten(fields), reduction, softcap, rows), tuple(needs)
 
 
 def _empty(like: Tensor, grad: Tensor | None) -> Tensor:
     return like.new_empty(0) if grad is None else grad
 
 
-@torch.library.custom_op("polyfocal::linear_poly", mutates_args=())
-def linear_poly(
-    h: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    y: Tensor,
-    class_weight: Tensor | None,
-    target_weight: Tensor | None,
-    epsilon: list[float],
-    gamma: float,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    adjust: Tensor | None,
-    margin: Tensor | None,
-    logit_scale: float,
-    z_loss: float,
-    softcap: float,
-    rows: int,
-    needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _linear_poly(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, *flat) -> tuple[Tensor, ...]:
     """The fused linear loss and (scalar reductions) its gradients for ``grad_output = 1`` (empty where not
-    wanted); the flat argument list of :func:`_flat`."""
-    plan = _plan(class_weight, target_weight, epsilon, gamma, ignore_index, label_smoothing, reduction, adjust,
-                 margin, logit_scale, z_loss, softcap, rows)  # fmt: skip
-    n = (needs[0], needs[1], needs[2] and bias is not None) if reduction != "none" else (False, False, False)
+    wanted); the flat arguments of :func:`_flat`."""
+    plan, needs = _unflat(flat)
+    n = (needs[0], needs[1], needs[2] and bias is not None) if plan.reduction != "none" else (False, False, False)
     loss, gi, gw, gb = _forward(h, weight, bias, y, plan, n)
     return loss, _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
 
 
+_HEAD = "Tensor h, Tensor linear_weight, Tensor? linear_bias, Tensor y"
+linear_poly = torch.library.custom_op(
+    "polyfocal::linear_poly", _linear_poly, mutates_args=(),
+    schema=f"({_HEAD}, {SCHEMA}, {_PLAN}) -> (Tensor, Tensor, Tensor, Tensor)",
+)  # fmt: skip
+
+
 @linear_poly.register_fake
-def _(h, weight, bias, y, class_weight, target_weight, epsilon, gamma, ignore_index, ls, reduction, adjust, margin,
-      logit_scale, z_loss, softcap, rows, needs):  # fmt: skip
-    scalar = reduction != "none"
+def _(h, weight, bias, y, *flat):
+    plan, needs = _unflat(flat)
+    scalar = plan.reduction != "none"
     loss = h.new_empty(() if scalar else h.shape[:1], dtype=compute_dtype(h))
     gi = torch.empty_like(h) if scalar and needs[0] else h.new_empty(0)
     gw = torch.empty_like(weight) if scalar and needs[1] else weight.new_empty(0)
@@ -496,39 +465,24 @@ def _(h, weight, bias, y, class_weight, target_weight, epsilon, gamma, ignore_in
     return loss, gi, gw, gb
 
 
-@torch.library.custom_op("polyfocal::linear_poly_rows_backward", mutates_args=())
-def linear_poly_rows_backward(
-    h: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    y: Tensor,
-    class_weight: Tensor | None,
-    target_weight: Tensor | None,
-    epsilon: list[float],
-    gamma: float,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    adjust: Tensor | None,
-    margin: Tensor | None,
-    logit_scale: float,
-    z_loss: float,
-    softcap: float,
-    rows: int,
-    needs: list[bool],
-    grad_out: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _rows_backward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, *flat_and_grad) -> tuple[Tensor, ...]:
     """``reduction="none"``'s backward: the chunks recomputed with the per-row ``grad_out``."""
-    plan = _plan(class_weight, target_weight, epsilon, gamma, ignore_index, label_smoothing, reduction, adjust,
-                 margin, logit_scale, z_loss, softcap, rows)  # fmt: skip
+    *flat, grad_out = flat_and_grad
+    plan, needs = _unflat(tuple(flat))
     n = (needs[0], needs[1], needs[2] and bias is not None)
     gi, gw, gb = _backward_none(h, weight, bias, y, plan, n, grad_out)
     return _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
 
 
+linear_poly_rows_backward = torch.library.custom_op(
+    "polyfocal::linear_poly_rows_backward", _rows_backward, mutates_args=(),
+    schema=f"({_HEAD}, {SCHEMA}, {_PLAN}, Tensor grad_out) -> (Tensor, Tensor, Tensor)",
+)  # fmt: skip
+
+
 @linear_poly_rows_backward.register_fake
-def _(h, weight, bias, y, class_weight, target_weight, epsilon, gamma, ignore_index, ls, reduction, adjust, margin,
-      logit_scale, z_loss, softcap, rows, needs, grad_out):  # fmt: skip
+def _(h, weight, bias, y, *flat_and_grad):
+    _, needs = _unflat(tuple(flat_and_grad[:-1]))
     gi = torch.empty_like(h) if needs[0] else h.new_empty(0)
     gw = torch.empty_like(weight) if needs[1] else weight.new_empty(0)
     gb = weight.new_empty(weight.shape[:1]) if needs[2] and bias is not None else weight.new_empty(0)
@@ -543,19 +497,20 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _op_backward(ctx, grad_out, _gi, _gw, _gb):
+    nothing = (None,) * len(ctx.inputs)
     if grad_out is None:
-        return (None,) * 18
+        return (None, None, None, *nothing)
     h, weight, bias, gi, gw, gb = ctx.saved_tensors
     rest = ctx.inputs
-    needs = rest[-1]
-    if rest[7] == "none":  # reduction
+    plan, needs = _unflat(tuple(rest[1:]))
+    if plan.reduction == "none":
         gi, gw, gb = linear_poly_rows_backward(h, weight, bias, *rest, grad_out)
     else:
         gi, gw, gb = (g * grad_out.to(g.dtype) for g in (gi, gw, gb))
     out_gi = gi if needs[0] else None
     out_gw = gw if needs[1] else None
     out_gb = gb if needs[2] and bias is not None else None
-    return (out_gi, out_gw, out_gb) + (None,) * 15
+    return (out_gi, out_gw, out_gb, *nothing)
 
 
 linear_poly.register_autograd(_op_backward, setup_context=_setup_context)
@@ -564,25 +519,28 @@ linear_poly.register_autograd(_op_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------ public API
 
 
-def validated(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None, *,
-              softcap: object, chunk_size: object, alpha: object, weight: object, prior: object, margin: object,
-              **scalars: object) -> tuple[float, int, Hyper, Call, tuple[bool, bool, bool]]:  # fmt: skip
+_TENSORS = ("alpha", "weight", "prior", "margin")  # the per-class options, checked by prepare
+
+
+def validated(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None, *, softcap: object,
+              chunk_size: object, **options: object) -> tuple[float, int, Args, Call, tuple[bool, ...]]:  # fmt: skip
     """The fused linear loss's checks, before any work (single-process and class-parallel alike): the tensors,
-    ``softcap`` / ``chunk_size``, the scalar options (``hyper``), no ``torch.func`` transform, the per-class vectors
-    through :func:`prepare` on a zero-stride stand-in for the ``(N, V)`` logits, none of them requiring grad.
-    Returns ``(softcap, chunk, hyper, call, needs)``, ``needs`` = which of input / weight / bias want a gradient."""
+    ``softcap`` / ``chunk_size``, the loss options (the scalars through ``hyper``), no ``torch.func`` transform, the
+    per-class vectors through :func:`prepare` on a zero-stride stand-in for the ``(N, V)`` logits, none of them
+    requiring grad.  Returns ``(softcap, chunk, hyper, call, needs)``, ``needs`` = which of input / weight / bias
+    want a gradient."""
     _check_tensors(input, linear_weight, target, linear_bias)
-    cap = _check_softcap(softcap)
+    cap = check_softcap(softcap)
     chunk = _check_chunk_size(chunk_size)
-    h = hyper(**scalars)
+    tensors = {name: options.pop(name) for name in _TENSORS if name in options}
+    h = hyper(**options)
     if torch._C._functorch.maybe_current_level() is not None:
         raise ValueError("expected no torch.func transform around the fused linear loss (vmap / grad / jvp), got one")
     num_rows = math.prod(input.shape[:-1])
     # the per-class vectors through the same checks as poly_loss: a zero-stride stand-in for the (N, V) logits
     stand_in = input.new_empty(1, dtype=_gemm_dtype(input)).expand(num_rows, linear_weight.shape[0])
-    call = prepare(stand_in, target.reshape(num_rows), h, alpha=alpha, weight=weight, prior=prior, margin=margin)
-    assert isinstance(call.args, SoftmaxArgs)
-    for name, value in (("alpha", alpha), ("weight", weight), ("prior", prior), ("margin", margin)):
+    call = prepare(stand_in, target.reshape(num_rows), h, **tensors)
+    for name, value in tensors.items():
         if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
             raise ValueError(
                 f"expected {name} without requires_grad (the fused linear loss computes gradients for input, "
@@ -650,20 +608,13 @@ def linear_poly_loss(
         >>> torch.allclose(fused, plain)
         True
     """
+    options = locals()
+    del options["process_group"]
     if process_group is not None:
         from .linear_parallel import sharded_linear_poly_loss
 
-        return sharded_linear_poly_loss(
-            input, linear_weight, target, process_group=process_group, linear_bias=linear_bias, epsilon=epsilon,
-            gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, prior=prior, tau=tau, margin=margin, logit_scale=logit_scale,
-            z_loss=z_loss, softcap=softcap, chunk_size=chunk_size,
-        )  # fmt: skip
-    cap, chunk, h, call, needs = validated(
-        input, linear_weight, target, linear_bias, softcap=softcap, chunk_size=chunk_size, alpha=alpha,
-        weight=weight, prior=prior, margin=margin, epsilon=epsilon, gamma=gamma, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss,
-    )  # fmt: skip
+        return sharded_linear_poly_loss(process_group=process_group, **options)
+    cap, chunk, h, call, needs = validated(**options)
     num_rows = math.prod(input.shape[:-1])
     num_classes = linear_weight.shape[0]
     gemm = _gemm_dtype(input)
@@ -679,7 +630,7 @@ def linear_poly_loss(
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if torch.compiler.is_compiling():
-        out = linear_poly(x2, linear_weight, linear_bias, y, *_flat(plan), list(needs))[0]
+        out = linear_poly(x2, linear_weight, linear_bias, y, *_flat(plan, needs))[0]
     elif any(needs):
         out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan))
     else:
@@ -750,7 +701,7 @@ def linear_poly1_cross_entropy(
 # --------------------------------------------------------------------------------------------------- modules
 
 
-_HYPER_KEYS = ("epsilon", "gamma", "ignore_index", "label_smoothing", "reduction", "tau", "logit_scale", "z_loss")
+_NOT_HYPER = frozenset((*_TENSORS, "softcap", "chunk_size", "process_group"))
 
 
 class LinearPolyLoss(torch.nn.Module):
@@ -768,20 +719,19 @@ class LinearPolyLoss(torch.nn.Module):
     """
 
     _function = staticmethod(linear_poly_loss)
-    _TENSORS = ("alpha", "weight", "prior", "margin")
 
     def __init__(self, **options) -> None:
         super().__init__()
         self._options = {}
         for key, value in options.items():
-            if key in self._TENSORS and isinstance(value, Tensor):
+            if key in _TENSORS and isinstance(value, Tensor):
                 self.register_buffer(f"_{key}", value)
             else:
                 self._options[key] = value
         # the scalar options are checked now; the per-class tensors against the class count at the first call
-        hyper(**{k: v for k, v in self._options.items() if k in _HYPER_KEYS})
+        hyper(**{k: v for k, v in self._options.items() if k not in _NOT_HYPER})
         if "softcap" in self._options:
-            _check_softcap(self._options["softcap"])
+            check_softcap(self._options["softcap"])
         if "chunk_size" in self._options:
             _check_chunk_size(self._options["chunk_size"])
         if self._options.get("process_group") is not None:
@@ -791,7 +741,7 @@ class LinearPolyLoss(torch.nn.Module):
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
         kwargs = dict(self._options)
-        for key in self._TENSORS:
+        for key in _TENSORS:
             buffer = getattr(self, f"_{key}", None)
             if buffer is not None:
                 kwargs[key] = buffer

@@ -47,15 +47,16 @@ host once per call (one synchronisation on CUDA).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import itertools
 import math
 import zlib
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._args import SoftmaxArgs
+from ._args import Args
 from ._params import _describe
 from ._validation import check_index_range, compute_dtype
 from .kernels._torch_impl import softmax_row_terms
@@ -65,6 +66,7 @@ from .linear import (
     _Grads,
     _inverse,
     chunk_rows,
+    linear_poly_loss,
     validated,
 )
 
@@ -184,7 +186,7 @@ def _exchange(h2: Tensor, weight: Tensor, y: Tensor, key: str, needs_input: bool
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    args: SoftmaxArgs
+    args: Args
     reduction: str
     softcap: float
     rows: int
@@ -318,7 +320,7 @@ def _run(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
     return total, grads
 
 
-def _denominator(y: Tensor, args: SoftmaxArgs, shard: _Shard, dtype: torch.dtype) -> Tensor:
+def _denominator(y: Tensor, args: Args, shard: _Shard, dtype: torch.dtype) -> Tensor:
     valid = None if args.ignore_index is None else y != args.ignore_index
     if shard.w_t is None:
         if valid is None:
@@ -393,6 +395,15 @@ def _key(h, softcap: float, chunk: int, dtype: torch.dtype, present: tuple[bool,
     return repr((scalars, softcap, chunk, str(dtype), present, bias))
 
 
+@functools.cache
+def _defaults() -> dict[str, object]:
+    """:func:`polyfocal.linear_poly_loss`'s option defaults (``epsilon=1``: Poly-1), read from its signature."""
+    params = inspect.signature(linear_poly_loss).parameters.values()
+    return {
+        p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("process_group", "linear_bias")
+    }
+
+
 @torch.compiler.disable
 def sharded_linear_poly_loss(
     input: Tensor,
@@ -401,24 +412,12 @@ def sharded_linear_poly_loss(
     *,
     process_group: object,
     linear_bias: Tensor | None = None,
-    epsilon: float | Sequence[float] = 1.0,
-    gamma: float = 0.0,
-    alpha: Sequence[float] | Tensor | None = None,
-    weight: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    prior: Sequence[float] | Tensor | None = None,
-    tau: float = 1.0,
-    margin: Sequence[float] | Tensor | None = None,
-    logit_scale: float = 1.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
     grad_input: str = "all_reduce",
+    **options: object,
 ) -> Tensor:
     """:func:`polyfocal.linear_poly_loss` with ``linear_weight`` (and the per-class options) sharded by classes
-    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given.
+    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given, with its
+    ``options`` (``softcap``, ``chunk_size`` and the loss options, by name).
 
     ``grad_input="all_reduce"`` (what ``linear_poly_loss`` uses): every rank gets the full input gradient.
     ``grad_input="partial"``: each rank gets its shard's partial sum ``dL/dz_r W_r`` (the sum over ranks is the
@@ -429,17 +428,14 @@ def sharded_linear_poly_loss(
     _check_group(process_group)
     if grad_input not in ("all_reduce", "partial"):
         raise ValueError(f"expected grad_input to be 'all_reduce' or 'partial', got {grad_input!r}")
-    cap, chunk, hp, call, needs = validated(
-        input, linear_weight, target, linear_bias, softcap=softcap, chunk_size=chunk_size, alpha=alpha,
-        weight=weight, prior=prior, margin=margin, epsilon=epsilon, gamma=gamma, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, tau=tau, logit_scale=logit_scale, z_loss=z_loss,
-    )  # fmt: skip
+    options = {**_defaults(), **options}
+    alpha, weight, prior, margin = (options.get(name) for name in ("alpha", "weight", "prior", "margin"))
+    cap, chunk, hp, call, needs = validated(input, linear_weight, target, linear_bias, **options)
     num_rows = math.prod(input.shape[:-1])
     local_classes = linear_weight.shape[0]
     gemm = _gemm_dtype(input)
     ct = compute_dtype(input)
     args = call.args
-    assert isinstance(args, SoftmaxArgs)
     y = call.target
     x2 = input.reshape(num_rows, input.shape[-1])
     if not x2.is_contiguous():

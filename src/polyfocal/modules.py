@@ -1,39 +1,24 @@
-"""``nn.Module`` twins of the functional losses: they store hyperparameters and call the function once.
+"""``nn.Module`` twins of the functional losses: each class is the function it calls (kornia's pattern).
 
-Tensor-valued hyperparameters (``alpha`` and ``weight`` sequences, ``pos_weight``) are registered as
-buffers, so ``.to(device)``, ``.half()`` and ``state_dict()`` treat them like ``nn.CrossEntropyLoss``'s
-``weight``.  The scalar hyperparameters are validated once, at construction, into one frozen
-:class:`polyfocal._args.Hyper` (and again when one is reassigned, e.g. a gamma schedule setting ``loss.gamma``);
-a call runs only the tensor stage of the validation.
+:class:`_Loss` stores the function's keyword arguments, validates them once with the function's own stage 1
+(:func:`polyfocal.functional.check_options`: the same ``hyper()`` and vector checks, one rule in one place) at
+construction and again when one is reassigned (a gamma schedule setting ``loss.gamma``), and ``forward`` is one call
+of the public function.  Per-class vectors (``alpha`` / ``weight`` / ``prior`` / ``margin`` sequences, any tensor)
+are buffers, so ``.to(device)``, ``.half()`` and ``state_dict()`` treat them like ``nn.CrossEntropyLoss``'s
+``weight``; a call finds the scalars validated (stage 1 is memoised on their values: one dictionary lookup).
+The constructor's signature is the function's (``inspect.signature`` and ``help`` show it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from . import functional as PF
-from ._args import hyper
-from ._params import (
-    _is_real_number,
-    check_activation,
-    check_clip,
-    check_epsilon,
-    check_gamma,
-    check_gamma_neg,
-    check_ignore_index,
-    check_label_smoothing,
-    check_logit_scale,
-    check_nonnegative,
-    check_reduction,
-    check_sigmoid_alpha,
-    check_tau,
-    check_z_loss,
-)
-from ._validation import long_tail_vector
-from .functional import Activation, ClassVector, Epsilon, Normalizer, Reduction
 
 __all__ = [
     "AsymmetricLoss",
@@ -50,161 +35,95 @@ __all__ = [
     "VarifocalLoss",
 ]
 
+_VECTORS = ("alpha", "weight", "prior", "margin")  # a sequence given for one of these becomes a buffer
 
-class _PolyFamilyLoss(nn.Module):
-    """Stores and validates hyperparameters; subclasses define ``forward`` as one functional call."""
 
-    _activation: str = "softmax"
+class _Loss(nn.Module):
+    """Stores ``function``'s options; ``forward(input, target, normalizer=None)`` calls it once."""
+
+    function: Callable[..., torch.Tensor]
     #: ``True`` writes the input gradient over the logits (see ``inplace`` in :func:`polyfocal.poly_loss`);
     #: set it on an instance: ``loss_fn.inplace = True``.
     inplace: bool = False
+    _params: ClassVar[dict[str, inspect.Parameter]] = {}
 
-    def __init__(self, *, reduction: str, **hyper: object) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        params = list(inspect.signature(cls.function).parameters.values())[2:]  # after input and target
+        cls._params = {p.name: p for p in params if p.name != "inplace"}
+        cls.__signature__ = inspect.Signature(list(cls._params.values()))  # type: ignore[attr-defined]
+
+    def __init__(self, *args: object, **options: object) -> None:
         super().__init__()
-        self.reduction = check_reduction(reduction)
-        activation = check_activation(hyper.pop("activation", self._activation))
-        self.activation = activation
-        self._names: list[str] = ["activation"]
-        for name, value in hyper.items():
-            self._check(name, value, activation)
-            if isinstance(value, torch.Tensor) or (
-                isinstance(value, Sequence) and name in ("alpha", "weight", *_VECTORS) and not isinstance(value, str)
-            ):
-                tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float32)
-                self.register_buffer(name, tensor)
-            else:
-                setattr(self, name, value)
-            self._names.append(name)
-        self._names.append("reduction")
-        self._rebuild_hyper()
+        positional = [p.name for p in self._params.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+        if len(args) > len(positional):
+            raise TypeError(f"expected at most {len(positional)} positional arguments, got {len(args)}")
+        for name, value in zip(positional, args, strict=False):
+            if name in options:
+                raise TypeError(f"expected {name} once, got it both by position and by keyword")
+            options[name] = value
+        unknown = options.keys() - self._params.keys()
+        if unknown:
+            raise TypeError(f"expected keyword arguments among {sorted(self._params)}, got {sorted(unknown)}")
+        missing = [p.name for p in self._params.values() if p.default is p.empty and p.name not in options]
+        if missing:
+            raise TypeError(f"expected {', '.join(missing)} (required by {self.function.__name__}), got none")
+        values = {p.name: options.get(p.name, p.default) for p in self._params.values()}
+        PF.check_options(self.function, values)  # stage 1, before anything is stored
+        self._scalars: dict[str, object] = {}
+        for name, value in values.items():
+            self._store(name, value)
 
-    _epsilon_sequence = True
-    _HYPER_NAMES = frozenset(
-        ("activation", "epsilon", "gamma", "alpha", "ignore_index", "label_smoothing", "reduction", "tau")
-    ) | frozenset(("logit_scale", "z_loss"))
+    def _store(self, name: str, value: object) -> None:
+        """A tensor (or a per-class sequence) as a buffer, anything else as a plain value."""
+        self._scalars.pop(name, None)
+        self._buffers.pop(name, None)
+        if isinstance(value, Sequence) and name in _VECTORS and not isinstance(value, str):
+            value = torch.tensor(value, dtype=torch.float32)
+        if isinstance(value, torch.Tensor):
+            self.register_buffer(name, value)
+        else:
+            self._scalars[name] = value
 
-    def _rebuild_hyper(self) -> None:
-        """Stage 1 of the validation, once: the scalar hyperparameters as one :class:`polyfocal._args.Hyper`."""
-        alpha = getattr(self, "alpha", None)
-        object.__setattr__(
-            self,
-            "_hyper",
-            hyper(
-                activation=self.activation,
-                epsilon=getattr(self, "epsilon", ()),
-                gamma=getattr(self, "gamma", 0.0),
-                alpha=alpha if self.activation == "sigmoid" else None,
-                ignore_index=getattr(self, "ignore_index", None),
-                label_smoothing=getattr(self, "label_smoothing", 0.0),
-                reduction=self.reduction,
-                epsilon_sequence=self._epsilon_sequence,
-                tau=getattr(self, "tau", 1.0),
-                logit_scale=getattr(self, "logit_scale", 1.0),
-                z_loss=getattr(self, "z_loss", 0.0),
-            ),
-        )
+    def __getattr__(self, name: str):
+        scalars = self.__dict__.get("_scalars")
+        if scalars is not None and name in scalars:
+            return scalars[name]
+        return super().__getattr__(name)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in self._HYPER_NAMES and "_hyper" in self.__dict__:  # a schedule reassigns gamma: validate again
-            self._check(name, value, value if name == "activation" else self.activation)
-            super().__setattr__(name, value)
-            self._rebuild_hyper()
-        elif name in _VECTORS and "_hyper" in self.__dict__:  # prior / margin: checked here, once, not per call
-            self._check(name, value, self.activation)
-            if value is not None and not isinstance(value, torch.Tensor):
-                value = torch.tensor(value, dtype=torch.float32)
-            super().__setattr__(name, value)
+        if name in self._params and "_scalars" in self.__dict__:  # re-validated with the others, then stored
+            PF.check_options(self.function, {**self._options(), name: value})
+            self._store(name, value)
         else:
             super().__setattr__(name, value)
 
-    def _loss(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        """The function's computation with the stored, already validated hyperparameters (stage 2 only)."""
-        softmax = self.activation == "softmax"
-        return PF._apply(
-            input,
-            target,
-            self._hyper,
-            alpha=getattr(self, "alpha", None) if softmax else None,
-            weight=getattr(self, "weight", None),
-            pos_weight=getattr(self, "pos_weight", None),
-            normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
-            prior=getattr(self, "prior", None),
-            margin=getattr(self, "margin", None),
-            values_checked=True,  # by _check, at construction / assignment
-            inplace=self.inplace,
-        )
+    def _options(self) -> dict[str, object]:
+        return {**self._scalars, **self._buffers}
 
-    @staticmethod
-    def _check(name: str, value: object, activation: str) -> None:
-        if name == "reduction":
-            check_reduction(value)
-        elif name == "activation":
-            check_activation(value)
-        elif name == "gamma":
-            check_gamma(value)
-        elif name == "epsilon":
-            check_epsilon(value)
-        elif name == "label_smoothing":
-            check_label_smoothing(value)
-        elif name == "ignore_index":
-            check_ignore_index(value)
-        elif name == "alpha" and activation == "sigmoid":
-            check_sigmoid_alpha(value)
-        elif name == "tau":
-            check_tau(value)
-        elif name == "logit_scale":
-            check_logit_scale(value)
-            if activation == "sigmoid" and float(value) != 1.0:  # type: ignore[arg-type]
-                raise ValueError(f"expected logit_scale=1 for activation='sigmoid', got {value!r}")
-        elif name == "z_loss":
-            check_z_loss(value)
-            if activation == "sigmoid" and float(value) != 0.0:  # type: ignore[arg-type]
-                raise ValueError(f"expected z_loss=0 for activation='sigmoid', got {value!r}")
-        elif name in _VECTORS and value is not None:
-            if activation == "sigmoid":
-                raise ValueError(
-                    f"expected {name}=None for activation='sigmoid' (a softmax-family argument), got a value"
-                )
-            is_tensor = isinstance(value, torch.Tensor)
-            if is_tensor:
-                length = value.shape[0] if value.ndim >= 1 else 0  # type: ignore[union-attr]
-            else:
-                length = len(value) if isinstance(value, Sequence) else 0
-            device = value.device if is_tensor else torch.device("cpu")  # type: ignore[union-attr]
-            long_tail_vector(value, name, length, device=device, positive=name == "prior")
-        elif name == "alpha" and (_is_real_number(value) or (isinstance(value, torch.Tensor) and value.ndim == 0)):
-            raise ValueError(
-                f"expected a per-class alpha (sequence or tensor of length C) for activation='softmax', "
-                f"got the scalar {value!r}; e.g. alpha=[a] + [1 - a] * (C - 1) "
-                "or polyfocal.class_balanced_alpha(counts)"
-            )
+    def forward(self, input: torch.Tensor, target: object, normalizer: object = None) -> torch.Tensor:
+        """The loss of ``function`` with the stored options; a ``normalizer`` given here overrides the stored one."""
+        options = {**self._scalars, **self._buffers}
+        if normalizer is not None:
+            if "normalizer" not in options:
+                raise TypeError(f"expected no normalizer for {type(self).__name__} ({self.function.__name__} has none)")
+            options["normalizer"] = normalizer
+        return self.function(input, target, inplace=self.inplace, **options)
 
     def __prepare_scriptable__(self) -> nn.Module:  # called by torch.jit.script: refuse it with a clear message
         PF._refuse_torchscript()
         return self
 
     def extra_repr(self) -> str:
-        parts = []
-        for name in self._names:
-            value = getattr(self, name)
-            parts.append(
-                f"{name}={value!r}" if not isinstance(value, torch.Tensor) else f"{name}=tensor{tuple(value.shape)}"
-            )
-        return ", ".join(parts)
+        options = self._options()
+        return ", ".join(
+            f"{name}=tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"{name}={value!r}"
+            for name, value in ((n, options.get(n)) for n in self._params)
+            if value is not None
+        )
 
 
-_VECTORS = ("prior", "margin")  # the softmax family's long-tail vectors: values checked at construction
-
-
-def _long_tail(prior: object, tau: object, margin: object, logit_scale: object, z_loss: object) -> dict[str, object]:
-    """The long-tail keywords that differ from their defaults (the others stay out of the module's repr)."""
-    given = {"prior": prior, "tau": tau, "margin": margin, "logit_scale": logit_scale, "z_loss": z_loss}
-    defaults = {"prior": None, "tau": 1.0, "margin": None, "logit_scale": 1.0, "z_loss": 0.0}
-    plain_default = {k for k, v in given.items() if type(v) in (int, float) and v == defaults[k]}
-    return {k: v for k, v in given.items() if v is not defaults[k] and k not in plain_default}
-
-
-class PolyLoss(_PolyFamilyLoss):
+class PolyLoss(_Loss):
     """Module form of :func:`polyfocal.poly_loss`; ``forward(input, target, normalizer=None)``.
 
     A ``normalizer`` given to ``forward`` overrides the one given at construction.
@@ -218,44 +137,10 @@ class PolyLoss(_PolyFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        activation: Activation = "softmax",
-        epsilon: Epsilon = 1.0,
-        gamma: float = 0.0,
-        alpha: ClassVector | float = None,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        pos_weight: torch.Tensor | None = None,
-        reduction: Reduction = "mean",
-        prior: ClassVector = None,
-        tau: float = 1.0,
-        margin: ClassVector = None,
-        logit_scale: float = 1.0,
-        z_loss: float = 0.0,
-    ) -> None:
-        super().__init__(
-            activation=activation,
-            epsilon=epsilon,
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            pos_weight=pos_weight,
-            reduction=reduction,
-            **_long_tail(prior, tau, margin, logit_scale, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
+    function = staticmethod(PF.poly_loss)
 
 
-class CrossEntropyLoss(_PolyFamilyLoss):
+class CrossEntropyLoss(_Loss):
     """Module form of :func:`polyfocal.cross_entropy`, a drop-in for ``torch.nn.CrossEntropyLoss``.
 
     Example:
@@ -267,32 +152,10 @@ class CrossEntropyLoss(_PolyFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        weight: torch.Tensor | Sequence[float] | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-        label_smoothing: float = 0.0,
-        prior: ClassVector = None,
-        tau: float = 1.0,
-        margin: ClassVector = None,
-        logit_scale: float = 1.0,
-        z_loss: float = 0.0,
-    ) -> None:
-        super().__init__(
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            **_long_tail(prior, tau, margin, logit_scale, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self._loss(input, target)
+    function = staticmethod(PF.cross_entropy)
 
 
-class Poly1CrossEntropyLoss(_PolyFamilyLoss):
+class Poly1CrossEntropyLoss(_Loss):
     """Module form of :func:`polyfocal.poly1_cross_entropy`.
 
     Example:
@@ -304,41 +167,10 @@ class Poly1CrossEntropyLoss(_PolyFamilyLoss):
         True
     """
 
-    _epsilon_sequence = False
-
-    def __init__(
-        self,
-        *,
-        epsilon: float = 1.0,
-        alpha: ClassVector = None,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        reduction: Reduction = "mean",
-        prior: ClassVector = None,
-        tau: float = 1.0,
-        margin: ClassVector = None,
-        logit_scale: float = 1.0,
-        z_loss: float = 0.0,
-    ) -> None:
-        check_epsilon(epsilon, allow_sequence=False)
-        super().__init__(
-            epsilon=epsilon,
-            alpha=alpha,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            reduction=reduction,
-            **_long_tail(prior, tau, margin, logit_scale, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
+    function = staticmethod(PF.poly1_cross_entropy)
 
 
-class SoftmaxFocalLoss(_PolyFamilyLoss):
+class SoftmaxFocalLoss(_Loss):
     """Module form of :func:`polyfocal.softmax_focal_loss`.
 
     Example:
@@ -350,40 +182,10 @@ class SoftmaxFocalLoss(_PolyFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: ClassVector = None,
-        epsilon: Epsilon = 0.0,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        reduction: Reduction = "mean",
-        prior: ClassVector = None,
-        tau: float = 1.0,
-        margin: ClassVector = None,
-        logit_scale: float = 1.0,
-        z_loss: float = 0.0,
-    ) -> None:
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            reduction=reduction,
-            **_long_tail(prior, tau, margin, logit_scale, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
+    function = staticmethod(PF.softmax_focal_loss)
 
 
-class LogitAdjustedLoss(_PolyFamilyLoss):
+class LogitAdjustedLoss(_Loss):
     """Module form of :func:`polyfocal.logit_adjusted_loss`; ``prior`` is a buffer, checked at construction.
 
     Example:
@@ -395,42 +197,10 @@ class LogitAdjustedLoss(_PolyFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        prior: ClassVector,
-        tau: float = 1.0,
-        gamma: float = 0.0,
-        epsilon: Epsilon = 0.0,
-        alpha: ClassVector = None,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        reduction: Reduction = "mean",
-        z_loss: float = 0.0,
-    ) -> None:
-        if prior is None:
-            raise ValueError("expected prior (class counts or probabilities, length C), got None")
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            reduction=reduction,
-            prior=prior,
-            tau=tau,
-            **_long_tail(None, 1.0, None, 1.0, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
+    function = staticmethod(PF.logit_adjusted_loss)
 
 
-class BalancedSoftmaxLoss(LogitAdjustedLoss):
+class BalancedSoftmaxLoss(_Loss):
     """Module form of :func:`polyfocal.balanced_softmax_loss` (:class:`LogitAdjustedLoss` with ``tau=1``).
 
     Example:
@@ -442,36 +212,10 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        prior: ClassVector,
-        gamma: float = 0.0,
-        epsilon: Epsilon = 0.0,
-        alpha: ClassVector = None,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        reduction: Reduction = "mean",
-        z_loss: float = 0.0,
-    ) -> None:
-        super().__init__(
-            prior=prior,
-            tau=1.0,
-            gamma=gamma,
-            epsilon=epsilon,
-            alpha=alpha,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            reduction=reduction,
-            z_loss=z_loss,
-        )
+    function = staticmethod(PF.balanced_softmax_loss)
 
 
-class LDAMLoss(_PolyFamilyLoss):
+class LDAMLoss(_Loss):
     """Module form of :func:`polyfocal.ldam_loss`; ``margin`` is a buffer (e.g. :func:`polyfocal.ldam_margins`).
     ``logit_scale`` defaults to 1, as on every loss (pass the paper's 30 for cosine logits).
 
@@ -487,74 +231,10 @@ class LDAMLoss(_PolyFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        margin: ClassVector,
-        logit_scale: float = 1.0,
-        gamma: float = 0.0,
-        epsilon: Epsilon = 0.0,
-        alpha: ClassVector = None,
-        weight: ClassVector = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        normalizer: Normalizer = None,
-        reduction: Reduction = "mean",
-        z_loss: float = 0.0,
-    ) -> None:
-        if margin is None:
-            raise ValueError("expected margin (per-class margins, length C), got None")
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            normalizer=normalizer,
-            reduction=reduction,
-            margin=margin,
-            logit_scale=logit_scale,
-            **_long_tail(None, 1.0, None, 1.0, z_loss),
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
+    function = staticmethod(PF.ldam_loss)
 
 
-class _SigmoidFamilyLoss(_PolyFamilyLoss):
-    _activation = "sigmoid"
-
-    def __init__(
-        self,
-        *,
-        gamma: float,
-        alpha: float | None,
-        epsilon: Epsilon,
-        normalizer: Normalizer,
-        weight: torch.Tensor | None,
-        pos_weight: torch.Tensor | None,
-        ignore_index: int | None,
-        label_smoothing: float,
-        reduction: Reduction,
-    ) -> None:
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._loss(input, target, normalizer)
-
-
-class SigmoidFocalLoss(_SigmoidFamilyLoss):
+class SigmoidFocalLoss(_Loss):
     """Module form of :func:`polyfocal.sigmoid_focal_loss`.
 
     Example:
@@ -565,33 +245,10 @@ class SigmoidFocalLoss(_SigmoidFamilyLoss):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: float | None = 0.25,
-        epsilon: Epsilon = 0.0,
-        normalizer: Normalizer = None,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: Reduction = "mean",
-    ) -> None:
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-        )
+    function = staticmethod(PF.sigmoid_focal_loss)
 
 
-class Poly1FocalLoss(_SigmoidFamilyLoss):
+class Poly1FocalLoss(_Loss):
     """Module form of :func:`polyfocal.poly1_focal_loss` (sigmoid).
 
     Example:
@@ -602,82 +259,10 @@ class Poly1FocalLoss(_SigmoidFamilyLoss):
         True
     """
 
-    _epsilon_sequence = False
-
-    def __init__(
-        self,
-        *,
-        epsilon: float = 1.0,
-        gamma: float = 2.0,
-        alpha: float | None = 0.25,
-        normalizer: Normalizer = None,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_epsilon(epsilon, allow_sequence=False)
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-        )
+    function = staticmethod(PF.poly1_focal_loss)
 
 
-# --- the dense-detection and multi-label members of the sigmoid family ---------------------------------------
-
-
-class _DetectionLoss(_PolyFamilyLoss):
-    """Sigmoid-family modules whose hyperparameters go beyond ``_PolyFamilyLoss``'s (asymmetric, varifocal, quality
-    focal): each subclass says how its attributes map onto :func:`polyfocal._args.hyper`."""
-
-    _activation = "sigmoid"
-    _EXTRA: tuple[str, ...] = ()
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._HYPER_NAMES = _PolyFamilyLoss._HYPER_NAMES | frozenset(cls._EXTRA)
-
-    def _hyper_kwargs(self) -> dict[str, object]:
-        raise NotImplementedError
-
-    def _rebuild_hyper(self) -> None:
-        h = hyper(activation="sigmoid", reduction=self.reduction, **self._hyper_kwargs())  # type: ignore[arg-type]
-        object.__setattr__(self, "_hyper", h)
-
-    @staticmethod
-    def _check(name: str, value: object, activation: str) -> None:
-        if name == "gamma_neg":
-            check_gamma_neg(value)
-        elif name == "clip":
-            check_clip(value)
-        elif name in ("gamma_pos", "beta"):
-            check_nonnegative(value, name)
-        else:
-            _PolyFamilyLoss._check(name, value, activation)
-
-    def _detection_loss(self, input: torch.Tensor, target: object, normalizer: Normalizer) -> torch.Tensor:
-        label, score = PF._score_pair(target)
-        return PF._apply(
-            input,
-            label,  # type: ignore[arg-type]
-            self._hyper,
-            weight=getattr(self, "weight", None),
-            pos_weight=getattr(self, "pos_weight", None),
-            normalizer=getattr(self, "normalizer", None) if normalizer is None else normalizer,
-            score=score,
-            inplace=self.inplace,
-        )
-
-
-class AsymmetricLoss(_DetectionLoss):
+class AsymmetricLoss(_Loss):
     """Module form of :func:`polyfocal.asymmetric_loss`; ``forward(input, target, normalizer=None)``.
 
     Example:
@@ -688,56 +273,10 @@ class AsymmetricLoss(_DetectionLoss):
         True
     """
 
-    _EXTRA = ("gamma_pos", "gamma_neg", "clip", "detach_modulator")
-
-    def __init__(
-        self,
-        *,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        clip: float = 0.05,
-        epsilon: Epsilon = 0.0,
-        alpha: float | None = None,
-        normalizer: Normalizer = None,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: Reduction = "mean",
-        detach_modulator: bool = False,
-    ) -> None:
-        super().__init__(
-            gamma_pos=gamma_pos,
-            gamma_neg=gamma_neg,
-            clip=clip,
-            epsilon=epsilon,
-            alpha=alpha,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            detach_modulator=detach_modulator,
-        )
-
-    def _hyper_kwargs(self) -> dict[str, object]:
-        return dict(
-            epsilon=self.epsilon,
-            gamma=self.gamma_pos,
-            alpha=self.alpha,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            detach_modulator=self.detach_modulator,
-            gamma_neg=self.gamma_neg,
-            clip=self.clip,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._detection_loss(input, target, normalizer)
+    function = staticmethod(PF.asymmetric_loss)
 
 
-class VarifocalLoss(_DetectionLoss):
+class VarifocalLoss(_Loss):
     """Module form of :func:`polyfocal.varifocal_loss`; ``forward(input, score, normalizer=None)`` with ``score`` a
     tensor of the input's shape or a ``(label, score)`` pair.
 
@@ -749,54 +288,10 @@ class VarifocalLoss(_DetectionLoss):
         True
     """
 
-    _EXTRA = ("iou_weighted",)
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.75,
-        gamma: float = 2.0,
-        iou_weighted: bool = True,
-        normalizer: Normalizer = None,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_nonnegative(alpha, "alpha")
-        super().__init__(
-            alpha=float(alpha),
-            gamma=gamma,
-            iou_weighted=iou_weighted,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
-    @staticmethod
-    def _check(name: str, value: object, activation: str) -> None:
-        if name == "alpha":  # VFL's alpha weighs the negatives: any number >= 0 (mmdet asserts alpha >= 0)
-            check_nonnegative(value, "alpha")
-        else:
-            _DetectionLoss._check(name, value, activation)
-
-    def _hyper_kwargs(self) -> dict[str, object]:
-        return dict(
-            epsilon=0.0,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            ignore_index=self.ignore_index,
-            variant="varifocal",
-            iou_weighted=bool(self.iou_weighted),
-        )
-
-    def forward(self, input: torch.Tensor, score: object, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._detection_loss(input, score, normalizer)
+    function = staticmethod(PF.varifocal_loss)
 
 
-class QualityFocalLoss(_DetectionLoss):
+class QualityFocalLoss(_Loss):
     """Module form of :func:`polyfocal.quality_focal_loss`; ``forward(input, score, normalizer=None)`` with
     ``score`` a tensor of the input's shape or a ``(label, score)`` pair.
 
@@ -809,31 +304,4 @@ class QualityFocalLoss(_DetectionLoss):
         True
     """
 
-    _EXTRA = ("beta",)
-
-    def __init__(
-        self,
-        *,
-        beta: float = 2.0,
-        epsilon: Epsilon = 0.0,
-        normalizer: Normalizer = None,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        super().__init__(
-            beta=beta,
-            epsilon=epsilon,
-            normalizer=normalizer,
-            weight=weight,
-            pos_weight=pos_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
-    def _hyper_kwargs(self) -> dict[str, object]:
-        return dict(epsilon=self.epsilon, gamma=self.beta, ignore_index=self.ignore_index, variant="quality")
-
-    def forward(self, input: torch.Tensor, score: object, normalizer: Normalizer = None) -> torch.Tensor:
-        return self._detection_loss(input, score, normalizer)
+    function = staticmethod(PF.quality_focal_loss)

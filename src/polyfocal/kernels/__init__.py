@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._args import SigmoidArgs, SoftmaxArgs
+from .._args import NO_IGNORE, Args
 from . import _ops
 from ._dispatch import (
     AUTO_ORDER,
@@ -59,8 +59,7 @@ from ._dispatch import (
     select,
     triton_available,
 )
-from ._ops import sigmoid_poly, softmax_poly
-from ._torch_impl import NO_IGNORE
+from ._ops import poly_op
 
 __all__ = [
     "AUTO_ORDER",
@@ -74,14 +73,13 @@ __all__ = [
     "current_backend",
     "loss",
     "loss_inplace",
+    "poly_op",
     "select",
-    "sigmoid_poly",
-    "softmax_poly",
     "triton_available",
 ]
 
 
-def loss(x: Tensor, target: Tensor, args: SoftmaxArgs | SigmoidArgs) -> Tensor:
+def loss(x: Tensor, target: Tensor, args: Args) -> Tensor:
     """The loss of one validated call (:class:`polyfocal._args.Call`), its gradient wired into autograd: eager
     calls go through an ``autograd.Function`` straight to the backend, traced calls through the custom ops."""
     if needs_composite(x, target, args):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from .._args import SigmoidArgs, SoftmaxArgs
+from .._args import Args
 from . import _native, _torch_impl
 
 __all__ = [
@@ -37,15 +37,16 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "native", "torch", "triton", "composite"]
-Args = SoftmaxArgs | SigmoidArgs
 
 
 class KernelBackend(Protocol):
-    """What a backend module provides (see the module docstring)."""
+    """What a backend module provides (see the module docstring).  Optional capability: a module attribute
+    ``WRITES_INTO = True`` says ``softmax`` / ``sigmoid`` also take ``grad_into=x`` and write the gradient over
+    the logits (``inplace=True`` without a buffer); without it the gradient is computed and copied over."""
 
-    def softmax(self, x: Tensor, target: Tensor, args: SoftmaxArgs, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
+    def softmax(self, x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
 
-    def sigmoid(self, x: Tensor, target: Tensor, args: SigmoidArgs, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
+    def sigmoid(self, x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> tuple[Tensor, Tensor]: ...
 
     def supports(self, x: Tensor, target: Tensor, args: Args) -> bool: ...
 
@@ -58,6 +59,7 @@ class BackendSpec:
     available: Callable[[], bool]
     supports: Callable[[Tensor, Tensor, Args], bool]
     module: Callable[[], KernelBackend]
+    partial: bool = False  # forcing it falls back to torch ops for the calls it does not support
 
 
 _triton_module: list[ModuleType | None] = []
@@ -80,7 +82,7 @@ BACKENDS: dict[str, BackendSpec] = {
         lambda x, target, args: x.is_cuda and triton_available() and _triton_module[0].supports(x, target, args),  # type: ignore[union-attr]
         lambda: _triton_module[0],  # type: ignore[return-value]
     ),
-    "native": BackendSpec("native", _native.available, _native.supports_call, lambda: _native),  # type: ignore[arg-type,return-value]
+    "native": BackendSpec("native", _native.available, _native.supports, lambda: _native, partial=True),  # type: ignore[return-value]
     "torch": BackendSpec("torch", lambda: True, _torch_impl.supports, lambda: _torch_impl),  # type: ignore[return-value]
 }
 # A static order, by measurement (issue 19 item 4): the native kernels took 0.02-0.91x the torch-ops path's time in
@@ -125,24 +127,22 @@ def select(x: Tensor, target: Tensor, args: Args) -> str:
     spec = BACKENDS[name]
     if not spec.available():
         raise RuntimeError(f"expected backend {name!r} to be available (importable / built), got none")
-    if name == "native" and not spec.supports(x, target, args):
-        return "torch"  # the C kernels cover a subset; forcing "native" means "native where it can"
+    if spec.partial and not spec.supports(x, target, args):
+        return "torch"  # a backend covering a subset: forcing it means "there where it can"
     return name
 
 
 def forward(name: str, x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> tuple[Tensor, Tensor]:
     impl = BACKENDS[name].module()
-    if isinstance(args, SoftmaxArgs):
-        return impl.softmax(x, target, args, compute_grad)
-    return impl.sigmoid(x, target, args, compute_grad)
+    return (impl.softmax if args.softmax else impl.sigmoid)(x, target, args, compute_grad)
 
 
 def forward_inplace(name: str, x: Tensor, target: Tensor, args: Args) -> tuple[Tensor, Tensor]:
-    """The loss, with the gradient written over ``x``'s storage: by the native kernels directly (no buffer),
-    elsewhere into the backend's buffer and then copied over ``x``.  Returns ``(loss, x)``."""
-    if name == "native":
-        fn = _native.softmax if isinstance(args, SoftmaxArgs) else _native.sigmoid
-        out, grad = fn(x, target, args, True, grad_into=x)
+    """The loss, with the gradient written over ``x``'s storage: directly by a backend that can (``WRITES_INTO``,
+    no buffer), elsewhere into the backend's buffer and then copied over ``x``.  Returns ``(loss, x)``."""
+    impl = BACKENDS[name].module()
+    if getattr(impl, "WRITES_INTO", False):
+        out, grad = (impl.softmax if args.softmax else impl.sigmoid)(x, target, args, True, grad_into=x)  # type: ignore[call-arg]
     else:
         out, grad = forward(name, x, target, args, True)
     if grad.data_ptr() != x.data_ptr():
@@ -193,9 +193,7 @@ def check_inplace(input: object, x: Tensor, target: Tensor, args: Args, inplace:
 
 def composite(x: Tensor, target: Tensor, args: Args) -> Tensor:
     """The loss through the composite autograd formulas of :mod:`polyfocal._core`."""
-    if isinstance(args, SoftmaxArgs):
-        return _core.softmax_loss(x, target, args)
-    return _core.sigmoid_loss(x, target, args)
+    return (_core.softmax_loss if args.softmax else _core.sigmoid_loss)(x, target, args)
 
 
 def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
@@ -204,19 +202,14 @@ def needs_composite(x: Tensor, target: Tensor, args: Args) -> bool:
     if (
         (not torch.compiler.is_compiling() and _current.get() == "composite")
         or args.detach_modulator
-        or (isinstance(args, SoftmaxArgs) and target.dtype.is_floating_point)
+        or (args.softmax and target.dtype.is_floating_point)
     ):
         return True
     if torch._C._functorch.maybe_current_level() is not None:  # torch.func.grad / vmap / jvp
         return True
     if not torch.is_grad_enabled():
         return False
-    others = (target, args.normalizer, args.weight)
-    if isinstance(args, SoftmaxArgs):
-        others += (args.class_weight, args.bias, args.margin)
-    else:
-        others += (args.pos_weight, args.score)
-    return any(v is not None and v.requires_grad for v in others)
+    return target.requires_grad or any(v.requires_grad for v in args.tensors())
 
 
 def _is_one(grad_loss: Tensor) -> bool:
@@ -233,7 +226,7 @@ def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
     The host read of ``grad_output`` is limited to real CPU tensors; on CUDA with Triton a device-side branch
     skips the pass; tracing always multiplies."""
     if args.reduction == "none":
-        return grad.mul_(grad_loss.unsqueeze(1) if isinstance(args, SoftmaxArgs) else grad_loss)
+        return grad.mul_(grad_loss.unsqueeze(1) if args.softmax else grad_loss)
     if grad.is_cuda and triton_available():
         return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
     if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
@@ -241,15 +234,18 @@ def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
     return grad.mul_(grad_loss)
 
 
-def backward_input(x: Tensor, target: Tensor, args: Args, name: str, grad: Tensor | None, grad_loss: Tensor) -> Tensor:
-    """The input gradient for ``grad_loss``: the forward's buffer (or a recomputed one), or -- under
-    ``create_graph=True`` -- the double-differentiable composite gradient."""
+def backward_input(
+    x: Tensor, target: Tensor, args: Args, grad: Tensor | None, grad_loss: Tensor, name: str | None = None
+) -> Tensor:
+    """The input gradient for ``grad_loss``: the forward's buffer (or a recomputed one, by the backend ``name``
+    the forward used, or -- from the custom op, which cannot pass it -- selected again), or, under
+    ``create_graph=True``, the double-differentiable composite gradient."""
     if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formulas
         with torch.enable_grad():
             (dx,) = torch.autograd.grad(composite(x, target, args), x, grad_loss, create_graph=True)
         return dx
     if grad is None:  # a second backward (retain_graph) recomputes the buffer handed out by the first
-        grad = forward(name, x.detach(), target, args, True)[1]
+        grad = forward(name or select(x, target, args), x.detach(), target, args, True)[1]
     return scale_by_grad_output(grad, grad_loss, args)
 
 
@@ -278,7 +274,7 @@ class _Fused(torch.autograd.Function):
         if grad is not None and not torch.is_grad_enabled():  # the common case: no saved tensor to unpack
             return scale_by_grad_output(grad, grad_loss, args), None
         (x,) = ctx.saved_tensors
-        return backward_input(x, target, args, name, grad, grad_loss), None
+        return backward_input(x, target, args, grad, grad_loss, name), None
 
 
 class _FusedInplace(torch.autograd.Function):

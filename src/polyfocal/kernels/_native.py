@@ -40,20 +40,14 @@ from pathlib import Path
 
 import torch
 
-from .._args import SigmoidArgs, SoftmaxArgs
+from .._args import Args
 from .._validation import index_range_message
-from ._torch_impl import NO_IGNORE
 
-__all__ = [
-    "available",
-    "library",
-    "sigmoid",
-    "sigmoid_forward",
-    "softmax",
-    "softmax_forward",
-    "supports",
-    "supports_call",
-]
+__all__ = ["WRITES_INTO", "available", "library", "sigmoid", "softmax", "supports"]
+
+#: The optional capability of the backend protocol: ``softmax`` / ``sigmoid`` take ``grad_into=x`` and write the
+#: gradient over the logits' storage (``inplace=True`` without a logits-sized buffer).
+WRITES_INTO = True
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
@@ -219,15 +213,15 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def supports(x: torch.Tensor, is_index: bool, epsilon: list[float], softmax: bool) -> bool:
+def supports(x: torch.Tensor, target: torch.Tensor, args: Args) -> bool:
     """Whether these kernels cover the call (else the op uses the torch implementation): CPU float32, bfloat16
     or float16 logits; softmax with class dim 1 of any rank; sigmoid dense of any shape, or class indices on
     ``(N, C)``."""
-    if x.device.type != "cpu" or x.dtype not in _DTYPES or len(epsilon) > _MAX_EPS or not available():
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or len(args.epsilon) > _MAX_EPS or not available():
         return False
-    if softmax:
+    if args.softmax:
         return x.ndim >= 2 and x.shape[1] > 0
-    return not is_index or x.ndim == 2
+    return not args.is_index or x.ndim == 2
 
 
 def _softmax_layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -242,50 +236,33 @@ def _softmax_layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x, math.prod(x.shape[2:])
 
 
-def softmax_forward(
-    x,
-    target,
-    class_weight,
-    weight,
-    normalizer,
-    epsilon,
-    gamma,
-    ignore_index,
-    label_smoothing,
-    reduction,
-    compute_grad,
-    bias=None,
-    margin=None,
-    logit_scale=1.0,
-    z_loss=0.0,
-    grad_into=None,
-):
-    """:func:`softmax` with the arguments spelled out (``class_weight = alpha * weight``; ``bias = tau log prior``,
-    ``margin``, ``logit_scale``, ``z_loss``: the long-tail options, applied by the kernel as it loads the logits)."""
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None):
+    """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
+    kernel reads each row or tile into scratch before writing it).  The long-tail options (``bias = tau log
+    prior``, ``margin``, ``logit_scale``, ``z_loss``) are applied by the kernel as it loads the logits."""
     lib = library()
     x, spatial = _softmax_layout(x)
     if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
         grad_into = None  # a copy was made for the kernel: it writes there, and the caller copies it over
     y = target if target.is_contiguous() else target.contiguous()
     rows, num_classes = y.numel(), x.shape[1]
-    a, w = _f32(class_weight), _f32(weight)
-    b, mg = _f32(bias), _f32(margin)
-    if b is None and (mg is not None or logit_scale != 1.0):  # the kernel's adjusted loads read a bias: zeros
+    a, w, b, mg = _f32(args.class_weight), _f32(args.weight), _f32(args.bias), _f32(args.margin)
+    if b is None and (mg is not None or args.logit_scale != 1.0):  # the kernel's adjusted loads read a bias: zeros
         b = torch.zeros(num_classes, dtype=torch.float32)
-    norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, target.shape))
-    none = reduction == "none"
+    norm = None if args.normalizer is None else _f32(torch.broadcast_to(args.normalizer, target.shape))
+    none = args.reduction == "none"
     out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
     grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None  # x's layout
     bad = ctypes.c_int64()
     status = lib.pf_softmax(
-        x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(tuple(epsilon)),
-        len(epsilon), float(gamma), float(label_smoothing), int(ignore_index), rows if spatial == 1 else x.shape[0],
-        num_classes, spatial, int(reduction == "mean"), out.data_ptr() if none else None,
-        None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), _ptr(b), _ptr(mg),
-        float(logit_scale), float(z_loss),
+        x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(args.epsilon),
+        len(args.epsilon), float(args.gamma), float(args.label_smoothing), args.ignore_code,
+        rows if spatial == 1 else x.shape[0], num_classes, spatial, int(args.reduction == "mean"),
+        out.data_ptr() if none else None, None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(),
+        ctypes.byref(bad), _ptr(b), _ptr(mg), float(args.logit_scale), float(args.z_loss),
     )  # fmt: skip
     if status == 1:
-        raise _index_error(bad.value, num_classes, ignore_index, background=False)
+        raise _index_error(bad.value, num_classes, args.ignore_index, background=False)
     if status:
         raise MemoryError("polyfocal: the native softmax kernel could not allocate its scratch rows")
     return out, x.new_empty(0) if grad is None else grad  # "mean": the rows carry 1/denominator
@@ -306,40 +283,20 @@ def _strided(v: torch.Tensor | None, n: int, length: int) -> tuple[torch.Tensor 
     return v2, v2.stride(0), v2.stride(1)
 
 
-def sigmoid_forward(
-    x,
-    target,
-    is_index,
-    weight,
-    pos_weight,
-    normalizer,
-    alpha,
-    epsilon,
-    gamma,
-    ignore_index,
-    label_smoothing,
-    reduction,
-    compute_grad,
-    gamma_neg=None,
-    clip=0.0,
-    variant="poly",
-    iou_weighted=True,
-    score=None,
-    grad_into=None,
-):
-    """Same contract as :func:`._torch_impl.sigmoid_forward`; ``variant``, ``gamma_neg``, ``clip``,
-    ``iou_weighted`` and ``score`` select the asymmetric / varifocal / quality focal members; ``grad_into=x``
-    writes the gradient over ``x``."""
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None):
+    """Same contract as :func:`._torch_impl.sigmoid`; the detection members through ``variant`` / ``gamma_neg`` /
+    ``clip`` / ``iou_weighted`` / ``score``; ``grad_into=x`` writes the gradient over ``x`` (each block is read
+    completely before its gradient is stored)."""
     lib = library()
     x = x if x.is_contiguous() else x.contiguous()
     if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
         grad_into = None  # a contiguous copy was made: the kernel writes there, and the caller copies it over
     length = x.shape[-1] if x.ndim else 1
     n = x.numel() // length if length else 0
-    w, ws0, ws1 = _strided(weight, n, length)
-    pw, ps0, ps1 = _strided(pos_weight, n, length)
-    norm, ns0, ns1 = _strided(normalizer, n, length)
-    if is_index:
+    w, ws0, ws1 = _strided(args.weight, n, length)
+    pw, ps0, ps1 = _strided(args.pos_weight, n, length)
+    norm, ns0, ns1 = _strided(args.normalizer, n, length)
+    if args.is_index:
         y, t, t_code = (target if target.is_contiguous() else target.contiguous()), None, 0
     else:
         y, t = None, target
@@ -347,61 +304,32 @@ def sigmoid_forward(
             t = t.to(torch.uint8 if not t.dtype.is_floating_point else torch.float32)
         t = t if t.is_contiguous() else t.contiguous()
         t_code = _TARGET_DTYPES[t.dtype]
-    none = reduction == "none"
+    none = args.reduction == "none"
     out = torch.empty(x.shape if none else (), dtype=torch.float32)  # the element losses, or the 0-D result
     grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None
     if not x.numel():
         if not none:
-            out.fill_(float("nan") if reduction == "mean" else 0.0)  # a mean over nothing is nan, as in torch
+            out.fill_(float("nan") if args.reduction == "mean" else 0.0)  # a mean over nothing is nan, as in torch
         return out, x.new_empty(0) if grad is None else grad
-    code = _VARIANTS[variant]
-    if code == 0 and (gamma_neg is not None or clip > 0.0):
+    code = _VARIANTS[args.variant]
+    if code == 0 and args.is_detection:
         code = 1  # the asymmetric loss
-    score = None if score is None else score.to(torch.float32).contiguous()
+    score = None if args.score is None else args.score.to(torch.float32).contiguous()
+    alpha, gamma = args.alpha, args.gamma
     bad = ctypes.c_int64()
     status = lib.pf_sigmoid(
-        x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), int(ignore_index), n, length, _ptr(w), ws0, ws1,
+        x.data_ptr(), _DTYPES[x.dtype], _ptr(t), t_code, _ptr(y), args.ignore_code, n, length, _ptr(w), ws0, ws1,
         _ptr(pw), ps0, ps1, _ptr(norm), ns0, ns1, int(alpha is not None), 0.0 if alpha is None else float(alpha),
-        _eps_array(tuple(epsilon)), len(epsilon), float(gamma), float(label_smoothing), int(reduction == "mean"),
-        out.data_ptr() if none else None, None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(),
-        ctypes.byref(bad), code, float(gamma if gamma_neg is None else gamma_neg), float(clip), int(iou_weighted),
+        _eps_array(args.epsilon), len(args.epsilon), float(gamma), float(args.label_smoothing),
+        int(args.reduction == "mean"), out.data_ptr() if none else None, None if none else out.data_ptr(),
+        _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), code,
+        float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip), int(args.iou_weighted),
         _ptr(score),
     )  # fmt: skip
     if status:
-        raise _index_error(bad.value, length, ignore_index, background=True)
+        raise _index_error(bad.value, length, args.ignore_index, background=True)
     return out, x.new_empty(0) if grad is None else grad
 
 
-def _index_error(offending: int, num_classes: int, ignore_index: int, *, background: bool) -> IndexError:
-    ignore = None if ignore_index == NO_IGNORE else ignore_index
-    return IndexError(f"{index_range_message(num_classes, ignore, background=background)}, got {offending}")
-
-
-# ------------------------------------------------------------------ the backend protocol (kernels.KernelBackend)
-
-
-def supports_call(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
-    softmax_family = isinstance(args, SoftmaxArgs)
-    return supports(x, softmax_family or args.is_index, list(args.epsilon), softmax=softmax_family)
-
-
-def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool, grad_into=None):
-    """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
-    kernel reads each row or tile into scratch before writing it)."""
-    ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
-    return softmax_forward(
-        x, target, args.class_weight, args.weight, args.normalizer, list(args.epsilon), args.gamma, ignore,
-        args.label_smoothing, args.reduction, compute_grad, args.bias, args.margin, args.logit_scale, args.z_loss,
-        grad_into,
-    )  # fmt: skip
-
-
-def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool, grad_into=None):
-    """Same contract as :func:`._torch_impl.sigmoid`; ``grad_into=x`` writes the gradient over ``x`` (each block
-    is read completely before its gradient is stored)."""
-    ignore = NO_IGNORE if args.ignore_index is None else args.ignore_index
-    return sigmoid_forward(
-        x, target, args.is_index, args.weight, args.pos_weight, args.normalizer, args.alpha, list(args.epsilon),
-        args.gamma, ignore, args.label_smoothing, args.reduction, compute_grad, args.gamma_neg, args.clip,
-        args.variant, args.iou_weighted, args.score, grad_into,
-    )  # fmt: skip
+def _index_error(offending: int, num_classes: int, ignore_index: int | None, *, background: bool) -> IndexError:
+    return IndexError(f"{index_range_message(num_classes, ignore_index, background=background)}, got {offending}")

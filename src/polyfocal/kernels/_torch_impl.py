@@ -23,15 +23,15 @@ at a time, so the temporaries are block-sized and stay in cache.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from .._args import SigmoidArgs, SoftmaxArgs
+from .._args import Args
 from .._validation import check_index_range, compute_dtype
 
-__all__ = ["NO_IGNORE", "detection_terms", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
+__all__ = ["detection_terms", "sigmoid", "sigmoid_terms", "softmax", "softmax_row_terms", "supports"]
 
-NO_IGNORE = -(2**63)  # the C and Triton kernels' ignore_index for "nothing is ignored" (no class index equals it)
 _BLOCK_ELEMENTS = 1 << 16  # sigmoid block: 64K elements (256 KiB in fp32) per temporary: ~25 of them stay < 0.25x
 
 
@@ -141,23 +141,27 @@ def _exact_ce_of_tiny_rows(ce1, p_t, x, y, tiny: float) -> torch.Tensor:
     return torch.where(bad, torch.logsumexp(x, 1) - x.gather(1, y.unsqueeze(1)).squeeze(1), ce1)
 
 
-def softmax(
-    x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard-label softmax PolyLoss of ``x`` ``(N, C, *)`` and, if ``compute_grad``, d(loss)/dx.
+class _Rows(NamedTuple):
+    """The row statistics of the hard-label softmax pass; ``p`` is the softmax buffer that becomes the gradient."""
 
-    The gradient is for ``grad_output = 1`` of the reduced loss (per row for ``"none"``); it has ``x``'s
-    dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
-    ct = compute_dtype(x)
-    num_classes = x.shape[1]
-    check_index_range(target, num_classes, args.ignore_index, background=False)
-    class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
-    gamma, label_smoothing, reduction = args.gamma, args.label_smoothing, args.reduction
-    xc = x.to(ct)
+    p: torch.Tensor
+    y1: torch.Tensor
+    valid: torch.Tensor | None
+    p_t: torch.Tensor
+    u1: torch.Tensor
+    ce1: torch.Tensor
+    lse: torch.Tensor | None
+    smooth: torch.Tensor | None
+
+
+def _softmax_rows(xc: torch.Tensor, target: torch.Tensor, args: Args) -> _Rows:
+    """Stage 1: the softmax (in the buffer that becomes the gradient) and the per-row statistics ``p_y``,
+    ``1 - p_y`` (to relative precision when gamma needs it), ``-log p_y``, and ``lse`` / the label-smoothing sum
+    where the options need them."""
+    class_weight, ls = args.class_weight, args.label_smoothing
     valid = None if args.ignore_index is None else target != args.ignore_index
     y = target if valid is None else torch.where(valid, target, 0)
     y1 = y.unsqueeze(1)
-
     # long-tail options: the loss sees z = s (x + b - m_y onehot), built in the buffer that becomes the gradient
     adjusted = args.bias is not None or args.margin is not None or args.logit_scale != 1.0
     lse = smooth = None
@@ -165,81 +169,99 @@ def softmax(
         p = _adjusted_logits(xc, y1, args)
         lse = torch.logsumexp(p, 1)
         z_t = p.gather(1, y1).squeeze(1)
-        if label_smoothing > 0.0:  # sum_c a_c (lse - z_c), read before p is overwritten
-            if class_weight is None:
-                smooth = num_classes * lse - p.sum(1)
-            else:
-                smooth = class_weight.sum() * lse - torch.tensordot(p.movedim(1, -1), class_weight, dims=1)
+        if ls > 0.0:  # sum_c a_c (lse - z_c), read before p is overwritten
+            smooth = _smooth(p, lse, class_weight)
         p.sub_(lse.unsqueeze(1)).exp_()
     else:
         p = torch.softmax(xc, 1)  # becomes the gradient
     p_t = p.gather(1, y1).squeeze(1)
-    if gamma != 0.0:  # (1 - p_y)^gamma needs 1 - p_y to relative precision: sum the other classes
+    if args.gamma != 0.0:  # (1 - p_y)^gamma needs 1 - p_y to relative precision: sum the other classes
         u1 = p.scatter_(1, y1, 0.0).sum(1)
     else:  # only absolute precision matters: loss and gradient are smooth in u there
         u1 = (1.0 - p_t).clamp_(min=0.0)
     ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), -torch.log(p_t))
-    tiny = torch.finfo(ct).tiny / torch.finfo(ct).eps
+    tiny = torch.finfo(xc.dtype).tiny / torch.finfo(xc.dtype).eps
     if adjusted:
         ce1 = torch.where(p_t < tiny, lse - z_t, ce1)
     else:
         ce1 = _exact_ce_of_tiny_rows(ce1, p_t, xc, y, tiny)
-
-    a_t = None if class_weight is None else class_weight[y]
-    w_t = None if weight is None else weight[y]
-    if label_smoothing > 0.0 and not adjusted:  # sum_c a_c (lse - x_c) = A lse - sum_c a_c x_c
-        lse = xc.gather(1, y1).squeeze(1) + ce1
-        if class_weight is None:
-            smooth = num_classes * lse - xc.sum(1)
-        else:
-            smooth = class_weight.sum() * lse - torch.tensordot(xc.movedim(1, -1), class_weight, dims=1)
-    loss, k1, k2 = softmax_row_terms(
-        ce1,
-        u1,
-        p_t,
-        smooth,
-        a_t,
-        w_t,
-        epsilon=list(args.epsilon),
-        gamma=gamma,
-        label_smoothing=label_smoothing,
-        num_classes=num_classes,
-        weight_sum=float(num_classes) if weight is None else weight.sum(),
-    )
-    if args.z_loss != 0.0:  # z_loss * lse^2, lse of the logits the loss sees (x_y + CE without adjustments)
-        if lse is None:
+        if ls > 0.0 or args.z_loss != 0.0:  # lse = x_y + CE
             lse = xc.gather(1, y1).squeeze(1) + ce1
-        loss = loss + args.z_loss * lse * lse
-    denominator = _mean_denominator(valid, w_t, y.numel(), ct)
-    if valid is not None:
-        loss = torch.where(valid, loss, 0.0)
-    if normalizer is not None:
-        loss = loss / normalizer
-    out = _reduce(loss, reduction, denominator)
-    if not compute_grad:
-        return out, x.new_empty(0)
+        if ls > 0.0:
+            smooth = _smooth(xc, lse, class_weight)
+    return _Rows(p, y1, valid, p_t, u1, ce1, lse, smooth)
 
-    scale = _row_scale(valid, normalizer, reduction, denominator, ct)
+
+def _smooth(z: torch.Tensor, lse: torch.Tensor, class_weight: torch.Tensor | None) -> torch.Tensor:
+    """``sum_c a_c (lse - z_c) = A lse - sum_c a_c z_c``: label smoothing's part of the CE."""
+    if class_weight is None:
+        return z.shape[1] * lse - z.sum(1)
+    return class_weight.sum() * lse - torch.tensordot(z.movedim(1, -1), class_weight, dims=1)
+
+
+def _softmax_gradient(r: _Rows, k1, k2, scale, args: Args, dtype: torch.dtype) -> torch.Tensor:
+    """Stage 3: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a``, times the row scale, over the buffer."""
+    p, num_classes, class_weight = r.p, r.p.shape[1], args.class_weight
     if args.logit_scale != 1.0:  # chain rule through z = s (...)
         scale = scale * args.logit_scale
     k1 = k1 * scale
     k2 = k2 * scale
-    a_sum = (float(num_classes) if class_weight is None else class_weight.sum()) if label_smoothing > 0.0 else 0.0
+    smoothing = args.label_smoothing > 0.0
+    a_sum = (float(num_classes) if class_weight is None else class_weight.sum()) if smoothing else 0.0
     coef = k1 + k2 * a_sum
     if args.z_loss != 0.0:  # d(lambda lse^2)/dz = 2 lambda lse softmax(z)
-        coef = coef + (2.0 * args.z_loss) * lse * scale
+        coef = coef + (2.0 * args.z_loss) * r.lse * scale
     p.mul_(coef.unsqueeze(1))
-    p.scatter_(1, y1, (coef * p_t - k1).unsqueeze(1))
-    if label_smoothing > 0.0:
+    p.scatter_(1, r.y1, (coef * r.p_t - k1).unsqueeze(1))
+    if smoothing:
         k2_ = k2.unsqueeze(1)
         if class_weight is None:
             p.sub_(k2_)
         else:
-            p.addcmul_(k2_, class_weight.view((1, num_classes) + (1,) * (x.ndim - 2)), value=-1.0)
-    return out, p.to(x.dtype)
+            p.addcmul_(k2_, class_weight.view((1, num_classes) + (1,) * (p.ndim - 2)), value=-1.0)
+    return p.to(dtype)
 
 
-def _adjusted_logits(xc: torch.Tensor, y1: torch.Tensor, args: SoftmaxArgs) -> torch.Tensor:
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard-label softmax PolyLoss of ``x`` ``(N, C, *)`` and, if ``compute_grad``, d(loss)/dx.
+
+    The gradient is for ``grad_output = 1`` of the reduced loss (per row for ``"none"``); it has ``x``'s
+    dtype and shape.  Returns ``(loss, grad)`` (``grad`` is empty when not computed)."""
+    ct = compute_dtype(x)
+    num_classes = x.shape[1]
+    check_index_range(target, num_classes, args.ignore_index, background=False)
+    r = _softmax_rows(x.to(ct), target, args)  # stage 1: row statistics
+    y = r.y1.squeeze(1)
+    a_t = None if args.class_weight is None else args.class_weight[y]
+    w_t = None if args.weight is None else args.weight[y]
+    loss, k1, k2 = softmax_row_terms(  # stage 2: the row losses and gradient coefficients
+        r.ce1,
+        r.u1,
+        r.p_t,
+        r.smooth,
+        a_t,
+        w_t,
+        epsilon=list(args.epsilon),
+        gamma=args.gamma,
+        label_smoothing=args.label_smoothing,
+        num_classes=num_classes,
+        weight_sum=float(num_classes) if args.weight is None else args.weight.sum(),
+    )
+    if args.z_loss != 0.0:  # z_loss * lse^2, lse of the logits the loss sees
+        loss = loss + args.z_loss * r.lse * r.lse
+    denominator = _mean_denominator(r.valid, w_t, y.numel(), ct)
+    if r.valid is not None:
+        loss = torch.where(r.valid, loss, 0.0)
+    if args.normalizer is not None:
+        loss = loss / args.normalizer
+    out = _reduce(loss, args.reduction, denominator)
+    if not compute_grad:
+        return out, x.new_empty(0)
+    scale = _row_scale(r.valid, args.normalizer, args.reduction, denominator, ct)
+    return out, _softmax_gradient(r, k1, k2, scale, args, x.dtype)  # stage 3
+
+
+def _adjusted_logits(xc: torch.Tensor, y1: torch.Tensor, args: Args) -> torch.Tensor:
     """A new tensor ``s (x + b - m_y onehot_y)``: the logits the loss sees (prior bias b, target margin m, scale s)."""
     shape = (1, xc.shape[1]) + (1,) * (xc.ndim - 2)
     z = xc + args.bias.view(shape) if args.bias is not None else xc.clone()
@@ -263,14 +285,7 @@ def _row_scale(valid, normalizer, reduction: str, denominator, dtype: torch.dtyp
 
 
 def sigmoid_terms(
-    x: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    pos_weight: torch.Tensor | None,
-    alpha: float | None,
-    epsilon: list[float],
-    gamma: float,
-    need_grad: bool,
+    x: torch.Tensor, t: torch.Tensor, args: Args, *, pos_weight: torch.Tensor | None, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Element-wise sigmoid PolyLoss and its derivative, without ``weight`` (targets ``t`` in [0, 1]).
 
@@ -285,6 +300,7 @@ def sigmoid_terms(
       (no ``u^(gamma-1)``, so gamma < 1 stays finite when u underflows), and
       :math:`\partial\mathrm{CE}/\partial x = (1 - t)\,p - \text{pw}\,t\,q`.
     """
+    alpha, epsilon, gamma = args.alpha, list(args.epsilon), args.gamma
     softplus_tail = torch.log1p(torch.exp(-x.abs()))  # log(1 + e^-|x|)
     relu_x = x.clamp(min=0.0)
     log_q = -(relu_x + softplus_tail)  # log sigmoid(-x); log sigmoid(x) = -(relu(-x) + tail)
@@ -314,18 +330,7 @@ def sigmoid_terms(
 
 
 def detection_terms(
-    x: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    pos_weight: torch.Tensor | None,
-    alpha: float | None,
-    epsilon: list[float],
-    gamma: float,
-    gamma_neg: float | None,
-    clip: float,
-    variant: str,
-    iou_weighted: bool,
-    need_grad: bool,
+    x: torch.Tensor, t: torch.Tensor, args: Args, *, pos_weight: torch.Tensor | None, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Loss and derivative of the asymmetric, varifocal and quality focal members (see :mod:`polyfocal._core`).
 
@@ -342,6 +347,7 @@ def detection_terms(
     * quality: :math:`\delta = t q - (1-t) p = t - p`, :math:`u = |\delta|`, :math:`u' = -\mathrm{sign}(\delta) pq`,
       :math:`\ell = u^\beta(\mathrm{BCE} + P)`, same bracket as above with :math:`\alpha_t = 1`.
     """
+    alpha, epsilon, gamma, gamma_neg, clip = args.alpha, list(args.epsilon), args.gamma, args.gamma_neg, args.clip
     softplus_tail = torch.log1p(torch.exp(-x.abs()))
     a_pos = x.clamp(min=0.0) + softplus_tail  # -log q = -log(1 - p)
     a_neg = (-x).clamp(min=0.0) + softplus_tail  # -log p
@@ -349,9 +355,9 @@ def detection_terms(
     one_minus_t = 1.0 - t
     pw_t = t if pos_weight is None else pos_weight * t
     pq = p * q
-    if variant == "varifocal":
+    if args.variant == "varifocal":
         positive = t > 0
-        w_pos = t if iou_weighted else 1.0
+        w_pos = t if args.iou_weighted else 1.0
         bce = one_minus_t * a_pos + pw_t * a_neg
         a = 1.0 if alpha is None else alpha
         mod = torch.exp(-gamma * a_neg) if gamma != 0.0 else 1.0  # p^gamma
@@ -360,7 +366,7 @@ def detection_terms(
             return loss, None
         grad = torch.where(positive, w_pos * (one_minus_t * p - pw_t * q), a * mod * (p + gamma * q * a_pos))
         return loss, grad
-    if variant == "quality":
+    if args.variant == "quality":
         delta = t * q - one_minus_t * p
         u = delta.abs()
         ce = one_minus_t * a_pos + pw_t * a_neg
@@ -400,98 +406,82 @@ def detection_terms(
     return loss, grad
 
 
-def sigmoid(
-    x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid PolyLoss of ``x`` and, if ``compute_grad``, d(loss)/dx, in blocks of rows along dim 0.
-
-    ``target`` is dense (``x``'s shape, float/int/bool) or, with ``is_index``, class indices ``(N, *)``
-    for ``x`` ``(N, C, *)`` where index ``C`` is background.  ``weight``, ``pos_weight`` and ``normalizer``
-    are ``None`` or broadcast to ``x``'s shape.  Returns ``(loss, grad)`` like :func:`softmax_forward`."""
-    ct = compute_dtype(x)
-    is_index, reduction, label_smoothing = args.is_index, args.reduction, args.label_smoothing
-    weight, pos_weight, normalizer = args.weight, args.pos_weight, args.normalizer
-    n = x.shape[0]  # x has at least one dimension
-    per_row = x.numel() // n if n else 1
+def _sigmoid_scale(x: torch.Tensor, target: torch.Tensor, args: Args, ct: torch.dtype):
+    """The index targets' mask and classes, the ``"mean"`` denominator and the gradient's reduction factor."""
     valid = y = classes = None
-    if is_index:
+    denominator: torch.Tensor | float = float(x.numel())
+    if args.is_index:
         num_classes = x.shape[1]
         check_index_range(target, num_classes, args.ignore_index, background=True)
         valid = None if args.ignore_index is None else target != args.ignore_index
         y = target if valid is None else torch.where(valid, target, num_classes)
         classes = torch.arange(num_classes, device=x.device).view((1, num_classes) + (1,) * (x.ndim - 2))
-        denominator = (valid.sum() * num_classes).to(ct) if valid is not None else float(x.numel())
-    else:
-        denominator = float(x.numel())
+        if valid is not None:
+            denominator = (valid.sum() * num_classes).to(ct)
     grad_scale: torch.Tensor | float = 1.0
-    if reduction == "mean":  # all ignored: the mean is nan (0/0) and the gradient 0, as in torch
-        grad_scale = 1.0 / denominator if isinstance(denominator, float) and denominator else 0.0
+    if args.reduction == "mean":  # all ignored: the mean is nan (0/0) and the gradient 0, as in torch
         if isinstance(denominator, torch.Tensor):
             grad_scale = torch.where(denominator > 0, 1.0 / denominator, 0.0)
-    loss_out = torch.empty(x.shape, dtype=ct, device=x.device) if reduction == "none" else None
+        else:
+            grad_scale = 1.0 / denominator if denominator else 0.0
+    return valid, y, classes, denominator, grad_scale
+
+
+def _sigmoid_block(xb, tb, sl: slice, valid, args: Args, need_grad: bool):
+    """Loss and gradient of one block of rows, with ``weight``, the mask and ``1 / normalizer`` applied."""
+    if args.label_smoothing > 0.0:
+        tb = tb * (1.0 - args.label_smoothing) + 0.5 * args.label_smoothing
+    terms = detection_terms if args.is_detection else sigmoid_terms
+    pos_weight = None if args.pos_weight is None else args.pos_weight[sl]
+    lb, gb = terms(xb, tb, args, pos_weight=pos_weight, need_grad=need_grad)
+    factor = None
+    for f in (
+        None if args.weight is None else args.weight[sl],
+        None if valid is None else valid[sl].unsqueeze(1),
+        None if args.normalizer is None else 1.0 / args.normalizer[sl],
+    ):
+        if f is not None:
+            factor = f if factor is None else factor * f
+    if factor is not None:
+        lb = lb * factor
+        gb = None if gb is None else gb * factor
+    return lb, gb
+
+
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid PolyLoss of ``x`` and, if ``compute_grad``, d(loss)/dx, in blocks of rows along dim 0.
+
+    ``target`` is dense (``x``'s shape, float/int/bool) or, with ``is_index``, class indices ``(N, *)``
+    for ``x`` ``(N, C, *)`` where index ``C`` is background.  ``weight``, ``pos_weight`` and ``normalizer``
+    are ``None`` or broadcast to ``x``'s shape.  Returns ``(loss, grad)`` like :func:`softmax`."""
+    ct = compute_dtype(x)
+    valid, y, classes, denominator, grad_scale = _sigmoid_scale(x, target, args, ct)
+    n = x.shape[0]  # x has at least one dimension
+    loss_out = torch.empty(x.shape, dtype=ct, device=x.device) if args.reduction == "none" else None
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     sums = []
-    detection = args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0
-    rows = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
+    rows = max(1, _BLOCK_ELEMENTS // max(x.numel() // n if n else 1, 1))
     for start in range(0, n, rows):
         sl = slice(start, start + rows)
-        xb = x[sl].to(ct)
-        if is_index:
+        if args.is_index:
             tb = (classes == y[sl].unsqueeze(1)).to(ct)
             if args.score is not None:  # (label, score): the target class's element is the score
                 tb = tb * args.score[sl].unsqueeze(1)
         else:
             tb = target[sl].to(ct)
-        if label_smoothing > 0.0:
-            tb = tb * (1.0 - label_smoothing) + 0.5 * label_smoothing
-        if detection:
-            lb, gb = detection_terms(
-                xb,
-                tb,
-                pos_weight=None if pos_weight is None else pos_weight[sl],
-                alpha=args.alpha,
-                epsilon=list(args.epsilon),
-                gamma=args.gamma,
-                gamma_neg=args.gamma_neg,
-                clip=args.clip,
-                variant=args.variant,
-                iou_weighted=args.iou_weighted,
-                need_grad=compute_grad,
-            )
-        else:
-            lb, gb = sigmoid_terms(
-                xb,
-                tb,
-                pos_weight=None if pos_weight is None else pos_weight[sl],
-                alpha=args.alpha,
-                epsilon=list(args.epsilon),
-                gamma=args.gamma,
-                need_grad=compute_grad,
-            )
-        factor = None
-        for f in (
-            None if weight is None else weight[sl],
-            None if valid is None else valid[sl].unsqueeze(1),
-            None if normalizer is None else 1.0 / normalizer[sl],
-        ):
-            if f is not None:
-                factor = f if factor is None else factor * f
-        if factor is not None:
-            lb = lb * factor
+        lb, gb = _sigmoid_block(x[sl].to(ct), tb, sl, valid, args, compute_grad)
         if loss_out is not None:
             loss_out[sl] = lb
         else:
             sums.append(lb.sum())
         if gb is not None:
-            if factor is not None:
-                gb = gb * factor
             grad[sl] = gb * grad_scale
     if loss_out is not None:
         return loss_out, grad
     total = torch.stack(sums).sum() if sums else torch.zeros((), dtype=ct, device=x.device)
-    return (total if reduction == "sum" else total / denominator), grad
+    return (total if args.reduction == "sum" else total / denominator), grad
 
 
-def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
+def supports(x: torch.Tensor, target: torch.Tensor, args: Args) -> bool:
     """Every device, dtype and layout."""
     return True

@@ -34,9 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import SigmoidArgs, SoftmaxArgs
+from .._args import Args
 from .._validation import check_index_range, compute_dtype
-from ._torch_impl import NO_IGNORE
 
 __all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports"]
 
@@ -527,7 +526,7 @@ def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
         raise
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_grad: bool):
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool):
     """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`)."""
     ct = compute_dtype(x)
     x = x.contiguous()
@@ -537,7 +536,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs, compute_gr
     rows = target.numel()
     class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
     epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
-    ignore_index = NO_IGNORE if args.ignore_index is None else args.ignore_index
+    ignore_index = args.ignore_code
     if not x.is_cuda and _HOST_INDEX_CHECK[0]:  # the interpreter: a host read is free; name the offending index
         check_index_range(target, num_classes, args.ignore_index, background=False)
     reduce = _REDUCE[reduction]
@@ -877,105 +876,76 @@ def _sigmoid_detection_kernel(
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
-def sigmoid(x: torch.Tensor, target: torch.Tensor, args: SigmoidArgs, compute_grad: bool):
+def _sigmoid_kernel(args: Args, device: torch.device, ct: torch.dtype) -> tuple:
+    """The kernel of this member of the sigmoid family, its constants array, its own pointers and flags."""
+    alpha, gamma = args.alpha, args.gamma
+    base = (0.0 if alpha is None else float(alpha), float(gamma), float(args.label_smoothing))
+    base += tuple(map(float, args.epsilon))
+    if not args.is_detection:
+        return _sigmoid_poly_kernel, _const(base, device, ct), (), dict(GAMMA_ZERO=gamma == 0.0)
+    consts = _const((*base, float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip)), device, ct)
+    score = None if args.score is None else args.score.to(ct).contiguous()
+    flags = dict(
+        VARIANT={"poly": 1, "varifocal": 2, "quality": 3}[args.variant],
+        IOU_WEIGHTED=bool(args.iou_weighted),
+        HAS_SCORE=score is not None,
+        HAS_CLIP=args.clip > 0.0,
+    )
+    return _sigmoid_detection_kernel, consts, (score,), flags
+
+
+def sigmoid(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool):
     """Same contract as :func:`._torch_impl.sigmoid`; one kernel launch."""
     ct = compute_dtype(x)
-    is_index, weight, pos_weight, normalizer, alpha = (
-        args.is_index,
-        args.weight,
-        args.pos_weight,
-        args.normalizer,
-        args.alpha,
-    )
-    epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
-    ignore_index = NO_IGNORE if args.ignore_index is None else args.ignore_index
-    x = x.contiguous()
-    target = target.contiguous()
-    numel = x.numel()
-    n = x.shape[0]
+    x, target = x.contiguous(), target.contiguous()
+    numel, n = x.numel(), x.shape[0]
     num_classes = x.shape[1] if x.ndim >= 2 else 1
     inner = numel // (n * num_classes) if n * num_classes else 1
-    if is_index and not x.is_cuda and _HOST_INDEX_CHECK[0]:
+    if args.is_index and not x.is_cuda and _HOST_INDEX_CHECK[0]:
         check_index_range(target, num_classes, args.ignore_index, background=True)
-    reduce = _REDUCE[reduction]
+    reduce = _REDUCE[args.reduction]
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     if not numel:
         out = torch.empty(x.shape, dtype=ct, device=x.device)
         if reduce:
             out = torch.full((), float("nan") if reduce == 2 else 0.0, dtype=ct, device=x.device)
         return out, grad
-    den_device = reduce == 2 and is_index and args.ignore_index is not None
-    views = [_view3(v, n, num_classes, inner, ct) for v in (weight, pos_weight, normalizer)]
+    views = [_view3(v, n, num_classes, inner, ct) for v in (args.weight, args.pos_weight, args.normalizer)]
     dense = [v for v, _ in views]
     strides = [st for _, strides3 in views for st in strides3]
     out = torch.empty(x.shape if reduce == 0 else (), dtype=ct, device=x.device)
-    detection = args.variant != "poly" or args.gamma_neg is not None or args.clip > 0.0
-    base = (0.0 if alpha is None else float(alpha), float(gamma), float(label_smoothing), *map(float, epsilon))
-    if detection:
-        consts = _const((*base, float(gamma if args.gamma_neg is None else args.gamma_neg), float(args.clip)),
-                        x.device, ct)  # fmt: skip
-        score = None if args.score is None else args.score.to(ct).contiguous()
-        kernel = _sigmoid_detection_kernel
-        flags = dict(
-            VARIANT={"poly": 1, "varifocal": 2, "quality": 3}[args.variant],
-            IOU_WEIGHTED=bool(args.iou_weighted),
-            HAS_SCORE=score is not None,
-            HAS_CLIP=args.clip > 0.0,
-        )
-        pointers = (score,)
-    else:
-        consts = _const(base, x.device, ct)
-        kernel = _sigmoid_poly_kernel
-        flags = dict(GAMMA_ZERO=gamma == 0.0)
-        pointers = ()
+    kernel, consts, pointers, flags = _sigmoid_kernel(args, x.device, ct)
     y = target if target.dtype != torch.bool else target.to(torch.uint8)
+    flags.update(
+        IS_INDEX=args.is_index,
+        HAS_ALPHA=args.alpha is not None,
+        HAS_W=dense[0] is not None,
+        HAS_PW=dense[1] is not None,
+        HAS_NORM=dense[2] is not None,
+        N_EPS=len(args.epsilon),
+        REDUCE=reduce,
+        DEN_DEVICE=reduce == 2 and args.is_index and args.ignore_index is not None,
+        COMPUTE_GRAD=compute_grad,
+        SMOOTH=args.label_smoothing > 0.0,
+        DT=_TL_DTYPE[ct],
+        BLOCK_P=_BLOCK_P_SIGMOID,
+    )
+    sizes = (numel, num_classes, inner, args.ignore_code, numel if reduce == 2 else 1)
 
     def launch(cfg: tuple[int, ...]) -> None:
         block, warps = cfg
         programs = _cdiv(numel, block)
         ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
-        kernel[(programs,)](
-            x,
-            y,
-            *pointers,
-            *dense,
-            consts,
-            out,
-            grad if compute_grad else None,
-            ws,
-            wsf,
-            numel,
-            num_classes,
-            inner,
-            ignore_index,
-            numel if reduce == 2 else 1,
-            *strides,
-            IS_INDEX=is_index,
-            HAS_ALPHA=alpha is not None,
-            HAS_W=dense[0] is not None,
-            HAS_PW=dense[1] is not None,
-            HAS_NORM=dense[2] is not None,
-            N_EPS=len(epsilon),
-            REDUCE=reduce,
-            DEN_DEVICE=den_device,
-            COMPUTE_GRAD=compute_grad,
-            SMOOTH=label_smoothing > 0.0,
-            DT=_TL_DTYPE[ct],
-            BLOCK=block,
-            BLOCK_P=_BLOCK_P_SIGMOID,
-            num_warps=warps,
-            **flags,
-        )
+        g = grad if compute_grad else None
+        kernel[(programs,)](x, y, *pointers, *dense, consts, out, g, ws, wsf, *sizes, *strides, BLOCK=block,
+                            num_warps=warps, **flags)  # fmt: skip
 
-    key = ("sigmoid", num_classes, x.dtype, detection, numel >= _TUNE_FROM)
+    key = ("sigmoid", num_classes, x.dtype, args.is_detection, numel >= _TUNE_FROM)
     cfg = _CONFIGS.get(key)
     if cfg is None:
-        if x.is_cuda:
-            # 4-8 elements per thread: the sigmoid math takes ~100 registers for 4 (ptxas, sm_90)
-            cands = [(2048, 16), (1024, 8), (2048, 8), (4096, 16)]
-            cfg = _pick(key, cands, launch, x.device)
-        else:
-            cfg = (1024, 4)
+        # 4-8 elements per thread on CUDA: the sigmoid math takes ~100 registers for 4 (ptxas, sm_90)
+        cands = [(2048, 16), (1024, 8), (2048, 8), (4096, 16)]
+        cfg = _pick(key, cands, launch, x.device) if x.is_cuda else (1024, 4)
     _run(launch, cfg, x.device)
     return out, grad
 
@@ -1018,7 +988,7 @@ def scale_unless_one_(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
     return grad
 
 
-def supports(x: torch.Tensor, target: torch.Tensor, args: SoftmaxArgs | SigmoidArgs) -> bool:
+def supports(x: torch.Tensor, target: torch.Tensor, args: Args) -> bool:
     """CUDA tensors (and, when forced with ``backend("triton")``, CPU tensors in Triton's interpreter); float32 math
     for fp16/bf16 input, float64 for float64."""
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
