@@ -149,7 +149,7 @@ def main() -> None:
         for r in everyone:
             print(_line(f"rank {r['rank']} ({r['classes']} classes)", r, baseline))
         print(f"  communication per step and rank: {comm.total_bytes / 2**20:.2f} MiB = statistics "
-              f"{comm.statistics_bytes / 2**10:.1f} KiB (O(N)) + grad_input {comm.grad_input_bytes / 2**20:.2f} MiB "
+              f"{comm.statistics_bytes / 2**10:.1f} KiB (O(N P): all-gathers) + grad_input {comm.grad_input_bytes / 2**20:.2f} MiB "
               f"(N x d) + setup {comm.setup_bytes} B, in {comm.calls} collectives; independent of V "
               f"(an all-gather of the logits would move {args.rows * args.classes * 4 / 2**20:.0f} MiB)")  # fmt: skip
 

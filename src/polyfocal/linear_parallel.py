@@ -68,7 +68,16 @@ from .linear import (
     validated,
 )
 
-__all__ = ["CommunicationVolume", "last_communication", "shard_offsets", "sharded_linear_poly_loss"]
+__all__ = [
+    "CommunicationVolume",
+    "combine_statistics",
+    "last_communication",
+    "shard_offsets",
+    "sharded_linear_poly_loss",
+    "torch_two_phase_grad_",
+    "torch_two_phase_stats_",
+    "two_phase_backend",
+]
 
 
 # ------------------------------------------------------------------------------------------ communication count
@@ -188,6 +197,29 @@ class _Plan:
     reduction: str
     softcap: float
     rows: int
+    backend: str = "torch"  # the two-phase kernels: "torch" (ops, the reference), "native" or "triton"
+
+
+def two_phase_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The two-phase kernels for a chunk of this device and compute dtype under :func:`polyfocal.backend`:
+    ``"auto"``: Triton on CUDA (when it imports), native C on CPU float32 (when built), else torch ops;
+    ``"native"``: native C where it covers the chunk (CPU float32), else torch ops; ``"triton"``: Triton (CPU
+    tensors need ``TRITON_INTERPRET=1``); ``"torch"`` / ``"composite"``: torch ops."""
+    from .kernels import _dispatch, _native
+
+    name = _dispatch.current_backend()
+    native_ok = device.type == "cpu" and dtype == torch.float32
+    if name in ("torch", "composite"):
+        return "torch"
+    if name == "native":
+        return "native" if native_ok and _native.available() else "torch"
+    if name == "triton":
+        if not _dispatch.triton_available():
+            raise RuntimeError("expected backend 'triton' to be available (importable / built), got none")
+        return "triton"
+    if device.type == "cuda" and _dispatch.triton_available():
+        return "triton"
+    return "native" if native_ok and _native.available() else "torch"
 
 
 def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
@@ -209,48 +241,127 @@ def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: flo
     return out
 
 
+# ------------------------------------------------------------------------ the two-phase kernels: torch ops
+
+
+def torch_two_phase_stats_(z: Tensor, target_local: Tensor, *, bias: Tensor | None = None,
+                           margin: Tensor | None = None, logit_scale: float = 1.0,
+                           class_weight: Tensor | None = None, label_smoothing: bool = False) -> Tensor:  # fmt: skip
+    """Phase 1 in torch ops (the reference of :func:`polyfocal.kernels._native.two_phase_stats` and the Triton
+    twin): the ``(4, rows)`` statistics of the chunk ``z`` -- the local max ``M`` of ``z' = s ((z + b) - m_t
+    onehot_t)``, ``sum_{c != t} exp(z'_c - M)``, ``z'_t`` (0 where ``target_local`` is -1) and
+    ``sum_c a_c z'_c`` (0 without ``label_smoothing``) -- in ``z``'s dtype.  Unlike the kernels it works in
+    place: ``z`` is left holding ``exp(z'_c - M)`` with the target's entry 0, which
+    :func:`torch_two_phase_grad_` expects."""
+    own = target_local >= 0
+    li1 = torch.where(own, target_local, 0).unsqueeze(1)
+    if bias is not None:
+        z.add_(bias)
+    if margin is not None:
+        m_t = torch.where(own, margin[li1.squeeze(1)], 0.0)
+        z.scatter_add_(1, li1, -m_t.unsqueeze(1).to(z.dtype))
+    if logit_scale != 1.0:
+        z.mul_(logit_scale)
+    st = z.new_zeros(4, z.shape[0])
+    st[2] = torch.where(own, z.gather(1, li1).squeeze(1), 0.0)
+    if label_smoothing:
+        st[3] = z.sum(1) if class_weight is None else torch.mv(z, class_weight.to(z.dtype))
+    st[0] = z.amax(1)
+    z.sub_(st[0].unsqueeze(1)).exp_()
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, 0.0, kept).unsqueeze(1))  # the target's e_y out of the row sum
+    st[1] = z.sum(1)
+    return st
+
+
+def torch_two_phase_grad_(z: Tensor, target_local: Tensor, stats: Tensor, lse: Tensor, coef: Tensor, k1: Tensor,
+                          k2: Tensor, *, class_weight: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Phase 2 in torch ops over the ``z`` that :func:`torch_two_phase_stats_` left (``exp(z'_c - M)``, the
+    target's entry 0) and its ``stats``: ``dL/dz'_c = coef exp(z'_c - lse) - k1 onehot_t - k2 a_c`` in place."""
+    own = target_local >= 0
+    li1 = torch.where(own, target_local, 0).unsqueeze(1)
+    z.mul_((coef * torch.exp(stats[0] - lse)).unsqueeze(1))  # coef p_c = coef exp(z'_c - M) exp(M - lse)
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, coef * torch.exp(stats[2] - lse) - k1, kept).unsqueeze(1))
+    if class_weight is None:
+        z.sub_(k2.unsqueeze(1))
+    else:
+        z.addcmul_(k2.unsqueeze(1), class_weight.to(z.dtype).unsqueeze(0), value=-1.0)
+    return z
+
+
+def _kernels(name: str):
+    if name == "native":
+        from .kernels import _native
+
+        return _native
+    from .kernels import _triton_impl
+
+    return _triton_impl
+
+
+# ------------------------------------------------------------------------------------------------ one chunk
+
+
+def combine_statistics(gathered: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The row statistics of the whole weight from every rank's ``(P, k, rows)`` phase-1 statistics (k = 3, or 4
+    with the smoothing sum), combined in rank order (the same result on every rank): the global max ``M``,
+    ``sum_{c != y} exp(z'_c - M) = sum_r rest_r exp(M_r - M)``, ``z'_y`` (only its owner's entry is nonzero) and
+    ``sum_c a_c z'_c`` (or 0).  Exact up to rounding: each rank's sum was taken from its own max."""
+    local_max = gathered[:, 0]
+    big = local_max.amax(0)
+    rest = (gathered[:, 1] * torch.exp(local_max - big)).sum(0)
+    z_t = gathered[:, 2].sum(0)
+    xa = gathered[:, 3].sum(0) if gathered.shape[1] > 3 else torch.zeros_like(big)
+    return big, rest, z_t, xa
+
+
+def _all_gather_statistics(st: Tensor, group) -> Tensor:
+    """One all-gather of this rank's ``(k, rows)`` statistics into ``(P, k, rows)``."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    st = st.contiguous()
+    if world == 1:
+        return st.unsqueeze(0)
+    out = st.new_empty(world * st.shape[0], *st.shape[1:])  # rank-major, as gloo and NCCL both take it
+    dist.all_gather_into_tensor(out, st, group=group)
+    _LAST.calls += 1
+    _LAST.statistics_bytes += out.numel() * out.element_size()
+    return out.view(world, *st.shape)
+
+
 def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compute_grad: bool,
            row_grad: Tensor | None) -> Tensor:  # fmt: skip
     """Both phases of one chunk on the ``(rows, V_r)`` logits ``z`` (compute dtype): the rows' losses; with
     ``compute_grad`` this shard's ``dL/dz'`` chain-ruled to ``dL/dz`` (before the cap) is written over ``z``."""
-    args, group = plan.args, shard.group
-    import torch.distributed as dist
-
+    args = plan.args
     valid = None if args.ignore_index is None else yc != args.ignore_index
-    yv = yc if valid is None else torch.where(valid, yc, 0)
-    local = yv - shard.offset
+    local = yc - shard.offset
     own = (local >= 0) & (local < shard.size)
-    li1 = torch.where(own, local, 0).unsqueeze(1)
+    if valid is not None:
+        own = own & valid
+    t_local = torch.where(own, local, -1)
     ls = args.label_smoothing
-    # the logits the loss sees, z' = s (z + bias - m_y onehot_y), in place
-    if args.bias is not None:
-        z.add_(args.bias)
-    if args.margin is not None:
-        m_t = torch.where(own, args.margin[li1.squeeze(1)], 0.0)
-        z.scatter_add_(1, li1, -m_t.unsqueeze(1))
-    if args.logit_scale != 1.0:
-        z.mul_(args.logit_scale)
-    # phase 1: row statistics
-    stats = z.new_zeros(3 if ls > 0.0 else 2, z.shape[0])
-    stats[0] = torch.where(own, z.gather(1, li1).squeeze(1), 0.0)  # z'_y from its owner
-    if ls > 0.0:
-        stats[2] = z.sum(1) if args.class_weight is None else torch.mv(z, args.class_weight)
-    big = z.amax(1)
-    _all_reduce(big, group, "statistics_bytes", dist.ReduceOp.MAX)
-    z.sub_(big.unsqueeze(1)).exp_()  # e_c = exp(z'_c - M)
-    kept = z.gather(1, li1).squeeze(1)
-    z.scatter_(1, li1, torch.where(own, 0.0, kept).unsqueeze(1))  # the target's e_y out of the row sum
-    stats[1] = z.sum(1)
-    _all_reduce(stats, group, "statistics_bytes")
+    a = args.class_weight if ls > 0.0 else None
+    # phase 1: this shard's row statistics, one all-gather, the same combined statistics on every rank
+    if plan.backend == "torch":
+        st = torch_two_phase_stats_(z, t_local, bias=args.bias, margin=args.margin, logit_scale=args.logit_scale,
+                                    class_weight=a, label_smoothing=ls > 0.0)  # fmt: skip
+    else:
+        st = _kernels(plan.backend).two_phase_stats(z, t_local, bias=args.bias, margin=args.margin,
+                                                    logit_scale=args.logit_scale, class_weight=a,
+                                                    label_smoothing=ls > 0.0).to(z.dtype)  # fmt: skip
+    gathered = _all_gather_statistics(st[: 4 if ls > 0.0 else 3], shard.group)
+    big, rest, z_t, xa = combine_statistics(gathered)
     # phase 2: the same per-row scalars on every rank
-    z_t, rest = stats[0], stats[1]
     e_t = torch.exp(z_t - big)
     total = rest + e_t
     lse = big + torch.log(total)
     p_t = e_t / total
     u1 = rest / total
     ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), lse - z_t)
-    smooth = shard.a_sum * lse - stats[2] if ls > 0.0 else None
+    smooth = shard.a_sum * lse - xa if ls > 0.0 else None
     a_t = None if shard.a_t is None else shard.a_t[rows]
     w_t = None if shard.w_t is None else shard.w_t[rows]
     loss, k1, k2 = softmax_row_terms(ce1, u1, p_t, smooth, a_t, w_t, epsilon=list(args.epsilon), gamma=args.gamma,
@@ -263,22 +374,18 @@ def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compu
     if not compute_grad:
         return loss
     scale = torch.full_like(lse, args.logit_scale) if row_grad is None else row_grad * args.logit_scale
-    if valid is not None:
-        scale = torch.where(valid, scale, 0.0)
     k1 = k1 * scale
-    k2 = k2 * scale
+    k2 = k2 * scale if ls > 0.0 else torch.zeros_like(lse)
     coef = k1 + k2 * shard.a_sum if ls > 0.0 else k1
     if args.z_loss != 0.0:
         coef = coef + (2.0 * args.z_loss) * lse * scale
-    z.mul_((coef / total).unsqueeze(1))  # coef * p
-    kept = z.gather(1, li1).squeeze(1)
-    z.scatter_(1, li1, torch.where(own, coef * p_t - k1, kept).unsqueeze(1))
-    if ls > 0.0:
-        k2_ = k2.unsqueeze(1)
-        if args.class_weight is None:
-            z.sub_(k2_)
-        else:
-            z.addcmul_(k2_, args.class_weight.unsqueeze(0), value=-1.0)
+    if valid is not None:  # ignored rows: coefficients 0 (a where, not a product: no 0 * inf)
+        k1, k2, coef = (torch.where(valid, v, 0.0) for v in (k1, k2, coef))
+    if plan.backend == "torch":
+        torch_two_phase_grad_(z, t_local, st, lse, coef, k1, k2, class_weight=a)
+    else:
+        _kernels(plan.backend).two_phase_grad_(z, t_local, lse, coef, k1, k2, bias=args.bias, margin=args.margin,
+                                               logit_scale=args.logit_scale, class_weight=a)  # fmt: skip
     return loss
 
 
@@ -495,7 +602,7 @@ def sharded_linear_poly_loss(
     buffers = 2 if cap and any(needs) else 1
     rows = chunk_rows(num_rows, num_classes, torch.empty((), dtype=gemm).element_size(), in_features=x2.shape[-1],
                       buffers=buffers, chunk_size=chunk)  # fmt: skip
-    plan = _Plan(kernel_args, hp.reduction, cap, rows)
+    plan = _Plan(kernel_args, hp.reduction, cap, rows, two_phase_backend(input.device, ct))
     if any(needs):
         out = _ShardedLoss.apply(x2, linear_weight, linear_bias, (y, plan, shard))
     else:
