@@ -2,9 +2,11 @@
 an uneven shard of the classes, against the single-process ``linear_poly_loss`` (float64: 1e-10; float32: 1e-5
 relative) and, for float64, the float64 textbook reference (autograd over ``F.linear`` + ``poly_loss_reference``).
 
-One spawned group per world size runs every case of :mod:`linear_parallel_cases` (the option grid: every family
+One spawned group per world size runs the cases of :mod:`linear_parallel_cases` (the option grid: every family
 option, three reductions, ignored rows, a chunk whose rows are all ignored, every row ignored, uneven shards, bf16 /
-float32 / float64) and the checks that need a group (modules, mismatched ranks, communication volume)."""
+float32 / float64) on each two-phase backend (``BACKEND_CASES``: torch ops, native C, Triton -- the interpreter on
+CPU) and the checks that need a group (modules, mismatched ranks, communication volume).  The two-phase kernels
+are also tested in this process: against the torch-ops reference, over simulated shards, in a one-rank group."""
 
 from __future__ import annotations
 

@@ -19,27 +19,43 @@ modules with ``process_group=``) computes exactly the single-process :func:`poly
 **The two phases, per chunk of rows** (the same chunking as the single-process call: ``chunk_rows`` of the
 *global* ``V``, so each rank's ``(chunk, V_r)`` workspace is ``1/P`` of the single-process one):
 
-1. local logits ``z = h W_r^T (+ b_r)`` (capped with ``softcap``), adjusted ``z' = s (z + bias_r - m_y onehot_y)``;
-   per row: the max (all-reduce MAX), then ``sum_{c != y} exp(z'_c - M)``, the target logit ``z'_y`` (from the
-   rank owning ``y``, 0 elsewhere) and, for label smoothing, ``sum_c a_c z'_c`` (all-reduce SUM);
-2. every rank derives the same per-row scalars from those statistics -- ``lse``, ``p_y``, ``1 - p_y`` (to relative
-   precision), ``-log p_y``, the loss and the gradient coefficients ``K1, K2`` of
-   :func:`polyfocal.kernels._torch_impl.softmax_row_terms` -- and writes its shard's ``dL/dz`` in place over the
-   workspace: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a`` (times ``s``, the mask and ``1 - (z/c)^2``);
+1. local logits ``z = h W_r^T (+ b_r)`` (capped with ``softcap``); the loss sees ``z' = s (z + bias_r - m_y
+   onehot_y)``.  Phase 1, per row of this shard: the local max ``M_r``, ``sum_{c != y} exp(z'_c - M_r)``, the
+   target logit ``z'_y`` (from the rank owning ``y``, 0 elsewhere) and, for label smoothing,
+   ``sum_c a_c z'_c``.  **One all-gather** of those ``(3 or 4, rows)`` values per chunk; every rank combines
+   them in rank order (:func:`combine_statistics`): ``M = max_r M_r``, ``sum_{c != y} exp(z'_c - M) = sum_r
+   rest_r exp(M_r - M)`` (exact up to rounding: each rank's sum is taken from its own max, so nothing
+   underflows that the single-process sum keeps), the target logit and the smoothing sum by plain sums.  That
+   replaces an all-reduce MAX followed by an all-reduce SUM (two collectives, the second waiting on the first):
+   one collective per chunk, ``P x (3 or 4) x rows`` values gathered -- ``O(N P)``, still independent of ``V``
+   and small against the ``N x d`` input gradient;
+2. every rank derives the same per-row scalars from those statistics -- ``lse``, ``p_y``, ``1 - p_y`` (to
+   relative precision), ``-log p_y``, the loss and the gradient coefficients ``K1, K2`` of
+   :func:`polyfocal.kernels._torch_impl.softmax_row_terms` -- and phase 2 writes its shard's ``dL/dz'`` in place
+   over the workspace: ``(K1 + K2 A + 2 z_loss lse) exp(z' - lse) - K1 onehot_y - K2 a`` (the coefficients
+   carry ``s``, the mask and the upstream gradient; ignored rows get zeros), then the softcap's ``1 - (z/c)^2``;
    then ``grad_W_r += g^T h``, ``grad_b_r += g.sum(0)`` stay local and ``grad_input += g W_r`` is a partial sum.
+
+**The two-phase kernels**, chosen once per call by :func:`two_phase_backend` under
+``polyfocal.kernels.backend(...)``: native C (``pf_lp_stats`` / ``pf_lp_grad``, unit 4 of ``_native.c``:
+one pass per phase over each row, bias / margin / scale applied as the logits are loaded, OpenMP over rows,
+vectorised loops) on CPU float32 chunks (float32 / bf16 / fp16 input); Triton
+(:func:`polyfocal.kernels._triton_impl.two_phase_stats` / ``two_phase_grad_``) on CUDA; the torch ops
+(:func:`torch_two_phase_stats_` / :func:`torch_two_phase_grad_`, in place on the workspace) otherwise --
+float64, and the reference the other two are tested against.  The per-row combination and row terms above are
+torch ops on ``O(rows)`` values, shared by the three.
 
 Once per call: the per-row target weights ``alpha_y w_y`` / ``w_y`` (owner's values) and the class sums
 ``sum_c alpha_c w_c``, ``sum_c w_c``, ``sum_c prior_c`` (one all-reduce of ``O(N)``); at the end ``grad_input`` is
-all-reduced (``N x d``).  Nothing ``V``-sized crosses the network: per step ``O(N)`` statistics plus the ``N x d``
-input gradient, independent of ``V`` (:func:`last_communication` counts them).  The loss is computed from the
-all-reduced statistics, so it is the same on every rank; ``grad_input`` is the full gradient on every rank (the
-input is replicated); each rank gets the gradient of its own weight / bias shard.
+all-reduced (``N x d``).  Nothing ``V``-sized crosses the network: per step ``O(N P)`` statistics plus the
+``N x d`` input gradient, independent of ``V`` (:func:`last_communication` counts them).  The loss is computed
+from the combined statistics, so it is the same on every rank; ``grad_input`` is the full gradient on every rank
+(the input is replicated); each rank gets the gradient of its own weight / bias shard.
 
 Reductions, ``reduction="none"`` (the backward recomputes the chunks, with the same collectives: every rank must
 run the backward), ``grad_output`` scaling, bf16 / fp16 (float32 statistics and gradient accumulators; on CPU the
-chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.  This is the
-torch-ops implementation of the two-phase form (the reference); there are no native C / Triton two-phase kernels
-yet.  ``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
+chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.
+``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
 (gloo: CPU tensors, or CUDA tensors; NCCL: one CUDA device per rank); the shard sizes and checks are read on the
 host once per call (one synchronisation on CUDA).
 """
@@ -89,7 +105,7 @@ class CommunicationVolume:
 
     calls: int = 0
     setup_bytes: int = 0  # shard sizes / checks and the per-row target weights, once per call
-    statistics_bytes: int = 0  # the per-chunk row statistics
+    statistics_bytes: int = 0  # the per-chunk row statistics (all-gathered: every rank's, P x k x rows values)
     grad_input_bytes: int = 0  # the final all-reduce of grad_input (N x d)
 
     @property
@@ -325,7 +341,8 @@ def _all_gather_statistics(st: Tensor, group) -> Tensor:
     if world == 1:
         return st.unsqueeze(0)
     out = st.new_empty(world * st.shape[0], *st.shape[1:])  # rank-major, as gloo and NCCL both take it
-    dist.all_gather_into_tensor(out, st, group=group)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the new name from torch 2.13
+    gather(out, st, group=group)
     _LAST.calls += 1
     _LAST.statistics_bytes += out.numel() * out.element_size()
     return out.view(world, *st.shape)

@@ -208,9 +208,9 @@ __attribute__((unused)) static void pf_hugepages(void *buf, int64_t bytes) {
 #endif
 }
 
-/* The file builds as one unit, or as three compiled in parallel and linked into one library by _native.py
- * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block): the cold first build's wall time is
- * about half its CPU time on two cores. */
+/* The file builds as one unit, or as four compiled in parallel and linked into one library by _native.py
+ * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block, 4: the two-phase class-parallel softmax):
+ * the cold first build's wall time is about half its CPU time on two cores. */
 #if !defined(PF_PART) || PF_PART == 1
 
 typedef struct {

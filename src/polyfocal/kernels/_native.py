@@ -21,7 +21,9 @@ dtype, with no float32 copy of the logits): softmax with class-index targets on 
 logits, contiguous or class-last in memory (channels_last); sigmoid with dense targets of any shape (float32,
 bfloat16, float16, bool/uint8 read in place) or class indices on ``(N, C)`` logits; up to 16 epsilon terms.
 ``weight`` / ``pos_weight`` / ``normalizer`` broadcast views are read through their strides, not expanded.
-Everything else (float64, sigmoid class indices on spatial layouts) goes to the torch implementation.
+Everything else (float64, sigmoid class indices on spatial layouts) goes to the torch implementation.  Unit 4
+holds the two-phase form of the softmax family for :mod:`polyfocal.linear_parallel` (:func:`two_phase_stats`,
+:func:`two_phase_grad_`).
 """
 
 from __future__ import annotations
