@@ -1022,11 +1022,11 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
  *   are all 0 (an ignored row) is written as zeros.
  * Row sums: float SIMD lanes within blocks of SUM_BLK classes, the blocks added in double (as pf_softmax). */
 
-/* z' of one row into zr (V floats): zr[c] = s (x_c + b_c), then the target's margin */
-static void lp_adjust(float *zr, const float *b, float sc, int64_t V) {
+/* z' of one row into zr (V floats): zr[c] = s (x_c + b_c) (xr may be zr); the caller sets the target's entry */
+static void lp_adjust(float *zr, const float *xr, const float *b, float sc, int64_t V) {
     /* PF_HOT: the two-phase row's adjusted logits */
 #pragma omp simd
-    for (int64_t c = 0; c < V; c++) zr[c] = sc * (zr[c] + b[c]);
+    for (int64_t c = 0; c < V; c++) zr[c] = sc * (xr[c] + b[c]);
 }
 
 static inline float lp_target(const float *xr_raw, const float *b, const float *mg, float sc, int64_t t) {
@@ -1103,9 +1103,13 @@ int pf_lp_stats(const void *x, int xdt, const int64_t *t, const float *b, const 
         for (int64_t r = 0; r < R; r++) {
             if (!zr) continue;
             const int64_t tr = t[r];
-            load_f32(zr, x, xdt, r * V, V);
-            const float zt = tr >= 0 ? lp_target(zr, b, mg, sc, tr) : 0.0f;
-            lp_adjust(zr, b, sc, V);
+            const float *xr = (const float *)x + r * V; /* float32: adjusted straight from x, no copy */
+            if (xdt != DT_F32) {
+                load_f32(zr, x, xdt, r * V, V);
+                xr = zr;
+            }
+            const float zt = tr >= 0 ? lp_target(xr, b, mg, sc, tr) : 0.0f;
+            lp_adjust(zr, xr, b, sc, V);
             if (tr >= 0) zr[tr] = zt;
             lp_stats_row(zr, a, tr, V, ls, st, R, r);
         }

@@ -1149,7 +1149,7 @@ def two_phase_stats(z, target_local, *, bias=None, margin=None, logit_scale=1.0,
     st = torch.empty(4, rows, dtype=ct, device=z.device)
     if rows:
         block_r = 4 if z.is_cuda else min(16, _pow2(rows))
-        block_c = min(_pow2(v), 1024 if z.is_cuda else 64)
+        block_c = min(_pow2(v), (256 if ct == torch.float64 else 1024) if z.is_cuda else 64)  # fp64: no spills
         _lp_stats_kernel[(_cdiv(rows, block_r),)](
             z, t, dummy if b is None else b, dummy if mg is None else mg, dummy if a is None else a, s, st, rows, v,
             HAS_BIAS=b is not None, HAS_MARGIN=mg is not None, HAS_A=a is not None, LS=bool(label_smoothing),
