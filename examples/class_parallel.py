@@ -99,8 +99,11 @@ def _line(name: str, r: dict, baseline: dict | None) -> str:
     text = (f"  {name}: loss {r['loss']:.6f}  extra peak {r['extra_mib']:.1f} MiB with gradients, "
             f"{r['extra_no_grads_mib']:.1f} MiB without")  # fmt: skip
     if baseline is not None:
-        text += (f" = {r['extra_mib'] / baseline['extra_mib']:.3f}x / "
-                 f"{r['extra_no_grads_mib'] / baseline['extra_no_grads_mib']:.3f}x unsharded")  # fmt: skip
+        # a tiny head's step can fit in pages an earlier step left mapped: no extra peak, no ratio
+        ratios = [
+            f"{r[k] / baseline[k]:.3f}x" if baseline[k] > 0 else "n/a" for k in ("extra_mib", "extra_no_grads_mib")
+        ]
+        text += f" = {ratios[0]} / {ratios[1]} unsharded"
     return text + f"  ({r['seconds']:.2f} s)"
 
 
@@ -149,7 +152,8 @@ def main() -> None:
         for r in everyone:
             print(_line(f"rank {r['rank']} ({r['classes']} classes)", r, baseline))
         print(f"  communication per step and rank: {comm.total_bytes / 2**20:.2f} MiB = statistics "
-              f"{comm.statistics_bytes / 2**10:.1f} KiB (O(N)) + grad_input {comm.grad_input_bytes / 2**20:.2f} MiB "
+              f"{comm.statistics_bytes / 2**10:.1f} KiB (O(N P): all-gathers) + grad_input "
+              f"{comm.grad_input_bytes / 2**20:.2f} MiB "
               f"(N x d) + setup {comm.setup_bytes} B, in {comm.calls} collectives; independent of V "
               f"(an all-gather of the logits would move {args.rows * args.classes * 4 / 2**20:.0f} MiB)")  # fmt: skip
 

@@ -170,7 +170,36 @@ def sigmoid(
     return compile_kernel(fn, sig, consts, warps)
 
 
+def two_phase(grad=False, dt_x="fp32", dt="fp32", HAS_BIAS=True, HAS_MARGIN=True, HAS_A=True, LS=True, BLOCK_R=4,
+              BLOCK_C=1024, warps=4):  # fmt: skip
+    """linear_parallel's two-phase kernels (phase 1: statistics; phase 2: the gradient from given statistics)."""
+    fn = T._lp_grad_kernel if grad else T._lp_stats_kernel
+    sig = {"z_ptr": f"*{dt_x}", "t_ptr": "*i64", "R": "i32", "V": "i32"}
+    for k in ("b_ptr", "m_ptr", "a_ptr", "s_ptr", "st_ptr", "lse_ptr", "co_ptr", "k1_ptr", "k2_ptr"):
+        sig[k] = f"*{dt}"
+    cx = dict(HAS_BIAS=HAS_BIAS, HAS_MARGIN=HAS_MARGIN, HAS_A=HAS_A, LS=LS, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+    consts = {}
+    for k, v in cx.items():
+        sig[k] = "constexpr"
+        consts[k] = v
+    sig = {k: sig[k] for k in fn.arg_names}
+    consts = {k: v for k, v in consts.items() if k in sig}
+    return compile_kernel(fn, sig, consts, warps)
+
+
 cases = [
+    ("two-phase stats fp32 all options", lambda: two_phase()),
+    (
+        "two-phase stats bf16 plain",
+        lambda: two_phase(dt_x="bf16", HAS_BIAS=False, HAS_MARGIN=False, HAS_A=False, LS=False),
+    ),
+    ("two-phase stats fp64", lambda: two_phase(dt_x="fp64", dt="fp64", BLOCK_C=256)),
+    ("two-phase grad fp32 all options", lambda: two_phase(grad=True)),
+    (
+        "two-phase grad bf16 plain",
+        lambda: two_phase(grad=True, dt_x="bf16", HAS_BIAS=False, HAS_MARGIN=False, HAS_A=False),
+    ),
+    ("two-phase grad fp64", lambda: two_phase(grad=True, dt_x="fp64", dt="fp64")),
     ("softmax ce mean den-device fp32", lambda: softmax(N_EPS=0, GAMMA_ZERO=True)),
     (
         "softmax bf16 chunked smooth weights",

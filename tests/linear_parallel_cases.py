@@ -54,8 +54,24 @@ CASES = [
     ("bf16_all_mean", "bfloat16", "mean", True, CHUNK, "chunk", ALL),
     ("bf16_poly1_none", "bfloat16", "none", True, CHUNK, "chunk", dict(epsilon=1.0)),
     ("f16_all_sum", "float16", "sum", True, CHUNK, "chunk", ALL),
+    ("f32_alpha_smooth", "float32", "none", True, 3, "chunk", dict(gamma=1.0, alpha="alpha", label_smoothing=0.15)),
+    ("f32_margin_scale_zloss", "float32", "sum", False, CHUNK, "class3",
+     dict(epsilon=1.0, margin="margin", logit_scale=2.0, z_loss=0.01, ignore_index=3)),
+    ("f32_prior_weight_smooth", "float32", "none", False, 5, "none",
+     dict(prior="prior", tau=1.0, weight="weight", label_smoothing=0.1, ignore_index=None)),
+    ("f32_softcap_all_ignored", "float32", "mean", True, CHUNK, "all", dict(gamma=2.0, epsilon=1.0, softcap=2.0)),
 ]
 # fmt: on
+
+# The grid per two-phase backend (polyfocal.kernels.backend(...) around the calls): torch ops every case; native C
+# the cases it runs (float32 compute: float32 / bf16 / fp16 input; float64 chunks go to torch ops under "native");
+# Triton (the interpreter on CPU) a representative subset, float64 included (Triton's math is float64 there).
+BACKEND_CASES = {
+    "torch": [c[0] for c in CASES],
+    "native": [c[0] for c in CASES if c[1] != "float64"],
+    "triton": ["ce", "focal_half", "weight_smooth", "ignore_is_a_class", "margin_scale", "all_none", "all_ignored",
+               "f32_all_mean", "f32_margin_scale_zloss", "bf16_poly1_none"],
+}  # fmt: skip
 
 
 def data(index: int, dtype: torch.dtype, bias: bool, ignore: str, device: str = "cpu"):

@@ -19,27 +19,43 @@ modules with ``process_group=``) computes exactly the single-process :func:`poly
 **The two phases, per chunk of rows** (the same chunking as the single-process call: ``chunk_rows`` of the
 *global* ``V``, so each rank's ``(chunk, V_r)`` workspace is ``1/P`` of the single-process one):
 
-1. local logits ``z = h W_r^T (+ b_r)`` (capped with ``softcap``), adjusted ``z' = s (z + bias_r - m_y onehot_y)``;
-   per row: the max (all-reduce MAX), then ``sum_{c != y} exp(z'_c - M)``, the target logit ``z'_y`` (from the
-   rank owning ``y``, 0 elsewhere) and, for label smoothing, ``sum_c a_c z'_c`` (all-reduce SUM);
-2. every rank derives the same per-row scalars from those statistics -- ``lse``, ``p_y``, ``1 - p_y`` (to relative
-   precision), ``-log p_y``, the loss and the gradient coefficients ``K1, K2`` of
-   :func:`polyfocal.kernels._torch_impl.softmax_row_terms` -- and writes its shard's ``dL/dz`` in place over the
-   workspace: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a`` (times ``s``, the mask and ``1 - (z/c)^2``);
+1. local logits ``z = h W_r^T (+ b_r)`` (capped with ``softcap``); the loss sees ``z' = s (z + bias_r - m_y
+   onehot_y)``.  Phase 1, per row of this shard: the local max ``M_r``, ``sum_{c != y} exp(z'_c - M_r)``, the
+   target logit ``z'_y`` (from the rank owning ``y``, 0 elsewhere) and, for label smoothing,
+   ``sum_c a_c z'_c``.  **One all-gather** of those ``(3 or 4, rows)`` values per chunk; every rank combines
+   them in rank order (:func:`combine_statistics`): ``M = max_r M_r``, ``sum_{c != y} exp(z'_c - M) = sum_r
+   rest_r exp(M_r - M)`` (exact up to rounding: each rank's sum is taken from its own max, so nothing
+   underflows that the single-process sum keeps), the target logit and the smoothing sum by plain sums.  That
+   replaces an all-reduce MAX followed by an all-reduce SUM (two collectives, the second waiting on the first):
+   one collective per chunk, ``P x (3 or 4) x rows`` values gathered -- ``O(N P)``, still independent of ``V``
+   and small against the ``N x d`` input gradient;
+2. every rank derives the same per-row scalars from those statistics -- ``lse``, ``p_y``, ``1 - p_y`` (to
+   relative precision), ``-log p_y``, the loss and the gradient coefficients ``K1, K2`` of
+   :func:`polyfocal.kernels._torch_impl.softmax_row_terms` -- and phase 2 writes its shard's ``dL/dz'`` in place
+   over the workspace: ``(K1 + K2 A + 2 z_loss lse) exp(z' - lse) - K1 onehot_y - K2 a`` (the coefficients
+   carry ``s``, the mask and the upstream gradient; ignored rows get zeros), then the softcap's ``1 - (z/c)^2``;
    then ``grad_W_r += g^T h``, ``grad_b_r += g.sum(0)`` stay local and ``grad_input += g W_r`` is a partial sum.
+
+**The two-phase kernels**, chosen once per call by :func:`two_phase_backend` under
+``polyfocal.kernels.backend(...)``: native C (``pf_lp_stats`` / ``pf_lp_grad``, unit 4 of ``_native.c``:
+one pass per phase over each row, bias / margin / scale applied as the logits are loaded, OpenMP over rows,
+vectorised loops) on CPU float32 chunks (float32 / bf16 / fp16 input); Triton
+(:func:`polyfocal.kernels._triton_impl.two_phase_stats` / ``two_phase_grad_``) on CUDA; the torch ops
+(:func:`torch_two_phase_stats_` / :func:`torch_two_phase_grad_`, in place on the workspace) otherwise --
+float64, and the reference the other two are tested against.  The per-row combination and row terms above are
+torch ops on ``O(rows)`` values, shared by the three.
 
 Once per call: the per-row target weights ``alpha_y w_y`` / ``w_y`` (owner's values) and the class sums
 ``sum_c alpha_c w_c``, ``sum_c w_c``, ``sum_c prior_c`` (one all-reduce of ``O(N)``); at the end ``grad_input`` is
-all-reduced (``N x d``).  Nothing ``V``-sized crosses the network: per step ``O(N)`` statistics plus the ``N x d``
-input gradient, independent of ``V`` (:func:`last_communication` counts them).  The loss is computed from the
-all-reduced statistics, so it is the same on every rank; ``grad_input`` is the full gradient on every rank (the
-input is replicated); each rank gets the gradient of its own weight / bias shard.
+all-reduced (``N x d``).  Nothing ``V``-sized crosses the network: per step ``O(N P)`` statistics plus the
+``N x d`` input gradient, independent of ``V`` (:func:`last_communication` counts them).  The loss is computed
+from the combined statistics, so it is the same on every rank; ``grad_input`` is the full gradient on every rank
+(the input is replicated); each rank gets the gradient of its own weight / bias shard.
 
 Reductions, ``reduction="none"`` (the backward recomputes the chunks, with the same collectives: every rank must
 run the backward), ``grad_output`` scaling, bf16 / fp16 (float32 statistics and gradient accumulators; on CPU the
-chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.  This is the
-torch-ops implementation of the two-phase form (the reference); there are no native C / Triton two-phase kernels
-yet.  ``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
+chunk GEMMs run in float32, as in the single-process path) are as in :mod:`polyfocal.linear`.
+``torch.compile`` graph-breaks around the call (it runs eagerly).  Collectives run on the input's device
 (gloo: CPU tensors, or CUDA tensors; NCCL: one CUDA device per rank); the shard sizes and checks are read on the
 host once per call (one synchronisation on CUDA).
 """
@@ -70,7 +86,16 @@ from .linear import (
     validated,
 )
 
-__all__ = ["CommunicationVolume", "last_communication", "shard_offsets", "sharded_linear_poly_loss"]
+__all__ = [
+    "CommunicationVolume",
+    "combine_statistics",
+    "last_communication",
+    "shard_offsets",
+    "sharded_linear_poly_loss",
+    "torch_two_phase_grad_",
+    "torch_two_phase_stats_",
+    "two_phase_backend",
+]
 
 
 # ------------------------------------------------------------------------------------------ communication count
@@ -82,7 +107,7 @@ class CommunicationVolume:
 
     calls: int = 0
     setup_bytes: int = 0  # shard sizes / checks and the per-row target weights, once per call
-    statistics_bytes: int = 0  # the per-chunk row statistics
+    statistics_bytes: int = 0  # the per-chunk row statistics (all-gathered: every rank's, P x k x rows values)
     grad_input_bytes: int = 0  # the final all-reduce of grad_input (N x d)
 
     @property
@@ -190,6 +215,29 @@ class _Plan:
     reduction: str
     softcap: float
     rows: int
+    backend: str = "torch"  # the two-phase kernels: "torch" (ops, the reference), "native" or "triton"
+
+
+def two_phase_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The two-phase kernels for a chunk of this device and compute dtype under :func:`polyfocal.backend`:
+    ``"auto"``: Triton on CUDA (when it imports), native C on CPU float32 (when built), else torch ops;
+    ``"native"``: native C where it covers the chunk (CPU float32), else torch ops; ``"triton"``: Triton (CPU
+    tensors need ``TRITON_INTERPRET=1``); ``"torch"`` / ``"composite"``: torch ops."""
+    from .kernels import _dispatch, _native
+
+    name = _dispatch.current_backend()
+    native_ok = device.type == "cpu" and dtype == torch.float32
+    if name in ("torch", "composite"):
+        return "torch"
+    if name == "native":
+        return "native" if native_ok and _native.available() else "torch"
+    if name == "triton":
+        if not _dispatch.triton_available():
+            raise RuntimeError("expected backend 'triton' to be available (importable / built), got none")
+        return "triton"
+    if device.type == "cuda" and _dispatch.triton_available():
+        return "triton"
+    return "native" if native_ok and _native.available() else "torch"
 
 
 def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
@@ -211,48 +259,128 @@ def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: flo
     return out
 
 
+# ------------------------------------------------------------------------ the two-phase kernels: torch ops
+
+
+def torch_two_phase_stats_(z: Tensor, target_local: Tensor, *, bias: Tensor | None = None,
+                           margin: Tensor | None = None, logit_scale: float = 1.0,
+                           class_weight: Tensor | None = None, label_smoothing: bool = False) -> Tensor:  # fmt: skip
+    """Phase 1 in torch ops (the reference of :func:`polyfocal.kernels._native.two_phase_stats` and the Triton
+    twin): the ``(4, rows)`` statistics of the chunk ``z`` -- the local max ``M`` of ``z' = s ((z + b) - m_t
+    onehot_t)``, ``sum_{c != t} exp(z'_c - M)``, ``z'_t`` (0 where ``target_local`` is -1) and
+    ``sum_c a_c z'_c`` (0 without ``label_smoothing``) -- in ``z``'s dtype.  Unlike the kernels it works in
+    place: ``z`` is left holding ``exp(z'_c - M)`` with the target's entry 0, which
+    :func:`torch_two_phase_grad_` expects."""
+    own = target_local >= 0
+    li1 = torch.where(own, target_local, 0).unsqueeze(1)
+    if bias is not None:
+        z.add_(bias)
+    if margin is not None:
+        m_t = torch.where(own, margin[li1.squeeze(1)], 0.0)
+        z.scatter_add_(1, li1, -m_t.unsqueeze(1).to(z.dtype))
+    if logit_scale != 1.0:
+        z.mul_(logit_scale)
+    st = z.new_zeros(4, z.shape[0])
+    st[2] = torch.where(own, z.gather(1, li1).squeeze(1), 0.0)
+    if label_smoothing:
+        st[3] = z.sum(1) if class_weight is None else torch.mv(z, class_weight.to(z.dtype))
+    st[0] = z.amax(1)
+    z.sub_(st[0].unsqueeze(1)).exp_()
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, 0.0, kept).unsqueeze(1))  # the target's e_y out of the row sum
+    st[1] = z.sum(1)
+    return st
+
+
+def torch_two_phase_grad_(z: Tensor, target_local: Tensor, stats: Tensor, lse: Tensor, coef: Tensor, k1: Tensor,
+                          k2: Tensor, *, class_weight: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Phase 2 in torch ops over the ``z`` that :func:`torch_two_phase_stats_` left (``exp(z'_c - M)``, the
+    target's entry 0) and its ``stats``: ``dL/dz'_c = coef exp(z'_c - lse) - k1 onehot_t - k2 a_c`` in place."""
+    own = target_local >= 0
+    li1 = torch.where(own, target_local, 0).unsqueeze(1)
+    z.mul_((coef * torch.exp(stats[0] - lse)).unsqueeze(1))  # coef p_c = coef exp(z'_c - M) exp(M - lse)
+    kept = z.gather(1, li1).squeeze(1)
+    z.scatter_(1, li1, torch.where(own, coef * torch.exp(stats[2] - lse) - k1, kept).unsqueeze(1))
+    if class_weight is None:
+        z.sub_(k2.unsqueeze(1))
+    else:
+        z.addcmul_(k2.unsqueeze(1), class_weight.to(z.dtype).unsqueeze(0), value=-1.0)
+    return z
+
+
+def _kernels(name: str):
+    if name == "native":
+        from .kernels import _native
+
+        return _native
+    from .kernels import _triton_impl
+
+    return _triton_impl
+
+
+# ------------------------------------------------------------------------------------------------ one chunk
+
+
+def combine_statistics(gathered: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The row statistics of the whole weight from every rank's ``(P, k, rows)`` phase-1 statistics (k = 3, or 4
+    with the smoothing sum), combined in rank order (the same result on every rank): the global max ``M``,
+    ``sum_{c != y} exp(z'_c - M) = sum_r rest_r exp(M_r - M)``, ``z'_y`` (only its owner's entry is nonzero) and
+    ``sum_c a_c z'_c`` (or 0).  Exact up to rounding: each rank's sum was taken from its own max."""
+    local_max = gathered[:, 0]
+    big = local_max.amax(0)
+    rest = (gathered[:, 1] * torch.exp(local_max - big)).sum(0)
+    z_t = gathered[:, 2].sum(0)
+    xa = gathered[:, 3].sum(0) if gathered.shape[1] > 3 else torch.zeros_like(big)
+    return big, rest, z_t, xa
+
+
+def _all_gather_statistics(st: Tensor, group) -> Tensor:
+    """One all-gather of this rank's ``(k, rows)`` statistics into ``(P, k, rows)``."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    st = st.contiguous()
+    if world == 1:
+        return st.unsqueeze(0)
+    out = st.new_empty(world * st.shape[0], *st.shape[1:])  # rank-major, as gloo and NCCL both take it
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the new name from torch 2.13
+    gather(out, st, group=group)
+    _LAST.calls += 1
+    _LAST.statistics_bytes += out.numel() * out.element_size()
+    return out.view(world, *st.shape)
+
+
 def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compute_grad: bool,
            row_grad: Tensor | None) -> Tensor:  # fmt: skip
     """Both phases of one chunk on the ``(rows, V_r)`` logits ``z`` (compute dtype): the rows' losses; with
     ``compute_grad`` this shard's ``dL/dz'`` chain-ruled to ``dL/dz`` (before the cap) is written over ``z``."""
-    args, group = plan.args, shard.group
-    import torch.distributed as dist
-
+    args = plan.args
     valid = None if args.ignore_index is None else yc != args.ignore_index
-    yv = yc if valid is None else torch.where(valid, yc, 0)
-    local = yv - shard.offset
+    local = yc - shard.offset
     own = (local >= 0) & (local < shard.size)
-    li1 = torch.where(own, local, 0).unsqueeze(1)
+    if valid is not None:
+        own = own & valid
+    t_local = torch.where(own, local, -1)
     ls = args.label_smoothing
-    # the logits the loss sees, z' = s (z + bias - m_y onehot_y), in place
-    if args.bias is not None:
-        z.add_(args.bias)
-    if args.margin is not None:
-        m_t = torch.where(own, args.margin[li1.squeeze(1)], 0.0)
-        z.scatter_add_(1, li1, -m_t.unsqueeze(1))
-    if args.logit_scale != 1.0:
-        z.mul_(args.logit_scale)
-    # phase 1: row statistics
-    stats = z.new_zeros(3 if ls > 0.0 else 2, z.shape[0])
-    stats[0] = torch.where(own, z.gather(1, li1).squeeze(1), 0.0)  # z'_y from its owner
-    if ls > 0.0:
-        stats[2] = z.sum(1) if args.class_weight is None else torch.mv(z, args.class_weight)
-    big = z.amax(1)
-    _all_reduce(big, group, "statistics_bytes", dist.ReduceOp.MAX)
-    z.sub_(big.unsqueeze(1)).exp_()  # e_c = exp(z'_c - M)
-    kept = z.gather(1, li1).squeeze(1)
-    z.scatter_(1, li1, torch.where(own, 0.0, kept).unsqueeze(1))  # the target's e_y out of the row sum
-    stats[1] = z.sum(1)
-    _all_reduce(stats, group, "statistics_bytes")
+    a = args.class_weight if ls > 0.0 else None
+    # phase 1: this shard's row statistics, one all-gather, the same combined statistics on every rank
+    if plan.backend == "torch":
+        st = torch_two_phase_stats_(z, t_local, bias=args.bias, margin=args.margin, logit_scale=args.logit_scale,
+                                    class_weight=a, label_smoothing=ls > 0.0)  # fmt: skip
+    else:
+        st = _kernels(plan.backend).two_phase_stats(z, t_local, bias=args.bias, margin=args.margin,
+                                                    logit_scale=args.logit_scale, class_weight=a,
+                                                    label_smoothing=ls > 0.0).to(z.dtype)  # fmt: skip
+    gathered = _all_gather_statistics(st[: 4 if ls > 0.0 else 3], shard.group)
+    big, rest, z_t, xa = combine_statistics(gathered)
     # phase 2: the same per-row scalars on every rank
-    z_t, rest = stats[0], stats[1]
     e_t = torch.exp(z_t - big)
     total = rest + e_t
     lse = big + torch.log(total)
     p_t = e_t / total
     u1 = rest / total
     ce1 = torch.where(u1 < 0.5, -torch.log1p(-u1), lse - z_t)
-    smooth = shard.a_sum * lse - stats[2] if ls > 0.0 else None
+    smooth = shard.a_sum * lse - xa if ls > 0.0 else None
     a_t = None if shard.a_t is None else shard.a_t[rows]
     w_t = None if shard.w_t is None else shard.w_t[rows]
     loss, k1, k2 = softmax_row_terms(ce1, u1, p_t, smooth, a_t, w_t, epsilon=list(args.epsilon), gamma=args.gamma,
@@ -265,22 +393,18 @@ def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compu
     if not compute_grad:
         return loss
     scale = torch.full_like(lse, args.logit_scale) if row_grad is None else row_grad * args.logit_scale
-    if valid is not None:
-        scale = torch.where(valid, scale, 0.0)
     k1 = k1 * scale
-    k2 = k2 * scale
+    k2 = k2 * scale if ls > 0.0 else torch.zeros_like(lse)
     coef = k1 + k2 * shard.a_sum if ls > 0.0 else k1
     if args.z_loss != 0.0:
         coef = coef + (2.0 * args.z_loss) * lse * scale
-    z.mul_((coef / total).unsqueeze(1))  # coef * p
-    kept = z.gather(1, li1).squeeze(1)
-    z.scatter_(1, li1, torch.where(own, coef * p_t - k1, kept).unsqueeze(1))
-    if ls > 0.0:
-        k2_ = k2.unsqueeze(1)
-        if args.class_weight is None:
-            z.sub_(k2_)
-        else:
-            z.addcmul_(k2_, args.class_weight.unsqueeze(0), value=-1.0)
+    if valid is not None:  # ignored rows: coefficients 0 (a where, not a product: no 0 * inf)
+        k1, k2, coef = (torch.where(valid, v, 0.0) for v in (k1, k2, coef))
+    if plan.backend == "torch":
+        torch_two_phase_grad_(z, t_local, st, lse, coef, k1, k2, class_weight=a)
+    else:
+        _kernels(plan.backend).two_phase_grad_(z, t_local, lse, coef, k1, k2, bias=args.bias, margin=args.margin,
+                                               logit_scale=args.logit_scale, class_weight=a)  # fmt: skip
     return loss
 
 
@@ -491,7 +615,7 @@ def sharded_linear_poly_loss(
     buffers = 2 if cap and any(needs) else 1
     rows = chunk_rows(num_rows, num_classes, torch.empty((), dtype=gemm).element_size(), in_features=x2.shape[-1],
                       buffers=buffers, chunk_size=chunk)  # fmt: skip
-    plan = _Plan(kernel_args, hp.reduction, cap, rows)
+    plan = _Plan(kernel_args, hp.reduction, cap, rows, two_phase_backend(input.device, ct))
     if any(needs):
         out = _ShardedLoss.apply(x2, linear_weight, linear_bias, (y, plan, shard))
     else:

@@ -208,9 +208,9 @@ __attribute__((unused)) static void pf_hugepages(void *buf, int64_t bytes) {
 #endif
 }
 
-/* The file builds as one unit, or as three compiled in parallel and linked into one library by _native.py
- * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block): the cold first build's wall time is
- * about half its CPU time on two cores. */
+/* The file builds as one unit, or as four compiled in parallel and linked into one library by _native.py
+ * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block, 4: the two-phase class-parallel softmax):
+ * the cold first build's wall time is about half its CPU time on two cores. */
 #if !defined(PF_PART) || PF_PART == 1
 
 typedef struct {
@@ -1007,3 +1007,164 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
 
 #endif /* PF_PART 2 */
 #endif /* PF_PART >= 2 */
+#if !defined(PF_PART) || PF_PART == 4
+/* PF_PART=4: the two-phase form of the softmax family for class-parallel fused linear + loss
+ * (polyfocal/linear_parallel.py).  Each rank holds a (R, V) chunk of its shard's logits x (dtype xdt, read in
+ * place; the gradient is written over it).  The loss sees z'_c = s ((x_c + b_c) - m_t [c = t]) with t the row's
+ * local target (-1: not in this shard, or an ignored row): b (V,) the shard's bias (zeros when none), m the
+ * target margins (V,) or NULL, s the logit scale.
+ *
+ * Phase 1, pf_lp_stats: per row, into st (4, R) float32 (row-major: st[k * R + r]):
+ *   st[0] = M_r = max_c z'_c (the local max), st[1] = sum_{c != t} exp(z'_c - M_r),
+ *   st[2] = z'_t (0 when t = -1), st[3] = sum_c a_c z'_c (a: class weights (V,) or NULL for 1; only when ls != 0).
+ * Phase 2, pf_lp_grad: given the global per-row lse and coefficients (co, k1, k2: the gradient of the row is
+ *   co exp(z'_c - lse) - k1 [c = t] - k2 a_c), writes it over x in x's dtype; a row whose three coefficients
+ *   are all 0 (an ignored row) is written as zeros.
+ * Row sums: float SIMD lanes within blocks of SUM_BLK classes, the blocks added in double (as pf_softmax). */
+
+/* z' of one row into zr (V floats): zr[c] = s (x_c + b_c) (xr may be zr); the caller sets the target's entry */
+static void lp_adjust(float *zr, const float *xr, const float *b, float sc, int64_t V) {
+    /* PF_HOT: the two-phase row's adjusted logits */
+#pragma omp simd
+    for (int64_t c = 0; c < V; c++) zr[c] = sc * (xr[c] + b[c]);
+}
+
+static inline float lp_target(const float *xr_raw, const float *b, const float *mg, float sc, int64_t t) {
+    return sc * ((xr_raw[t] + b[t]) - (mg ? mg[t] : 0.0f));
+}
+
+static float lp_max(const float *zr, int64_t lo, int64_t hi, float m) {
+    /* PF_HOT: the two-phase row's maximum */
+#pragma omp simd reduction(max : m)
+    for (int64_t c = lo; c < hi; c++) m = zr[c] > m ? zr[c] : m;
+    return m;
+}
+
+static double lp_exp_sum(const float *zr, float m, int64_t lo, int64_t hi) {
+    double s = 0.0;
+    for (int64_t c0 = lo; c0 < hi; c0 += SUM_BLK) {
+        const int64_t c1 = (hi - c0) < SUM_BLK ? hi : c0 + SUM_BLK;
+        float b_s = 0.0f;
+        /* PF_HOT: the two-phase row's exp pass */
+#pragma omp simd reduction(+ : b_s)
+        for (int64_t c = c0; c < c1; c++) b_s += exp_nonpos(zr[c] - m);
+        s += (double)b_s;
+    }
+    return s;
+}
+
+static double lp_weighted_sum(const float *zr, const float *a, int64_t V) {
+    double s = 0.0;
+    for (int64_t c0 = 0; c0 < V; c0 += SUM_BLK) {
+        const int64_t c1 = (V - c0) < SUM_BLK ? V : c0 + SUM_BLK;
+        float b_s = 0.0f;
+        if (a) {
+            /* PF_HOT: the two-phase row's label smoothing sum */
+#pragma omp simd reduction(+ : b_s)
+            for (int64_t c = c0; c < c1; c++) b_s += a[c] * zr[c];
+        } else {
+            /* PF_HOT: the two-phase row's label smoothing sum */
+#pragma omp simd reduction(+ : b_s)
+            for (int64_t c = c0; c < c1; c++) b_s += zr[c];
+        }
+        s += (double)b_s;
+    }
+    return s;
+}
+
+/* one row of phase 1 over zr = z' with the target's value already in zr[t] (t in [0, V) or -1) */
+static void lp_stats_row(const float *zr, const float *a, int64_t t, int64_t V, int ls, float *st, int64_t R,
+                         int64_t r) {
+    const int64_t ta = t < 0 ? V : t, tb = t < 0 ? V : t + 1; /* the row split around its target */
+    float m = lp_max(zr, 0, ta, -INFINITY);
+    m = lp_max(zr, tb, V, m);
+    if (t >= 0) m = zr[t] > m ? zr[t] : m;
+    const double rest = lp_exp_sum(zr, m, 0, ta) + lp_exp_sum(zr, m, tb, V);
+    st[r] = m;
+    st[R + r] = (float)rest;
+    st[2 * R + r] = t >= 0 ? zr[t] : 0.0f;
+    st[3 * R + r] = ls ? (float)lp_weighted_sum(zr, a, V) : 0.0f;
+}
+
+/* Returns 0, or 2 when per-thread scratch could not be allocated. */
+int pf_lp_stats(const void *x, int xdt, const int64_t *t, const float *b, const float *mg, double logit_scale,
+                const float *a, int ls, int64_t R, int64_t V, float *st, int nthreads) {
+    const float sc = (float)logit_scale;
+    const int parallel = R * V >= 16384 && nthreads > 1 && R > 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (parallel)
+    {
+        float *zr = (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
+        if (!zr) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            if (!zr) continue;
+            const int64_t tr = t[r];
+            const float *xr = (const float *)x + r * V; /* float32: adjusted straight from x, no copy */
+            if (xdt != DT_F32) {
+                load_f32(zr, x, xdt, r * V, V);
+                xr = zr;
+            }
+            const float zt = tr >= 0 ? lp_target(xr, b, mg, sc, tr) : 0.0f;
+            lp_adjust(zr, xr, b, sc, V);
+            if (tr >= 0) zr[tr] = zt;
+            lp_stats_row(zr, a, tr, V, ls, st, R, r);
+        }
+        free(zr);
+    }
+    return failed ? 2 : 0;
+}
+
+/* gr[c] = co exp(s (x_c + b_c) - lse) - k2 a_c over one row (xr, gr: V floats, may alias) */
+static void lp_grad_row(const float *xr, float *gr, const float *b, const float *a, float sc, float lse, float co,
+                        float k2, int64_t V) {
+    if (a && k2 != 0.0f) {
+        /* PF_HOT: the two-phase row's gradient */
+#pragma omp simd
+        for (int64_t c = 0; c < V; c++) gr[c] = co * exp_nonpos(sc * (xr[c] + b[c]) - lse) - k2 * a[c];
+    } else {
+        /* PF_HOT: the two-phase row's gradient */
+#pragma omp simd
+        for (int64_t c = 0; c < V; c++) gr[c] = co * exp_nonpos(sc * (xr[c] + b[c]) - lse) - k2;
+    }
+}
+
+int pf_lp_grad(void *x, int xdt, const int64_t *t, const float *b, const float *mg, double logit_scale, const float *a,
+               const float *lse, const float *co, const float *k1, const float *k2, int64_t R, int64_t V,
+               int nthreads) {
+    const float sc = (float)logit_scale;
+    const int parallel = R * V >= 16384 && nthreads > 1 && R > 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (parallel)
+    {
+        float *zr = xdt == DT_F32 ? NULL : (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
+        if (xdt != DT_F32 && !zr) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            if (xdt != DT_F32 && !zr) continue;
+            float *row = xdt == DT_F32 ? (float *)x + r * V : zr;
+            if (xdt != DT_F32) load_f32(zr, x, xdt, r * V, V);
+            const int64_t tr = t[r];
+            if (co[r] == 0.0f && k1[r] == 0.0f && k2[r] == 0.0f) { /* an ignored row: zeros, also for NaN logits */
+                memset(row, 0, (size_t)V * sizeof(float));
+            } else {
+                /* the target's term before the row is overwritten (its logit carries the margin) */
+                const float gt = tr >= 0 ? co[r] * exp_nonpos(lp_target(row, b, mg, sc, tr) - lse[r]) - k1[r] -
+                                               k2[r] * (a ? a[tr] : 1.0f)
+                                         : 0.0f;
+                lp_grad_row(row, row, b, a, sc, lse[r], co[r], k2[r], V);
+                if (tr >= 0) row[tr] = gt;
+            }
+            if (xdt != DT_F32) store_from_f32(x, xdt, r * V, zr, V);
+        }
+        free(zr);
+    }
+    return failed ? 2 : 0;
+}
+#endif /* PF_PART 4 */

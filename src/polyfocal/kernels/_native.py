@@ -5,7 +5,7 @@ needs ~25 element-wise passes against BCE-with-logits' handful), while one C loo
 elements, vectorised through glibc's libmvec and parallelised with OpenMP, reads the logits once and writes
 the gradient once.  The C file has no Python or torch headers, so it compiles in well under a second:
 
-* cold first call (compile + load): ~2.5 s wall here (three units compiled in parallel, ~4.3 s of CPU on
+* cold first call (compile + load): ~2.5 s wall here (four units compiled in parallel, ~4.3 s of CPU on
   two cores); warm cache (load only): a few milliseconds;
 * cached in ``$POLYFOCAL_CACHE_DIR`` or ``$XDG_CACHE_HOME/polyfocal`` (default ``~/.cache/polyfocal``),
   keyed by the source, the compiler, its flags and the CPU's feature flags (``-march=native``); written
@@ -21,7 +21,9 @@ dtype, with no float32 copy of the logits): softmax with class-index targets on 
 logits, contiguous or class-last in memory (channels_last); sigmoid with dense targets of any shape (float32,
 bfloat16, float16, bool/uint8 read in place) or class indices on ``(N, C)`` logits; up to 16 epsilon terms.
 ``weight`` / ``pos_weight`` / ``normalizer`` broadcast views are read through their strides, not expanded.
-Everything else (float64, sigmoid class indices on spatial layouts) goes to the torch implementation.
+Everything else (float64, sigmoid class indices on spatial layouts) goes to the torch implementation.  Unit 4
+holds the two-phase form of the softmax family for :mod:`polyfocal.linear_parallel` (:func:`two_phase_stats`,
+:func:`two_phase_grad_`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,17 @@ import torch
 from .._args import Args
 from .._validation import index_range_message
 
-__all__ = ["WRITES_INTO", "available", "library", "sigmoid", "softmax", "supports"]
+__all__ = [
+    "WRITES_INTO",
+    "available",
+    "library",
+    "sigmoid",
+    "softmax",
+    "supports",
+    "two_phase_grad_",
+    "two_phase_stats",
+    "two_phase_supports",
+]
 
 #: The optional capability of the backend protocol: ``softmax`` / ``sigmoid`` take ``grad_into=x`` and write the
 #: gradient over the logits' storage (``inplace=True`` without a logits-sized buffer).
@@ -113,7 +125,8 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polyfocal"
 
 
-_PARTS = (1, 2, 3)  # PF_PART units of _native.c (softmax, sigmoid, its detection block), compiled in parallel
+_PARTS = (1, 2, 3, 4)  # PF_PART units of _native.c (softmax, sigmoid, its detection block, the two-phase
+# class-parallel softmax), compiled in parallel
 
 
 def _build(compiler: str) -> Path:
@@ -333,3 +346,70 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
 
 def _index_error(offending: int, num_classes: int, ignore_index: int | None, *, background: bool) -> IndexError:
     return IndexError(f"{index_range_message(num_classes, ignore_index, background=background)}, got {offending}")
+
+
+# ------------------------------------------------ the two-phase form for class-parallel linear + loss (PF_PART 4)
+
+
+def _two_phase_lib() -> ctypes.CDLL | None:
+    """The library with the argument types of ``pf_lp_stats`` / ``pf_lp_grad`` set (once)."""
+    lib = library()
+    if lib is not None and "two_phase" not in _state:
+        _p, _i, _i64, _d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+        lib.pf_lp_stats.restype = ctypes.c_int
+        lib.pf_lp_stats.argtypes = [_p, _i, _p, _p, _p, _d, _p, _i, _i64, _i64, _p, _i]
+        lib.pf_lp_grad.restype = ctypes.c_int
+        lib.pf_lp_grad.argtypes = [_p, _i, _p, _p, _p, _d, _p, _p, _p, _p, _p, _i64, _i64, _i]
+        _state["two_phase"] = True
+    return lib
+
+
+def two_phase_supports(z: torch.Tensor) -> bool:
+    """Whether :func:`two_phase_stats` / :func:`two_phase_grad_` take this ``(rows, V_r)`` chunk: a contiguous CPU
+    float32 / bfloat16 / float16 tensor, with the library built."""
+    return z.device.type == "cpu" and z.dtype in _DTYPES and z.ndim == 2 and z.is_contiguous() and available()
+
+
+def _two_phase_common(z, target_local, bias, margin):
+    v = z.shape[1]
+    t = target_local if target_local.dtype == torch.int64 and target_local.is_contiguous() else (
+        target_local.to(torch.int64).contiguous())  # fmt: skip
+    b = torch.zeros(v, dtype=torch.float32) if bias is None else _f32(bias)
+    return t, b, _f32(margin)
+
+
+def two_phase_stats(z, target_local, *, bias=None, margin=None, logit_scale=1.0, class_weight=None,
+                    label_smoothing=False):  # fmt: skip
+    """Phase 1 over a ``(rows, V_r)`` chunk of local logits ``z`` (read only): a ``(4, rows)`` float32 tensor of
+    the local max ``M`` of ``z' = s ((z + bias) - margin_t onehot_t)``, ``sum_{c != t} exp(z'_c - M)``, ``z'_t``
+    (0 where ``target_local`` is -1: not this shard's class, or an ignored row) and, with ``label_smoothing``,
+    ``sum_c a_c z'_c`` (``a = class_weight``, or 1); see ``pf_lp_stats`` in ``_native.c``."""
+    lib = _two_phase_lib()
+    rows, v = z.shape
+    t, b, mg = _two_phase_common(z, target_local, bias, margin)
+    a = _f32(class_weight) if label_smoothing else None
+    st = torch.empty(4, rows, dtype=torch.float32)
+    status = lib.pf_lp_stats(z.data_ptr(), _DTYPES[z.dtype], t.data_ptr(), b.data_ptr(), _ptr(mg), float(logit_scale),
+                             _ptr(a), int(bool(label_smoothing)), rows, v, st.data_ptr(),
+                             torch.get_num_threads())  # fmt: skip
+    if status:
+        raise MemoryError("polyfocal: the native two-phase kernel could not allocate its scratch rows")
+    return st
+
+
+def two_phase_grad_(z, target_local, lse, coef, k1, k2, *, bias=None, margin=None, logit_scale=1.0,
+                    class_weight=None):  # fmt: skip
+    """Phase 2: writes ``dL/dz'_c = coef exp(z'_c - lse) - k1 onehot_t - k2 a_c`` per row over ``z`` (in its
+    dtype; ``a = class_weight`` or 1; ``k2`` is 0 without label smoothing) from the per-row global ``lse`` and
+    coefficients (``(rows,)`` tensors); a row whose three coefficients are 0 is written as zeros.  Returns ``z``."""
+    lib = _two_phase_lib()
+    rows, v = z.shape
+    t, b, mg = _two_phase_common(z, target_local, bias, margin)
+    lse, coef, k1, k2 = (_f32(u) for u in (lse, coef, k1, k2))
+    a = _f32(class_weight)  # held until the call returns
+    status = lib.pf_lp_grad(z.data_ptr(), _DTYPES[z.dtype], t.data_ptr(), b.data_ptr(), _ptr(mg), float(logit_scale),
+                            _ptr(a), lse.data_ptr(), coef.data_ptr(), k1.data_ptr(), k2.data_ptr(),
+                            rows, v, torch.get_num_threads())  # fmt: skip
+    if status:
+        raise MemoryError("polyfocal: the native two-phase kernel could not allocate its scratch rows")
+    return z

@@ -37,7 +37,7 @@ import triton.language as tl
 from .._args import Args
 from .._validation import check_index_range, compute_dtype
 
-__all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports"]
+__all__ = ["scale_unless_one_", "sigmoid", "softmax", "supports", "two_phase_grad_", "two_phase_stats"]
 
 _HOST_INDEX_CHECK = [True]  # off-CUDA (the interpreter) the host names a bad index first; tests switch it off
 
@@ -995,3 +995,153 @@ def supports(x: torch.Tensor, target: torch.Tensor, args: Args) -> bool:
 
 
 _load_configs()
+
+
+# ---------------------------------------- the two-phase form for class-parallel linear + loss (linear_parallel)
+# The same contract as _native.two_phase_stats / two_phase_grad_ (pf_lp_stats / pf_lp_grad in _native.c): a
+# (rows, V_r) chunk of this rank's logits x, read in place; z'_c = s ((x_c + b_c) - m_t [c = t]); t the row's local
+# target or -1.  Math in the compute dtype (float32 for fp16 / bf16 / fp32, float64 for fp64).
+
+
+@triton.jit
+def _lp_load(z_ptr, rows, row_ok, cols, col_ok, t, zt, s, b_ptr, V, HAS_BIAS: tl.constexpr, CT: tl.constexpr):
+    """z' of a (BLOCK_R, BLOCK_C) block: s (x + b), the target's column replaced by its margined ``zt``;
+    masked lanes -inf."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(z_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :], mask=ok, other=0.0).to(CT)
+    if HAS_BIAS:
+        x = x + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(CT)[None, :]
+    x = x * s
+    hit = cols[None, :] == t[:, None]
+    x = tl.where(hit, zt[:, None], x)
+    return tl.where(ok, x, float("-inf")), hit, ok
+
+
+@triton.jit
+def _lp_target(z_ptr, rows, row_ok, t, s, b_ptr, m_ptr, V, HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
+               CT: tl.constexpr):  # fmt: skip
+    """Per row: z'_t = s ((x_t + b_t) - m_t) where this shard owns the target, else 0."""
+    own = row_ok & (t >= 0)
+    t0 = tl.where(own, t, 0)
+    xt = tl.load(z_ptr + rows.to(tl.int64) * V + t0, mask=own, other=0.0).to(CT)
+    if HAS_BIAS:
+        xt = xt + tl.load(b_ptr + t0, mask=own, other=0.0).to(CT)
+    if HAS_MARGIN:
+        xt = xt - tl.load(m_ptr + t0, mask=own, other=0.0).to(CT)
+    return tl.where(own, xt * s, 0.0)
+
+
+@triton.jit
+def _lp_stats_kernel(z_ptr, t_ptr, b_ptr, m_ptr, a_ptr, s_ptr, st_ptr, R, V, HAS_BIAS: tl.constexpr,
+                     HAS_MARGIN: tl.constexpr, HAS_A: tl.constexpr, LS: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_C: tl.constexpr):  # fmt: skip
+    """Phase 1 of BLOCK_R rows: the local max of z', the sum over c != t of exp(z' - max), z'_t and (LS) the
+    weighted sum of z', into st (4, R); two passes over the classes (the max, then the sums)."""
+    CT: tl.constexpr = st_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    t = tl.load(t_ptr + rows, mask=row_ok, other=-1)
+    s = tl.load(s_ptr).to(CT)
+    zt = _lp_target(z_ptr, rows, row_ok, t, s, b_ptr, m_ptr, V, HAS_BIAS, HAS_MARGIN, CT)
+    m = tl.full([BLOCK_R], float("-inf"), CT)
+    for c0 in range(0, V, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        x, _, _ = _lp_load(z_ptr, rows, row_ok, cols, cols < V, t, zt, s, b_ptr, V, HAS_BIAS, CT)
+        m = tl.maximum(m, tl.max(x, 1))
+    m_safe = tl.where(row_ok, m, 0.0)
+    rest = tl.zeros([BLOCK_R], CT)
+    xa = tl.zeros([BLOCK_R], CT)
+    for c0 in range(0, V, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < V
+        x, hit, ok = _lp_load(z_ptr, rows, row_ok, cols, col_ok, t, zt, s, b_ptr, V, HAS_BIAS, CT)
+        e = _exp(x - m_safe[:, None])
+        rest += tl.sum(tl.where(hit, 0.0, tl.where(ok, e, 0.0)), 1)
+        if LS:
+            x = tl.where(ok, x, 0.0)
+            if HAS_A:
+                x = x * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(CT)[None, :]
+            xa += tl.sum(x, 1)
+    tl.store(st_ptr + rows, m, mask=row_ok)
+    tl.store(st_ptr + R + rows, rest, mask=row_ok)
+    tl.store(st_ptr + 2 * R + rows, zt, mask=row_ok)
+    tl.store(st_ptr + 3 * R + rows, xa, mask=row_ok)
+
+
+@triton.jit
+def _lp_grad_kernel(z_ptr, t_ptr, b_ptr, m_ptr, a_ptr, s_ptr, lse_ptr, co_ptr, k1_ptr, k2_ptr, R, V,
+                    HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr, HAS_A: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_C: tl.constexpr):  # fmt: skip
+    """Phase 2 of a (BLOCK_R, BLOCK_C) block: co exp(z' - lse) - k1 onehot_t - k2 a, over x in x's dtype; rows
+    whose three coefficients are 0 (ignored rows) get zeros."""
+    CT: tl.constexpr = lse_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < R
+    col_ok = cols < V
+    t = tl.load(t_ptr + rows, mask=row_ok, other=-1)
+    s = tl.load(s_ptr).to(CT)
+    zt = _lp_target(z_ptr, rows, row_ok, t, s, b_ptr, m_ptr, V, HAS_BIAS, HAS_MARGIN, CT)
+    x, hit, ok = _lp_load(z_ptr, rows, row_ok, cols, col_ok, t, zt, s, b_ptr, V, HAS_BIAS, CT)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    co = tl.load(co_ptr + rows, mask=row_ok, other=0.0)
+    k1 = tl.load(k1_ptr + rows, mask=row_ok, other=0.0)
+    k2 = tl.load(k2_ptr + rows, mask=row_ok, other=0.0)
+    g = co[:, None] * _exp(x - lse[:, None]) - tl.where(hit, k1[:, None], 0.0)
+    if HAS_A:
+        g = g - k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(CT)[None, :]
+    else:
+        g = g - k2[:, None]
+    active = (co != 0.0) | (k1 != 0.0) | (k2 != 0.0)
+    g = tl.where(active[:, None], g, 0.0)
+    tl.store(z_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :], g.to(z_ptr.dtype.element_ty), mask=ok)
+
+
+def _lp_common(z, target_local, bias, margin, logit_scale, class_weight):
+    ct = compute_dtype(z)
+    t = target_local.to(device=z.device, dtype=torch.int64).contiguous()
+    s = torch.tensor([float(logit_scale)], dtype=ct, device=z.device)
+    b, mg, a = (
+        None if v is None else v.to(device=z.device, dtype=ct).contiguous() for v in (bias, margin, class_weight)
+    )
+    dummy = s  # an address for the pointers a flag leaves unread
+    return ct, t, s, b, mg, a, dummy
+
+
+def two_phase_stats(z, target_local, *, bias=None, margin=None, logit_scale=1.0, class_weight=None,
+                    label_smoothing=False):  # fmt: skip
+    """Phase 1 over a contiguous ``(rows, V_r)`` chunk (see :func:`._native.two_phase_stats`): a ``(4, rows)``
+    tensor in the compute dtype: local max of z', ``sum_{c != t} exp(z'_c - max)``, ``z'_t`` (0 where
+    ``target_local`` is -1), ``sum_c a_c z'_c`` (0 without ``label_smoothing``)."""
+    z = z if z.is_contiguous() else z.contiguous()
+    rows, v = z.shape
+    ct, t, s, b, mg, a, dummy = _lp_common(z, target_local, bias, margin, logit_scale, class_weight)
+    st = torch.empty(4, rows, dtype=ct, device=z.device)
+    if rows:
+        block_r = 4 if z.is_cuda else min(16, _pow2(rows))
+        block_c = min(_pow2(v), (256 if ct == torch.float64 else 1024) if z.is_cuda else 64)  # fp64: no spills
+        _lp_stats_kernel[(_cdiv(rows, block_r),)](
+            z, t, dummy if b is None else b, dummy if mg is None else mg, dummy if a is None else a, s, st, rows, v,
+            HAS_BIAS=b is not None, HAS_MARGIN=mg is not None, HAS_A=a is not None, LS=bool(label_smoothing),
+            BLOCK_R=block_r, BLOCK_C=block_c,
+        )  # fmt: skip
+    return st
+
+
+def two_phase_grad_(z, target_local, lse, coef, k1, k2, *, bias=None, margin=None, logit_scale=1.0,
+                    class_weight=None):  # fmt: skip
+    """Phase 2 (see :func:`._native.two_phase_grad_`): ``coef exp(z'_c - lse) - k1 onehot_t - k2 a_c`` per row,
+    written over the contiguous chunk ``z`` in its dtype.  Returns ``z``."""
+    assert z.is_contiguous()
+    rows, v = z.shape
+    ct, t, s, b, mg, a, dummy = _lp_common(z, target_local, bias, margin, logit_scale, class_weight)
+    lse, coef, k1, k2 = (u.to(device=z.device, dtype=ct).contiguous() for u in (lse, coef, k1, k2))
+    if rows:
+        block_r = 4 if z.is_cuda else min(16, _pow2(rows))
+        block_c = min(_pow2(v), 1024 if z.is_cuda else 64)
+        _lp_grad_kernel[(_cdiv(rows, block_r), _cdiv(v, block_c))](
+            z, t, dummy if b is None else b, dummy if mg is None else mg, dummy if a is None else a, s, lse, coef,
+            k1, k2, rows, v, HAS_BIAS=b is not None, HAS_MARGIN=mg is not None, HAS_A=a is not None,
+            BLOCK_R=block_r, BLOCK_C=block_c,
+        )  # fmt: skip
+    return z
