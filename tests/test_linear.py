@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import polyfocal
-from polyfocal import kernels
+from polyfocal import _linear_chunks, kernels
 from polyfocal import linear as lin
 from polyfocal.kernels import _native
 from polyfocal.reference import poly_loss_reference
@@ -392,7 +392,7 @@ def test_errors(over, error, match):
 def test_errors_before_any_work(monkeypatch):
     """A bad call raises before the first chunk GEMM."""
     calls = []
-    monkeypatch.setattr(lin, "chunk_logits", lambda *a: calls.append(a))
+    monkeypatch.setattr(_linear_chunks, "chunk_logits", lambda *a: calls.append(a))  # where the chunk loop calls it
     for over in ({"target": torch.rand(N)}, {"softcap": -1.0}, {"target": torch.full((N,), V)}):
         with pytest.raises((TypeError, ValueError, IndexError)):
             polyfocal.linear_poly_loss(**_bad(**over))

@@ -84,14 +84,14 @@ WORKER = textwrap.dedent(
     rows = 12 // world
     h_rows = h[rank * rows : (rank + 1) * rows].clone().requires_grad_()
     ws = w[lo:hi].clone().requires_grad_()
-    out = linear_parallel.sharded_linear_poly_loss(torch.cat(dnn.all_gather(h_rows, group=group)), ws, y[:12],
+    out = polyfocal.linear_poly_loss(torch.cat(dnn.all_gather(h_rows, group=group)), ws, y[:12],
                                                    linear_bias=b[lo:hi], gamma=2.0, label_smoothing=0.1,
                                                    chunk_size=5, process_group=group, grad_input="partial")
     comm = linear_parallel.last_communication()
     out.backward()
     results["sequence_parallel"] = (out.detach(), h_rows.grad, ws.grad, comm)
     try:
-        linear_parallel.sharded_linear_poly_loss(h, w[lo:hi], y, process_group=group, grad_input="scatter")
+        polyfocal.linear_poly_loss(h, w[lo:hi], y, process_group=group, grad_input="scatter")
     except ValueError as e:
         results["grad_input_error"] = str(e)
 

@@ -110,7 +110,7 @@ class Args:
     margin: torch.Tensor | None = _option(None, stage=2)
     score: torch.Tensor | None = _option(None, stage=2)
     # the argument objects of calls without tensor arguments, built once per stage-1 object (prepare's fast path)
-    _memo: dict = field(default_factory=dict, init=False, repr=False, metadata={"stage": 0})
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False, metadata={"stage": 0})
 
     @property
     def softmax(self) -> bool:

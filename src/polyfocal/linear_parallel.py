@@ -63,8 +63,6 @@ host once per call (one synchronisation on CUDA).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import itertools
 import math
 import zlib
@@ -73,18 +71,10 @@ import torch
 from torch import Tensor
 
 from ._args import Args
+from ._linear_chunks import _DOUBLE_BACKWARD, _gemm_dtype, _Grads, _inverse, chunk_rows, validated
 from ._params import _describe
 from ._validation import check_index_range, compute_dtype
 from .kernels._torch_impl import softmax_row_terms
-from .linear import (
-    _DOUBLE_BACKWARD,
-    _gemm_dtype,
-    _Grads,
-    _inverse,
-    chunk_rows,
-    linear_poly_loss,
-    validated,
-)
 
 __all__ = [
     "CommunicationVolume",
@@ -515,17 +505,50 @@ class _ShardedLoss(torch.autograd.Function):
 def _key(h, softcap: float, chunk: int, dtype: torch.dtype, present: tuple[bool, ...], bias: bool) -> str:
     """The options every rank must share, as text (their CRC is exchanged): the scalar hyperparameters, the cap,
     the chunking, the dtype and which per-class options / bias are given (their values are per shard)."""
-    scalars = tuple(getattr(h, f.name) for f in dataclasses.fields(h) if f.compare)
+    scalars = tuple(getattr(h, f.name) for f in dataclasses.fields(h) if f.metadata.get("stage") == 1)
     return repr((scalars, softcap, chunk, str(dtype), present, bias))
 
 
-@functools.cache
-def _defaults() -> dict[str, object]:
-    """:func:`polyfocal.linear_poly_loss`'s option defaults (``epsilon=1``: Poly-1), read from its signature."""
-    params = inspect.signature(linear_poly_loss).parameters.values()
-    return {
-        p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("process_group", "linear_bias")
-    }
+def _class_sums(args: Args, tau: float, prior: object, y: Tensor, offset: int, local_classes: int, num_classes: int,
+                group, ct: torch.dtype) -> tuple:  # fmt: skip
+    """Once per call, one all-reduce (float64): the prior's global sum (-> this shard's bias), the class sums
+    ``sum_c a_c`` / ``sum_c w_c`` and the per-row target weights ``a_y`` / ``w_y`` from the rank owning ``y``."""
+    valid = None if args.ignore_index is None else y != args.ignore_index
+    yv = y if valid is None else torch.where(valid, y, 0)
+    local = yv - offset
+    own = (local >= 0) & (local < local_classes)
+    li = torch.where(own, local, 0)
+    parts: list[Tensor] = []
+    prior_t = None
+    if prior is not None and tau != 0.0:
+        prior_t = prior if isinstance(prior, Tensor) else torch.tensor([float(v) for v in prior])
+        prior_t = prior_t.to(device=y.device, dtype=torch.float64)
+        parts.append(prior_t.sum().reshape(1))
+    if args.class_weight is not None:
+        parts += [args.class_weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.class_weight[li], 0.0)]
+    if args.weight is not None:
+        parts += [args.weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.weight[li], 0.0)]
+    sums = torch.cat([p.to(torch.float64) for p in parts]) if parts else None
+    if sums is not None:
+        _all_reduce(sums, group, "setup_bytes")
+    num_rows = y.numel()
+    pos = 0
+    bias_t = args.bias
+    if prior_t is not None:
+        assert sums is not None
+        bias_t = (tau * (torch.log(prior_t) - torch.log(sums[0]))).to(ct)
+        pos = 1
+    a_t = w_t = None
+    a_sum: float | Tensor = float(num_classes)
+    w_sum: float | Tensor = float(num_classes)
+    if args.class_weight is not None:
+        assert sums is not None
+        a_sum, a_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
+        pos += 1 + num_rows
+    if args.weight is not None:
+        assert sums is not None
+        w_sum, w_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
+    return bias_t, a_t, w_t, a_sum, w_sum
 
 
 @torch.compiler.disable
@@ -540,10 +563,10 @@ def sharded_linear_poly_loss(
     **options: object,
 ) -> Tensor:
     """:func:`polyfocal.linear_poly_loss` with ``linear_weight`` (and the per-class options) sharded by classes
-    over ``process_group`` (see the module docstring); called by it when ``process_group`` is given, with its
-    ``options`` (``softcap``, ``chunk_size`` and the loss options, by name).
+    over ``process_group`` (see the module docstring): what ``linear_poly_loss(..., process_group=group)`` runs,
+    with all its ``options`` (``softcap``, ``chunk_size`` and the loss options, by name).  Call that.
 
-    ``grad_input="all_reduce"`` (what ``linear_poly_loss`` uses): every rank gets the full input gradient.
+    ``grad_input="all_reduce"`` (the default): every rank gets the full input gradient.
     ``grad_input="partial"``: each rank gets its shard's partial sum ``dL/dz_r W_r`` (the sum over ranks is the
     full gradient) and nothing is all-reduced -- for callers whose own collective reduces it, e.g. sequence
     parallelism, where the input is an autograd all-gather of row-sharded hidden states
@@ -552,7 +575,6 @@ def sharded_linear_poly_loss(
     _check_group(process_group)
     if grad_input not in ("all_reduce", "partial"):
         raise ValueError(f"expected grad_input to be 'all_reduce' or 'partial', got {grad_input!r}")
-    options = {**_defaults(), **options}
     alpha, weight, prior, margin = (options.get(name) for name in ("alpha", "weight", "prior", "margin"))
     cap, chunk, hp, call, needs = validated(input, linear_weight, target, linear_bias, **options)
     num_rows = math.prod(input.shape[:-1])
@@ -575,41 +597,8 @@ def sharded_linear_poly_loss(
     offset, num_classes = offsets[rank], offsets[-1]
     check_index_range(y, num_classes, args.ignore_index, background=False)
 
-    # once per call: class sums and the owner's per-row target weights, one all-reduce (float64)
-    valid = None if args.ignore_index is None else y != args.ignore_index
-    yv = y if valid is None else torch.where(valid, y, 0)
-    local = yv - offset
-    own = (local >= 0) & (local < local_classes)
-    li = torch.where(own, local, 0)
-    parts: list[Tensor] = []
-    prior_t = None
-    if prior is not None and hp.tau != 0.0:
-        prior_t = prior if isinstance(prior, Tensor) else torch.tensor([float(v) for v in prior])
-        prior_t = prior_t.to(device=input.device, dtype=torch.float64)
-        parts.append(prior_t.sum().reshape(1))
-    if args.class_weight is not None:
-        parts += [args.class_weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.class_weight[li], 0.0)]
-    if args.weight is not None:
-        parts += [args.weight.sum(dtype=torch.float64).reshape(1), torch.where(own, args.weight[li], 0.0)]
-    sums = torch.cat([p.to(torch.float64) for p in parts]) if parts else None
-    if sums is not None:
-        _all_reduce(sums, group, "setup_bytes")
-    pos = 0
-    bias_t = args.bias
-    if prior_t is not None:
-        assert sums is not None
-        bias_t = (hp.tau * (torch.log(prior_t) - torch.log(sums[0]))).to(ct)
-        pos = 1
-    a_t = w_t = None
-    a_sum: float | Tensor = float(num_classes)
-    w_sum: float | Tensor = float(num_classes)
-    if args.class_weight is not None:
-        assert sums is not None
-        a_sum, a_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
-        pos += 1 + num_rows
-    if args.weight is not None:
-        assert sums is not None
-        w_sum, w_t = sums[pos].to(ct), sums[pos + 1 : pos + 1 + num_rows].to(ct)
+    bias_t, a_t, w_t, a_sum, w_sum = _class_sums(args, hp.tau, prior, y, offset, local_classes, num_classes, group,
+                                                 ct)  # fmt: skip
     shard = _Shard(group, offset, local_classes, num_classes, a_t, w_t, a_sum, w_sum, grad_input == "all_reduce")
     kernel_args = dataclasses.replace(args, bias=bias_t, reduction="none" if hp.reduction == "none" else "sum")
     buffers = 2 if cap and any(needs) else 1
