@@ -20,6 +20,7 @@ import dataclasses
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -128,8 +129,13 @@ class Args:
         return NO_IGNORE if self.ignore_index is None else self.ignore_index
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The tensor fields that are set."""
-        return tuple(v for v in (getattr(self, n) for n in _TENSOR_FIELDS) if v is not None)
+        """The tensor fields that are set (computed once per object)."""
+        found = self._memo.get("tensors")
+        if found is None:
+            found = tuple(v for v in (getattr(self, n) for n in _TENSOR_FIELDS) if v is not None)
+            if not torch.compiler.is_compiling():
+                self._memo["tensors"] = found
+        return found
 
 
 _FIELDS = tuple(f for f in dataclasses.fields(Args) if f.metadata["stage"])
@@ -168,8 +174,7 @@ def _with(args: Args, **values: object) -> Args:
     return Args(**{**{n: getattr(args, n) for n in _NAMES}, **values})
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """One validated call: canonical ``x`` and ``target``, the arguments, and how to shape ``"none"`` output."""
 
     x: torch.Tensor
@@ -190,17 +195,21 @@ def hyper(**options: object) -> Args:
     Poly-N sequences (the Poly-1 functions).
 
     Calls with plain Python values (the usual case) are memoised: a repeated call costs one dictionary lookup."""
-    if not torch.compiler.is_compiling() and all(
-        type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)) for v in options.values()
-    ):
-        key = (*options, *map(type, options.values()), *options.values())  # types: True must not hit the entry of 1
+    if torch.compiler.is_compiling():
+        return _hyper(options)
+    values = tuple(options.values())
+    key = (tuple(options), values, tuple(map(type, values)))  # the types: True must not hit the entry of 1
+    try:
         hit = _MEMO.get(key)
-        if hit is None:
+    except TypeError:  # an unhashable value (a list): not memoised
+        return _hyper(options)
+    if hit is None:
+        hit = _hyper(options)
+        if all(type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)) for v in values):
             if len(_MEMO) >= 1024:
                 _MEMO.clear()
-            hit = _MEMO[key] = _hyper(options)
-        return hit
-    return _hyper(options)
+            _MEMO[key] = hit  # plain values only: a tensor's value can change under the same identity
+    return hit
 
 
 def _hyper(options: dict) -> Args:
@@ -261,7 +270,10 @@ _FLOATS = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16
 def prepare(input: object, target: object, h: Args, **tensors: object) -> Call:
     """Stage 2: the tensor arguments (``alpha`` (softmax), ``weight``, ``pos_weight``, ``normalizer``, ``prior``,
     ``margin``, ``score``; ``None`` = absent) against the input; returns the canonical :class:`Call`."""
-    if not any(v is not None for v in tensors.values()):
+    for value in tensors.values():
+        if value is not None:
+            break
+    else:
         call = _fast(input, target, h)
         if call is not None:
             return call

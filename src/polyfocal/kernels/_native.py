@@ -249,6 +249,17 @@ def _softmax_layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x, math.prod(x.shape[2:])
 
 
+def _scalars(args: Args) -> tuple:
+    """The scalar C arguments of ``args`` (the softmax kernel's), converted once per argument object."""
+    found = args._memo.get("native")
+    if found is None:
+        eps = (_eps_array(args.epsilon), len(args.epsilon))
+        found = (*eps, float(args.gamma), float(args.label_smoothing), args.ignore_code,
+                 int(args.reduction == "mean"), float(args.logit_scale), float(args.z_loss))  # fmt: skip
+        args._memo["native"] = found
+    return found
+
+
 def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None):
     """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
     kernel reads each row or tile into scratch before writing it).  The long-tail options (``bias = tau log
@@ -266,13 +277,13 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     none = args.reduction == "none"
     out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
     grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None  # x's layout
+    eps, n_eps, gamma, ls, ignore, mean, scale, z_loss = _scalars(args)
     bad = ctypes.c_int64()
     status = lib.pf_softmax(
-        x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), _eps_array(args.epsilon),
-        len(args.epsilon), float(args.gamma), float(args.label_smoothing), args.ignore_code,
-        rows if spatial == 1 else x.shape[0], num_classes, spatial, int(args.reduction == "mean"),
-        out.data_ptr() if none else None, None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(),
-        ctypes.byref(bad), _ptr(b), _ptr(mg), float(args.logit_scale), float(args.z_loss),
+        x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), eps, n_eps, gamma, ls, ignore,
+        rows if spatial == 1 else x.shape[0], num_classes, spatial, mean, out.data_ptr() if none else None,
+        None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), _ptr(b), _ptr(mg),
+        scale, z_loss,
     )  # fmt: skip
     if status == 1:
         raise _index_error(bad.value, num_classes, args.ignore_index, background=False)
