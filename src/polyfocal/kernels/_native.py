@@ -187,7 +187,7 @@ def library() -> ctypes.CDLL | None:
         _p, _i, _i64, _d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
         lib.pf_softmax.restype = ctypes.c_int
         lib.pf_softmax.argtypes = [_p, _i, _p, _p, _p, _p, _f64p, _i, _d, _d, _i64, _i64, _i64, _i64, _i, _p, _p, _p,
-                                   _i, _i64p, _p, _p, _d, _d]  # fmt: skip
+                                   _i, _i64p, _p, _p, _d, _d, _d]  # fmt: skip
         lib.pf_sigmoid.restype = ctypes.c_int
         lib.pf_sigmoid.argtypes = [_p, _i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _i64, _p, _i64,
                                    _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _i64p, _i, _d, _d, _i,
@@ -259,9 +259,11 @@ def softmax_forward(
     logit_scale=1.0,
     z_loss=0.0,
     grad_into=None,
+    softcap=0.0,
 ):
     """:func:`softmax` with the arguments spelled out (``class_weight = alpha * weight``; ``bias = tau log prior``,
-    ``margin``, ``logit_scale``, ``z_loss``: the long-tail options, applied by the kernel as it loads the logits)."""
+    ``margin``, ``logit_scale``, ``z_loss``: the long-tail options, applied by the kernel as it loads the logits;
+    ``softcap`` > 0: each logit is first soft-capped to ``softcap * tanh(x / softcap)``, None or <= 0: off)."""
     lib = library()
     x, spatial = _softmax_layout(x)
     if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
@@ -269,9 +271,7 @@ def softmax_forward(
     y = target if target.is_contiguous() else target.contiguous()
     rows, num_classes = y.numel(), x.shape[1]
     a, w = _f32(class_weight), _f32(weight)
-    b, mg = _f32(bias), _f32(margin)
-    if b is None and (mg is not None or logit_scale != 1.0):  # the kernel's adjusted loads read a bias: zeros
-        b = torch.zeros(num_classes, dtype=torch.float32)
+    b, mg = _f32(bias), _f32(margin)  # no bias with a margin / scale: the kernel's instance without a bias stream
     norm = None if normalizer is None else _f32(torch.broadcast_to(normalizer, target.shape))
     none = reduction == "none"
     out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
@@ -282,7 +282,7 @@ def softmax_forward(
         len(epsilon), float(gamma), float(label_smoothing), int(ignore_index), rows if spatial == 1 else x.shape[0],
         num_classes, spatial, int(reduction == "mean"), out.data_ptr() if none else None,
         None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), _ptr(b), _ptr(mg),
-        float(logit_scale), float(z_loss),
+        float(logit_scale), float(z_loss), float(softcap or 0.0),
     )  # fmt: skip
     if status == 1:
         raise _index_error(bad.value, num_classes, ignore_index, background=False)
