@@ -14,6 +14,8 @@
  * Long-tail options of the softmax family: the loss sees z' = s (x + b - m_t onehot_t) (prior bias b = tau log
  * prior, target margin m, logit scale s), applied to each logit as it is loaded (no adjusted copy), and the z-loss
  * zl * lse(z')^2 per row; the gradient gets the factor s and the extra 2 zl lse softmax(z').
+ * Logit soft-capping (Gemma 2/3): with softcap c > 0 each raw logit x becomes c tanh(x / c) as it is loaded, before
+ * the options above, and the gradient with respect to x gets the factor 1 - tanh(x / c)^2.
  */
 #include <math.h>
 #include <stdint.h>
@@ -213,24 +215,66 @@ __attribute__((unused)) static void pf_hugepages(void *buf, int64_t bytes) {
  * the cold first build's wall time is about half its CPU time on two cores. */
 #if !defined(PF_PART) || PF_PART == 1
 
+/* tanh(u) and *d = 1 - tanh(u)^2 (the soft-cap's derivative), branch-free: for |u| < 0.625 Cephes' tanhf polynomial
+ * (no cancellation near 0), else tanh|u| = (1 - e) / (1 + e) and 1 - tanh^2 = 4 e / (1 + e)^2 with e = exp(-2|u|)
+ * (no cancellation as tanh -> 1: the derivative keeps its digits down to exp_nonpos's flush at |u| ~ 43.6, where
+ * both become exactly 1 and 0); the sign of u is put back on the bits.  NaN stays NaN. */
+static inline float pf_tanh_d(float u, float *d) {
+    const float a = fabsf(u), z = a * a;
+    const float e = exp_nonpos(-2.0f * a), r = 1.0f / (1.0f + e);
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const float small = p * z * a + a;
+    const int lo = a < 0.625f;
+    const float t = pf_sel(lo, small, (1.0f - e) * r);
+    *d = pf_sel(lo, 1.0f - small * small, 4.0f * e * r * r);
+    return pf_float(pf_bits(t) | (pf_bits(u) & (int32_t)0x80000000u));
+}
+
+static inline float pf_tanh(float u) {
+    float d;
+    return pf_tanh_d(u, &d);
+}
+
+/* v[i] = cap tanh(v[i] / cap) and d[i] = 1 - tanh(v[i] / cap)^2 (or no d) for i in [0, n): the logit soft-cap */
+static inline __attribute__((always_inline)) void pf_softcap(float *restrict v, float *restrict d, int64_t n,
+                                                             float cap) {
+    const float inv = 1.0f / cap;
+    if (d) {
+        /* PF_HOT: the soft-cap of a row or a tile's class, with its derivative */
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) v[i] = cap * pf_tanh_d(v[i] * inv, d + i);
+    } else {
+        /* PF_HOT: the soft-cap of a row or a tile's class, loss only */
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) v[i] = cap * pf_tanh(v[i] * inv);
+    }
+}
+
 typedef struct {
     const float *a, *w; /* class_weight = alpha * weight, weight: (C,) or NULL */
     const double *eps;
     int n_eps;
     double gamma, ls, a_sum, w_sum;
     int64_t C;
-    const float *b, *mg; /* long-tail options: bias (C,) (zeros when only margin / scale is set), margin or NULL */
+    const float *b, *mg; /* long-tail options: bias (C,) or NULL (none: only margin / scale), margin or NULL */
     double sc, zl;       /* logit scale s, z-loss weight */
     int adj;             /* 1: logits are adjusted on load (b, mg, s); 0: read as they are */
+    float cap;           /* logit soft-cap c > 0 (applied before the options, in the caller's scratch), or 0 */
 } sm_ctx;
 
 /* One row of the softmax PolyLoss for class index t: xr (C floats), gr (C floats, or NULL for no gradient).
  * Returns the row loss times `scale` (validity, 1/norm and the mean's 1/denominator); the gradient carries it.
- * ADJ (a compile-time constant of the two instances below): the logit of class c is read as XB(c) = s (x_c + b_c),
+ * ADJ (a compile-time constant of the three instances below): the logit of class c is read as XB(c) = s (x_c + b_c)
+ * (ADJ = 1: a prior bias is set) or s x_c (ADJ = 2: only margin / scale, as LDAM: no bias stream, one multiply,
+ * folded with the subtraction of the maximum into one FMA; the same values as s (x_c + 0)) or x_c (ADJ = 0),
  * adjusted but without the target's margin, which the row loops leave out (no per-element select): the maximum
  * is then an upper bound (a valid stabiliser), the sum over c != t is unchanged, and the target's own terms are
  * corrected once after the loops. */
-#define XB(c) (ADJ ? sc * (xr[c] + bb[c]) : xr[c])
+#define XB(c) (ADJ == 1 ? sc * (xr[c] + bb[c]) : ADJ == 2 ? sc * xr[c] : xr[c])
 /* sum of e_c = exp(XB(c) - m) over c in [lo, hi), each e_c stored to gr[c] when gr is not NULL */
 static inline __attribute__((always_inline)) float sm_exp_sum(const float *xr, const float *bb, float sc, float m,
                                                               float *gr, int64_t lo, int64_t hi, const int ADJ) {
@@ -263,6 +307,11 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
             const float v = XB(c) - pf_sel(c == t, smt, 0.0f);
             m = v > m ? v : m;
         }
+    } else if (ADJ == 2 && sc > 0.0f) { /* max_c s x_c = s max_c x_c exactly (s > 0: rounding is monotone) */
+        /* PF_HOT: the softmax row's maximum, unscaled */
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
+        m *= sc;
     } else {
         /* PF_HOT: the softmax row's maximum */
 #pragma omp simd reduction(max : m)
@@ -354,23 +403,25 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
 #undef XB
 
 __attribute__((noinline)) static float sm_row(const sm_ctx *k, const float *xr, float *gr, int64_t t, double scale) {
-    return k->adj ? sm_row_impl(k, xr, gr, t, scale, 1) : sm_row_impl(k, xr, gr, t, scale, 0);
+    if (!k->adj) return sm_row_impl(k, xr, gr, t, scale, 0);
+    return k->b ? sm_row_impl(k, xr, gr, t, scale, 1) : sm_row_impl(k, xr, gr, t, scale, 2);
 }
 
 /* One tile of the (N, C, S) layout: TS spatial positions of image n from s0 (ts of them valid), vectorised
  * across the positions (the contiguous axis): the logits are converted into es (C x TS floats, class-major),
  * which then holds the exponentials, and every per-position scalar is computed in float32 SIMD lanes (libmvec
  * expf / logf).  Same formulas as sm_row.  OPT (a compile-time constant of the two instances below): any
- * long-tail option is set; the OPT = 0 instance is the plain kernel, with every option term folded away. */
+ * long-tail option or the soft-cap is set; the OPT = 0 instance is the plain kernel, with every option term folded
+ * away.  df (C x TS floats, or NULL without the soft-cap or a gradient): the soft-cap's derivative per logit. */
 static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, const void *x, int xdt,
                                                                const int64_t *y, int64_t ignore_index,
                                                                const float *norm, double grad_scale, int64_t n,
                                                                int64_t s0, int64_t ts, int64_t S, float *loss, void *g,
-                                                               float *es, const int OPT) {
+                                                               float *es, float *df, const int OPT) {
     const int64_t C = k->C, base = n * C * S + s0, r0 = n * S + s0;
     const float *a = k->a, *w = k->w;
     const float gm = (float)k->gamma, ls = (float)k->ls, inv_c = 1.0f / (float)C;
-    const int adj = OPT && k->adj;
+    const int adj = OPT && k->adj, capped = OPT && k->cap > 0.0f;
     const float sc = (float)k->sc, gsc = adj ? sc : 1.0f, zl = OPT ? (float)k->zl : 0.0f;
     float m[TS], sa[TS], sr[TS], xt[TS], xa[TS], valid[TS], pc[TS], k1[TS], k2[TS], smt[TS], lse_j[TS];
     int64_t tj[TS];
@@ -392,8 +443,12 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
         } else {
             load_f32(ec, x, xdt, base + c * S, ts);
         }
+        if (capped) { /* c tanh(x / c) (padded lanes: 0), before the options */
+            for (int64_t j = ts; j < TS; j++) ec[j] = 0.0f;
+            pf_softcap(ec, df ? df + c * TS : NULL, TS, k->cap);
+        }
         if (adj) { /* z' = s (x + b_c) - s m_t [c = t], on the tile scratch */
-            const float bc = k->b[c];
+            const float bc = k->b ? k->b[c] : 0.0f;
             for (int64_t j = 0; j < ts; j++) ec[j] = sc * (ec[j] + bc) - pf_sel(tc[j] == (int32_t)c, smt[j], 0.0f);
         }
         for (int64_t j = ts; j < TS; j++) ec[j] = 0.0f;
@@ -489,6 +544,12 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
             const float v = pc[j] * ec[j] - k2[j] * ac - pf_sel(tc[j] == ci, k1[j], 0.0f);
             ec[j] = pf_sel(valid[j] != 0.0f, v, 0.0f); /* ignored positions: 0, also for NaN logits */
         }
+        if (capped && df) { /* the chain rule through the soft-cap */
+            const float *dc = df + c * TS;
+            /* PF_HOT: the tile's gradient through the soft-cap */
+#pragma omp simd
+            for (int64_t j = 0; j < TS; j++) ec[j] = pf_sel(valid[j] != 0.0f, ec[j] * dc[j], 0.0f);
+        }
         if (xdt == DT_F32) {
             float *gc = (float *)g + base + c * S;
             for (int64_t j = 0; j < ts; j++) gc[j] = ec[j];
@@ -500,11 +561,11 @@ static inline __attribute__((always_inline)) void sm_tile_impl(const sm_ctx *k, 
 
 __attribute__((noinline)) static void sm_tile(const sm_ctx *k, const void *x, int xdt, const int64_t *y, int64_t ignore_index,
                     const float *norm, double grad_scale, int64_t n, int64_t s0, int64_t ts, int64_t S, float *loss,
-                    void *g, float *es) {
-    if (k->adj || k->zl != 0.0)
-        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 1);
+                    void *g, float *es, float *df) {
+    if (k->adj || k->zl != 0.0 || k->cap > 0.0f)
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df, 1);
     else
-        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, 0);
+        sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df, 0);
 }
 
 /* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
@@ -513,14 +574,15 @@ __attribute__((noinline)) static void sm_tile(const sm_ctx *k, const void *x, in
  * row order: deterministic), written as the 0-D float32 result.  g: gradient of x's layout and dtype for
  * grad_output = 1 of the reduced loss, or NULL.  The mean denominator (valid rows, or their summed target
  * weights) and the class sums are computed here too: a few O(R + C) loops instead of torch ops.  bias (C,) / margin
- * (C,) / logit_scale / z_loss: the long-tail options (see the top of the file); bias must be non-NULL (zeros)
- * whenever margin is set or logit_scale != 1.
+ * (C,) / logit_scale / z_loss: the long-tail options (see the top of the file); bias may be NULL (no prior bias:
+ * margin and / or logit_scale alone take the cheaper instance without a bias stream).  softcap > 0: the logit
+ * soft-cap c tanh(x / c) (<= 0: off); capped (N, C) rows go through the float32 scratch rows.
  * Returns 0; 1 with *bad = the first class index outside [0, C) that is not ignore_index (nothing written);
  * 2 when scratch memory could not be allocated. */
 int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const float *w, const float *norm,
                const double *eps, int n_eps, double gamma, double ls, int64_t ignore_index, int64_t N, int64_t C,
                int64_t S, int mean, float *loss_out, float *out, void *g, int nthreads, int64_t *bad,
-               const float *bias, const float *margin, double logit_scale, double z_loss) {
+               const float *bias, const float *margin, double logit_scale, double z_loss, double softcap) {
     const int64_t R = N * S;
     double den = 0.0;
     for (int64_t r = 0; r < R; r++) { /* the index check: before any memory is touched through an index */
@@ -532,8 +594,9 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
         }
         den += w ? w[t] : 1.0;
     }
+    const float cap = softcap > 0.0 ? (float)softcap : 0.0f; /* NaN: off */
     sm_ctx k = {a, w, eps, n_eps, gamma, ls, 0.0, 0.0, C, bias, margin, logit_scale, z_loss,
-                bias != NULL || margin != NULL || logit_scale != 1.0};
+                bias != NULL || margin != NULL || logit_scale != 1.0, cap};
     for (int64_t c = 0; c < C; c++) {
         k.a_sum += a ? a[c] : 1.0;
         k.w_sum += w ? w[c] : 1.0;
@@ -545,7 +608,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     float *loss = loss_out ? loss_out : (R <= 256 ? stack_rows : (float *)malloc((size_t)R * sizeof(float)));
     if (!loss) return 2;
     int failed = 0;
-    if (S == 1 && xdt == DT_F32 && g != x) { /* g == x (inplace): rows through scratch, below */
+    if (S == 1 && xdt == DT_F32 && g != x && cap == 0.0f) { /* inplace (g == x), capped: rows through scratch */
         const float *xf = (const float *)x;
         float *gf = (float *)g;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (parallel)
@@ -558,11 +621,11 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
             }
             loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
         }
-    } else if (S == 1) { /* bfloat16 / float16 rows (or a gradient written over x) through float32 scratch */
+    } else if (S == 1) { /* bfloat16 / float16 rows (or a gradient written over x, or capped) via float32 scratch */
 #pragma omp parallel num_threads(nthreads) if (parallel)
         {
-            float *xs = (float *)malloc((size_t)(2 * C) * sizeof(float));
-            float *gs = xs ? xs + C : NULL;
+            float *xs = (float *)malloc((size_t)((cap > 0.0f ? 3 : 2) * C) * sizeof(float));
+            float *gs = xs ? xs + C : NULL, *ds = xs && cap > 0.0f && g ? xs + 2 * C : NULL;
             if (!xs) {
 #pragma omp atomic write
                 failed = 1;
@@ -579,7 +642,13 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
                     continue;
                 }
                 load_f32(xs, x, xdt, r * C, C);
+                if (cap > 0.0f) pf_softcap(xs, ds, C, cap);
                 loss[r] = sm_row(&k, xs, g ? gs : NULL, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
+                if (ds) {
+                    /* PF_HOT: the row's gradient through the soft-cap */
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) gs[c] *= ds[c];
+                }
                 if (g) store_from_f32(g, xdt, r * C, gs, C);
             }
             free(xs);
@@ -588,7 +657,8 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
         const int64_t tiles = (S + TS - 1) / TS;
 #pragma omp parallel num_threads(nthreads) if (parallel)
         {
-            float *es = (float *)malloc((size_t)(TS * C) * sizeof(float));
+            float *es = (float *)malloc((size_t)((cap > 0.0f && g ? 2 : 1) * TS * C) * sizeof(float));
+            float *df = es && cap > 0.0f && g ? es + TS * C : NULL; /* the soft-cap's derivatives */
             if (!es) {
 #pragma omp atomic write
                 failed = 1;
@@ -598,7 +668,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
                 if (!es) continue;
                 const int64_t n = item / tiles, s0 = (item % tiles) * TS;
                 const int64_t ts = (S - s0) < TS ? (S - s0) : TS;
-                sm_tile(&k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es);
+                sm_tile(&k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df);
             }
             free(es);
         }

@@ -194,7 +194,7 @@ def library() -> ctypes.CDLL | None:
         _p, _i, _i64, _d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
         lib.pf_softmax.restype = ctypes.c_int
         lib.pf_softmax.argtypes = [_p, _i, _p, _p, _p, _p, _f64p, _i, _d, _d, _i64, _i64, _i64, _i64, _i, _p, _p, _p,
-                                   _i, _i64p, _p, _p, _d, _d]  # fmt: skip
+                                   _i, _i64p, _p, _p, _d, _d, _d]  # fmt: skip
         lib.pf_sigmoid.restype = ctypes.c_int
         lib.pf_sigmoid.argtypes = [_p, _i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _i64, _p, _i64,
                                    _i64, _i, _d, _f64p, _i, _d, _d, _i, _p, _p, _p, _i, _i64p, _i, _d, _d, _i,
@@ -260,7 +260,7 @@ def _scalars(args: Args) -> tuple:
     return found
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None):
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None, softcap=0.0):
     """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
     kernel reads each row or tile into scratch before writing it).  The long-tail options (``bias = tau log
     prior``, ``margin``, ``logit_scale``, ``z_loss``) are applied by the kernel as it loads the logits."""
@@ -271,8 +271,6 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     y = target if target.is_contiguous() else target.contiguous()
     rows, num_classes = y.numel(), x.shape[1]
     a, w, b, mg = _f32(args.class_weight), _f32(args.weight), _f32(args.bias), _f32(args.margin)
-    if b is None and (mg is not None or args.logit_scale != 1.0):  # the kernel's adjusted loads read a bias: zeros
-        b = torch.zeros(num_classes, dtype=torch.float32)
     norm = None if args.normalizer is None else _f32(torch.broadcast_to(args.normalizer, target.shape))
     none = args.reduction == "none"
     out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
@@ -283,7 +281,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), eps, n_eps, gamma, ls, ignore,
         rows if spatial == 1 else x.shape[0], num_classes, spatial, mean, out.data_ptr() if none else None,
         None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), _ptr(b), _ptr(mg),
-        scale, z_loss,
+        scale, z_loss, float(softcap or 0.0),
     )  # fmt: skip
     if status == 1:
         raise _index_error(bad.value, num_classes, args.ignore_index, background=False)

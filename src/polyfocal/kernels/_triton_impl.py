@@ -76,6 +76,32 @@ def _poly(u, eps_ptr, gamma, N_EPS: tl.constexpr):
 
 
 @triton.jit
+def _softcap(x, cap):
+    """The logit soft-cap ``cap * tanh(x / cap)`` and its derivative ``1 - tanh(x / cap)^2`` (exp2 only, no
+    libdevice): for ``|u| < 0.2`` the Taylor series through ``u^15`` (no cancellation near 0; truncation ~1e-15
+    relative), else ``tanh|u| = (1 - e) / (1 + e)`` and ``1 - tanh^2 = 4 e / (1 + e)^2`` with ``e = exp(-2|u|)`` (no
+    cancellation as tanh -> 1).  ``+-inf`` give ``+-cap`` and 0; NaN stays NaN."""
+    u = x / cap
+    a = tl.abs(u)
+    e = _exp(-2.0 * a)
+    r = 1.0 / (1.0 + e)
+    big = (1.0 - e) * r
+    z = a * a
+    p = -929569.0 / 638512875.0
+    p = p * z + 21844.0 / 6081075.0
+    p = p * z - 1382.0 / 155925.0
+    p = p * z + 62.0 / 2835.0
+    p = p * z - 17.0 / 315.0
+    p = p * z + 2.0 / 15.0
+    p = p * z - 1.0 / 3.0
+    small = p * z * a + a
+    lo = a < 0.2
+    t = tl.where(lo, small, big)
+    d = tl.where(lo, 1.0 - small * small, 4.0 * e * r * r)
+    return tl.where(u < 0.0, -t, t) * cap, d
+
+
+@triton.jit
 def _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
             HAS_SCALE: tl.constexpr):  # fmt: skip
     """The long-tail options on a loaded ``(BLOCK_R, BLOCK_C)`` block: ``s ((x + b_c) - m_y [c = y])``
@@ -191,6 +217,8 @@ def _softmax_poly_kernel(
     HAS_MARGIN: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_Z: tl.constexpr,
+    softcap=0.0,  # logit soft-cap c: each loaded logit x is read as c tanh(x / c) (before the options above)
+    SOFTCAP: tl.constexpr = False,
 ):
     """Persistent: program ``pid`` takes row blocks ``pid, pid + P, ...``; the whole call is this one launch."""
     pid = tl.program_id(0)
@@ -200,6 +228,8 @@ def _softmax_poly_kernel(
     ls = tl.load(consts_ptr + 1)
     s = tl.load(consts_ptr + 2 + N_EPS).to(dt)
     z_w = tl.load(consts_ptr + 3 + N_EPS).to(dt)
+    if SOFTCAP:
+        cap = tl.full([], 0.0, dt) + softcap
     a_sum = tl.full([], 0.0, dt) + C  # sum_c a_c and sum_c w_c (label smoothing): C without weights
     w_sum = tl.full([], 0.0, dt) + C
     if SMOOTH:
@@ -231,6 +261,8 @@ def _softmax_poly_kernel(
         valid = valid & (bad == 0)
         y = tl.where(valid, y, 0)
         x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
+        if SOFTCAP:
+            x_t, _ = _softcap(x_t, cap)
         m_y = tl.zeros([BLOCK_R], dt)
         if HAS_BIAS:
             x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
@@ -245,7 +277,11 @@ def _softmax_poly_kernel(
             col_ok = cols < C
             mask = row_ok[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
-            x = _adjust(x.to(dt), cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+            x = x.to(dt)
+            if SOFTCAP:  # masked lanes stay -inf
+                x_c, d_cap = _softcap(x, cap)
+                x = tl.where(mask, x_c, float("-inf"))
+            x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
             m = tl.maximum(tl.max(x, axis=1), -1.0e38)
             e = _exp(x - m[:, None])
             is_t = cols[None, :] == y[:, None]
@@ -268,7 +304,11 @@ def _softmax_poly_kernel(
                 col_ok = cols < C
                 mask = row_ok[:, None] & col_ok[None, :]
                 x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
-                x = _adjust(x.to(dt), cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+                x = x.to(dt)
+                if SOFTCAP:  # masked lanes stay -inf
+                    x_c, _ = _softcap(x, cap)
+                    x = tl.where(mask, x_c, float("-inf"))
+                x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
                 m_new = tl.maximum(m, tl.max(x, axis=1))
                 rescale = _exp(m - m_new)
                 e = _exp(x - m_new[:, None])
@@ -343,6 +383,8 @@ def _softmax_poly_kernel(
                         g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
                     else:
                         g -= k2[:, None]
+                if SOFTCAP:  # the chain rule through the soft-cap
+                    g = g * d_cap
                 offs = base[:, None] + cols[None, :].to(tl.int64) * S
                 tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
             else:
@@ -352,6 +394,9 @@ def _softmax_poly_kernel(
                     mask = row_ok[:, None] & col_ok[None, :]
                     offs = base[:, None] + cols[None, :].to(tl.int64) * S
                     x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+                    if SOFTCAP:  # masked lanes stay -inf
+                        x_c, d_cap = _softcap(x, cap)
+                        x = tl.where(mask, x_c, float("-inf"))
                     x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
                     g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
                     if SMOOTH:
@@ -359,6 +404,8 @@ def _softmax_poly_kernel(
                             g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
                         else:
                             g -= k2[:, None]
+                    if SOFTCAP:  # the chain rule through the soft-cap
+                        g = g * d_cap
                     tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
     if REDUCE != 0:
         _finish(tl.sum(acc, axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
@@ -526,8 +573,9 @@ def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
         raise
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool):
-    """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`)."""
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, softcap=0.0):
+    """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`).
+    ``softcap`` > 0: the logit soft-cap ``softcap * tanh(x / softcap)`` (None or <= 0: off)."""
     ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
@@ -548,6 +596,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         return out, grad.zero_() if compute_grad else grad
     den_device = reduce == 2 and (args.ignore_index is not None or weight is not None)
     logit_scale, z_loss = float(args.logit_scale), float(args.z_loss)
+    cap = float(softcap or 0.0)
     consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon), logit_scale, z_loss), x.device, ct)
     bias = None if args.bias is None else args.bias.to(device=x.device, dtype=ct).contiguous()
     margin = None if args.margin is None else args.margin.to(device=x.device, dtype=ct).contiguous()
@@ -596,6 +645,8 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
             HAS_MARGIN=margin is not None,
             HAS_SCALE=logit_scale != 1.0,
             HAS_Z=z_loss != 0.0,
+            softcap=cap if cap > 0.0 else 0.0,
+            SOFTCAP=cap > 0.0,
             num_warps=warps,
         )
 
