@@ -1,7 +1,7 @@
 """Logit soft-capping (Gemma 2/3) in the softmax kernels: each raw logit z is read as ``c * tanh(z / c)`` before the
 prior bias / margin / logit scale, and the gradient carries the factor ``1 - tanh(z / c)^2``.
 
-The kernels are called directly (``_native.softmax`` and the Triton launcher with a ``softcap`` keyword, under
+The kernels are called directly (``_native.softmax`` and the Triton launcher with ``Args.softcap`` set, under
 ``TRITON_INTERPRET=1``) and compared with a float64 autograd reference: ``c * tanh(z / c)`` applied in float64, then
 :func:`polyfocal.reference.poly_loss_reference`.  ``test_chain_rule_factor_is_applied`` fails if the gradient drops
 the factor (the gradient of the capped logits differs from it by far more than the tolerance)."""
@@ -103,26 +103,24 @@ def _reference(x, y, cap, opts, reduction, chain_rule=True):
     return loss.detach(), grad
 
 
-def _kernel_args(opts: dict, reduction: str) -> _args.Args:
-    """The argument object the kernels take, tensors in the compute dtype (float32)."""
+def _kernel_args(opts: dict, reduction: str, cap: float | None = None) -> _args.Args:
+    """The argument object the kernels take (``softcap`` as the field: None / 0 off), tensors in float32."""
     k = _kernel_kwargs(opts)
     f32 = lambda v: None if v is None else v.to(torch.float32)  # noqa: E731
     h = _args.hyper(epsilon=k["epsilon"], gamma=k["gamma"], ignore_index=k["ignore_index"],
                     label_smoothing=k["label_smoothing"], reduction=reduction, logit_scale=k["logit_scale"],
                     z_loss=k["z_loss"])  # fmt: skip
     return dataclasses.replace(h, is_index=True, class_weight=f32(k["class_weight"]), weight=f32(k["weight"]),
-                               bias=f32(k["bias"]), margin=f32(k["margin"]))  # fmt: skip
+                               bias=f32(k["bias"]), margin=f32(k["margin"]),
+                               softcap=float(cap or 0.0))  # fmt: skip  # the kernels' own "off": <= 0
 
 
 def _native_call(x, y, cap, opts, reduction, grad_into=None):
-    return _native.softmax(x, y, _kernel_args(opts, reduction), True, grad_into=grad_into, softcap=cap)
+    return _native.softmax(x, y, _kernel_args(opts, reduction, cap), True, grad_into=grad_into)
 
 
 def _triton_call(x, y, cap, opts, reduction):
-    args = _kernel_args(opts, reduction)
-    if cap is None:
-        return _triton_impl.softmax(x, y, args, True)  # the launcher's default: off
-    return _triton_impl.softmax(x, y, args, True, softcap=cap)
+    return _triton_impl.softmax(x, y, _kernel_args(opts, reduction, cap), True)
 
 
 def _inputs(shape, dtype, seed, extreme=True, ignore_index=-100):

@@ -37,6 +37,7 @@ from ._params import (
     check_reduction,
     check_sigmoid_alpha,
     check_sigmoid_variant,
+    check_softcap,
     check_tau,
     check_z_loss,
 )
@@ -76,7 +77,8 @@ class Args:
     Stage 2 (tensors, :func:`prepare`), all in the compute dtype.  **softmax**: ``class_weight = alpha * weight``
     (``None`` when both are absent) enters the CE term per class; ``weight`` alone gives the poly terms' ``w_t``
     and the ``"mean"`` denominator ``sum_i w[y_i]`` over non-ignored elements; ``(C,)`` vectors.  Long-tail options:
-    the loss sees ``logit_scale * (z + bias - margin[y] onehot_y)`` with ``bias = tau * log(prior / sum(prior))``
+    the loss sees ``logit_scale * (z + bias - margin[y] onehot_y)`` (``z = softcap * tanh(x / softcap)`` when
+    ``softcap`` > 0, else the logits ``x``) with ``bias = tau * log(prior / sum(prior))``
     (``None``: no prior, or ``tau = 0``), ``margin`` ``(C,)`` or ``None`` (class-index targets only); ``z_loss``
     adds ``z_loss * logsumexp(z')^2`` to each row's loss.  **sigmoid**: ``is_index``: the target is class indices
     ``(N, *)`` for ``x`` ``(N, C, *)`` with index ``C`` = background (``ignore_index`` masks the whole row), else
@@ -98,6 +100,7 @@ class Args:
     tau: float = _option(1.0, check_tau, "softmax")
     logit_scale: float = _option(1.0, check_logit_scale, "softmax")
     z_loss: float = _option(0.0, check_z_loss, "softmax")
+    softcap: float = _option(0.0, check_softcap, "softmax")  # c * tanh(z / c) on load; 0: off (public None)
     gamma_neg: float | None = _option(None, check_gamma_neg, "sigmoid")
     clip: float = _option(0.0, check_clip, "sigmoid")
     variant: str = _option("poly", check_sigmoid_variant, "sigmoid")

@@ -92,6 +92,8 @@ def softmax_poly_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> tupl
     class_weight, weight, bias, margin = args.class_weight, args.weight, args.bias, args.margin
     num_classes = x.shape[1]
     shape = (1, num_classes) + (1,) * (x.ndim - 2)
+    if args.softcap:  # logit soft-capping, before every other adjustment
+        x = args.softcap * torch.tanh(x / args.softcap)
     if bias is not None:
         x = x + bias.view(shape)
     if margin is not None:  # class indices only (prepare refuses a margin for probability targets)

@@ -117,6 +117,7 @@ def poly_loss(
     z_loss: float = 0.0,
     gamma_neg: float | None = None,
     clip: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""PolyLoss: cross-entropy, focal loss and their polynomial expansions in one function.
@@ -204,6 +205,9 @@ def poly_loss(
             logit; :func:`polyfocal.ldam_margins` gives LDAM's.
         logit_scale: ``s > 0`` multiplying the (adjusted) logits.
         z_loss: :math:`\lambda \ge 0`, the weight of the z-loss.
+        softcap: softmax only: ``None`` or :math:`c > 0`: logit soft-capping (Gemma 2 / 3), every logit becomes
+            :math:`c \tanh(z / c)` before ``prior`` / ``margin`` / ``logit_scale`` (and its gradient the chain
+            rule's :math:`1 - \tanh^2(z / c)` times the capped logit's).
         gamma_neg: sigmoid only: the negatives' focusing parameter of the asymmetric loss (``None``: ``gamma``);
             see :func:`asymmetric_loss` for how it combines with soft targets.
         clip: sigmoid only: the asymmetric loss's probability margin, in [0, 1); 0 disables it.
@@ -240,6 +244,7 @@ def cross_entropy(
     margin: ClassVector = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Cross-entropy: :func:`poly_loss` with ``gamma=0`` and no polynomial term.
@@ -249,7 +254,7 @@ def cross_entropy(
     Gives the numbers of :func:`torch.nn.functional.cross_entropy` for every argument it takes
     (class indices or probabilities, ``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``,
     unbatched ``(C,)`` input), with float32 math for float16/bfloat16 input.  ``prior``, ``tau``, ``margin``,
-    ``logit_scale`` and ``z_loss`` are the long-tail options of :func:`poly_loss` (off by default).
+    ``logit_scale``, ``z_loss`` and ``softcap`` are the options of :func:`poly_loss` (off by default).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -278,6 +283,7 @@ def poly1_cross_entropy(
     margin: ClassVector = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Poly-1 cross-entropy (Leng et al., ICLR 2022, eq. 3): softmax :func:`poly_loss` with ``gamma=0``.
@@ -314,6 +320,7 @@ def softmax_focal_loss(
     margin: ClassVector = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Softmax (multi-class) focal loss (Lin et al., ICCV 2017), optionally with Poly terms.
@@ -349,6 +356,7 @@ def logit_adjusted_loss(
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Logit-adjusted loss (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment", eq. 10):
@@ -388,6 +396,7 @@ def balanced_softmax_loss(
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""Balanced Softmax (Ren et al., NeurIPS 2020): :func:`logit_adjusted_loss` with ``tau = 1``.
@@ -419,6 +428,7 @@ def ldam_loss(
     normalizer: Normalizer = None,
     reduction: Reduction = "mean",
     z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     r"""LDAM loss (Cao et al., NeurIPS 2019): the softmax PolyLoss of :math:`s\,(z - m_y\,\mathrm{onehot}_y)`.

@@ -44,6 +44,7 @@ from ._params import (
     check_gamma,
     check_label_smoothing,
     check_sigmoid_alpha,
+    check_softcap,
     check_tau,
     check_z_loss,
 )
@@ -157,12 +158,14 @@ def _softmax_poly(
     axis: int,
     logit_offset: Sequence[float] | None = None,
     z_loss: float = 0.0,
+    softcap: float = 0.0,
 ) -> Any:
     """Per-sample softmax PolyLoss of tensors ``y_true`` (one-hot / probabilities) and ``y_pred`` of one
     shape (checked by the caller), classes along ``axis`` (a valid, non-negative axis).
 
-    ``logit_offset`` (``tau * log(prior_c / sum(prior))``, logits only) is added to the logits first, and
-    ``z_loss * logsumexp(z)^2`` of those adjusted logits is added per row.
+    ``softcap`` c > 0 (logits only) caps them first, ``c * tanh(z / c)``; ``logit_offset`` (``tau *
+    log(prior_c / sum(prior))``, logits only) is added to them, and ``z_loss * logsumexp(z)^2`` of those adjusted
+    logits is added per row.
     """
     num_classes = y_pred.shape[axis]
     for name, values in (("alpha", alpha), ("prior", logit_offset)):
@@ -172,6 +175,8 @@ def _softmax_poly(
     y_true = ops.moveaxis(ops.cast(y_true, y_pred.dtype), axis, -1)
     if label_smoothing > 0.0:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if softcap:
+        y_pred = softcap * ops.tanh(y_pred / softcap)
     if logit_offset is not None:
         y_pred = y_pred + ops.convert_to_tensor(list(logit_offset), dtype=y_pred.dtype)
     if from_logits:
@@ -373,12 +378,15 @@ class _PolyLossBase(keras.losses.Loss):
 
 
 class _SoftmaxPolyLossBase(_PolyLossBase):
-    """The softmax classes' shared options: ``prior``/``tau`` (logit adjustment) and ``z_loss``."""
+    """The softmax classes' shared options: ``prior``/``tau`` (logit adjustment), ``z_loss`` and ``softcap``."""
 
-    def _set_logit_options(self, prior: object, tau: object, z_loss: object) -> None:
+    def _set_logit_options(self, prior: object, tau: object, z_loss: object, softcap: object) -> None:
         self.prior, self.tau, self.z_loss, self._logit_offset = _check_logit_options(
             prior, tau, z_loss, self.from_logits
         )
+        self.softcap, self._softcap = softcap, check_softcap(softcap)
+        if self._softcap and not self.from_logits:
+            raise ValueError("expected from_logits=True with softcap (it caps logits), got from_logits=False")
 
     def _dense(self, y_true: Any, y_pred: Any, *, gamma: float, alpha: Sequence[float] | None) -> Any:
         """Per-sample loss for one-hot / probability labels, after Keras' rank alignment and a shape check."""
@@ -395,6 +403,7 @@ class _SoftmaxPolyLossBase(_PolyLossBase):
             axis=_class_axis(y_pred, self.axis),
             logit_offset=self._logit_offset,
             z_loss=self.z_loss,
+            softcap=self._softcap,
         )
 
 
@@ -406,7 +415,9 @@ _LOGIT_OPTIONS_DOC = """
     sample (PaLM's auxiliary z-loss) of the logits the loss sees, i.e. after the adjustment; it is part of
     the sample's loss, so ``sample_weight`` scales it and ``alpha`` does not.  Both need ``from_logits=True``
     (ValueError otherwise: probabilities have no logits to adjust).  ``tau`` alone, without a ``prior``,
-    changes nothing.  Without ``prior`` and ``z_loss`` the numbers are the plain loss's, bit for bit.
+    changes nothing.  ``softcap`` (``None`` or c > 0; ``from_logits=True``): logit soft-capping, every logit is
+    ``c * tanh(z / c)`` before the adjustment (Gemma 2 / 3).  Without ``prior``, ``z_loss`` and ``softcap`` the
+    numbers are the plain loss's, bit for bit.
 """
 
 
@@ -436,7 +447,7 @@ class PolyCategoricalCrossentropy(_SoftmaxPolyLossBase):
         True
     """
 
-    _hyper = ("epsilon", "from_logits", "label_smoothing", "axis", "prior", "tau", "z_loss")
+    _hyper = ("epsilon", "from_logits", "label_smoothing", "axis", "prior", "tau", "z_loss", "softcap")
 
     def __init__(
         self,
@@ -450,13 +461,14 @@ class PolyCategoricalCrossentropy(_SoftmaxPolyLossBase):
         prior: Sequence[float] | None = None,
         tau: float = 1.0,
         z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.epsilon = check_epsilon(epsilon)
         self.from_logits = bool(from_logits)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self.axis = int(axis)
-        self._set_logit_options(prior, tau, z_loss)
+        self._set_logit_options(prior, tau, z_loss, softcap)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         return self._dense(y_true, y_pred, gamma=0.0, alpha=None)
@@ -481,7 +493,7 @@ class SparsePolyCategoricalCrossentropy(_SoftmaxPolyLossBase):
         True
     """
 
-    _hyper = ("epsilon", "from_logits", "axis", "prior", "tau", "z_loss")
+    _hyper = ("epsilon", "from_logits", "axis", "prior", "tau", "z_loss", "softcap")
 
     def __init__(
         self,
@@ -494,12 +506,13 @@ class SparsePolyCategoricalCrossentropy(_SoftmaxPolyLossBase):
         prior: Sequence[float] | None = None,
         tau: float = 1.0,
         z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.epsilon = check_epsilon(epsilon)
         self.from_logits = bool(from_logits)
         self.axis = int(axis)
-        self._set_logit_options(prior, tau, z_loss)
+        self._set_logit_options(prior, tau, z_loss, softcap)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels, y_pred = _same_rank(_tensor(y_true), _tensor(y_pred))
@@ -524,6 +537,7 @@ class SparsePolyCategoricalCrossentropy(_SoftmaxPolyLossBase):
             axis=axis,
             logit_offset=self._logit_offset,
             z_loss=self.z_loss,
+            softcap=self._softcap,
         )
 
 
@@ -551,7 +565,18 @@ class PolyCategoricalFocalCrossentropy(_SoftmaxPolyLossBase):
         True
     """
 
-    _hyper = ("gamma", "alpha", "epsilon", "from_logits", "label_smoothing", "axis", "prior", "tau", "z_loss")
+    _hyper = (
+        "gamma",
+        "alpha",
+        "epsilon",
+        "from_logits",
+        "label_smoothing",
+        "axis",
+        "prior",
+        "tau",
+        "z_loss",
+        "softcap",
+    )
 
     def __init__(
         self,
@@ -567,6 +592,7 @@ class PolyCategoricalFocalCrossentropy(_SoftmaxPolyLossBase):
         prior: Sequence[float] | None = None,
         tau: float = 1.0,
         z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.gamma = check_gamma(gamma)
@@ -575,7 +601,7 @@ class PolyCategoricalFocalCrossentropy(_SoftmaxPolyLossBase):
         self.from_logits = bool(from_logits)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self.axis = int(axis)
-        self._set_logit_options(prior, tau, z_loss)
+        self._set_logit_options(prior, tau, z_loss, softcap)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         return self._dense(y_true, y_pred, gamma=self.gamma, alpha=self.alpha)

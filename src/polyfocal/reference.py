@@ -13,7 +13,8 @@ slow and it overflows for extreme logits (where its gradients can be NaN).  Use 
     \qquad p = \mathrm{softmax}(z'),\ p_t = \sum_c q_c p_c \quad\text{(softmax)}
 
 with the adjusted logits :math:`z' = s\,(z + \tau \log(\pi / \textstyle\sum_c \pi_c) - m_y\,\mathrm{onehot}_y)`
-(prior :math:`\pi`, margin :math:`m`, logit scale :math:`s`, z-loss weight :math:`\lambda`; all off by default).
+(prior :math:`\pi`, margin :math:`m`, logit scale :math:`s`, z-loss weight :math:`\lambda`; all off by default) of
+the logits :math:`z = c \tanh(x / c)` with ``softcap`` :math:`c` (else :math:`z = x`).
 
 .. math::
 
@@ -67,6 +68,7 @@ def poly_loss_reference(
     margin: object = None,
     logit_scale: float = 1.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     gamma_neg: float | None = None,
     clip: float = 0.0,
     variant: str = "poly",
@@ -102,6 +104,8 @@ def poly_loss_reference(
         shape = [1, num_classes] + [1] * (x.ndim - 2)
         a = _f64(alpha).view(shape) if alpha is not None else torch.ones(shape, dtype=torch.float64)
         w = _f64(weight).view(shape) if weight is not None else torch.ones(shape, dtype=torch.float64)
+        if softcap:
+            x = float(softcap) * torch.tanh(x / float(softcap))
         if prior is not None:
             pi = _f64(prior)
             x = x + float(tau) * torch.log(pi / pi.sum()).view(shape)

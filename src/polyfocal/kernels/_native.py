@@ -260,10 +260,10 @@ def _scalars(args: Args) -> tuple:
     return found
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None, softcap=0.0):
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, grad_into=None):
     """Same contract as :func:`._torch_impl.softmax`; ``grad_into=x`` writes the gradient over ``x`` (the
-    kernel reads each row or tile into scratch before writing it).  The long-tail options (``bias = tau log
-    prior``, ``margin``, ``logit_scale``, ``z_loss``) are applied by the kernel as it loads the logits."""
+    kernel reads each row or tile into scratch before writing it).  ``softcap`` and the long-tail options (``bias =
+    tau log prior``, ``margin``, ``logit_scale``, ``z_loss``) are applied by the kernel as it loads the logits."""
     lib = library()
     x, spatial = _softmax_layout(x)
     if grad_into is not None and grad_into.data_ptr() != x.data_ptr():
@@ -281,7 +281,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         x.data_ptr(), _DTYPES[x.dtype], y.data_ptr(), _ptr(a), _ptr(w), _ptr(norm), eps, n_eps, gamma, ls, ignore,
         rows if spatial == 1 else x.shape[0], num_classes, spatial, mean, out.data_ptr() if none else None,
         None if none else out.data_ptr(), _ptr(grad), torch.get_num_threads(), ctypes.byref(bad), _ptr(b), _ptr(mg),
-        scale, z_loss, float(softcap or 0.0),
+        scale, z_loss, args.softcap,
     )  # fmt: skip
     if status == 1:
         raise _index_error(bad.value, num_classes, args.ignore_index, background=False)

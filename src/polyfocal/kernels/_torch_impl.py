@@ -163,7 +163,7 @@ def _softmax_rows(xc: torch.Tensor, target: torch.Tensor, args: Args) -> _Rows:
     y = target if valid is None else torch.where(valid, target, 0)
     y1 = y.unsqueeze(1)
     # long-tail options: the loss sees z = s (x + b - m_y onehot), built in the buffer that becomes the gradient
-    adjusted = args.bias is not None or args.margin is not None or args.logit_scale != 1.0
+    adjusted = args.bias is not None or args.margin is not None or args.logit_scale != 1.0 or args.softcap
     lse = smooth = None
     if adjusted:
         p = _adjusted_logits(xc, y1, args)
@@ -199,8 +199,9 @@ def _smooth(z: torch.Tensor, lse: torch.Tensor, class_weight: torch.Tensor | Non
     return class_weight.sum() * lse - torch.tensordot(z.movedim(1, -1), class_weight, dims=1)
 
 
-def _softmax_gradient(r: _Rows, k1, k2, scale, args: Args, dtype: torch.dtype) -> torch.Tensor:
-    """Stage 3: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a``, times the row scale, over the buffer."""
+def _softmax_gradient(r: _Rows, k1, k2, scale, args: Args, xc: torch.Tensor) -> torch.Tensor:
+    """Stage 3: ``(K1 + K2 A + 2 z_loss lse) p - K1 onehot_y - K2 a``, times the row scale, over the buffer (and
+    times ``1 - tanh^2(x / c)`` with ``softcap``)."""
     p, num_classes, class_weight = r.p, r.p.shape[1], args.class_weight
     if args.logit_scale != 1.0:  # chain rule through z = s (...)
         scale = scale * args.logit_scale
@@ -219,7 +220,9 @@ def _softmax_gradient(r: _Rows, k1, k2, scale, args: Args, dtype: torch.dtype) -
             p.sub_(k2_)
         else:
             p.addcmul_(k2_, class_weight.view((1, num_classes) + (1,) * (p.ndim - 2)), value=-1.0)
-    return p.to(dtype)
+    if args.softcap:  # the chain rule through z = c tanh(x / c)
+        p.mul_(1.0 - torch.tanh(xc / args.softcap).square_())
+    return p
 
 
 def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +233,8 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     ct = compute_dtype(x)
     num_classes = x.shape[1]
     check_index_range(target, num_classes, args.ignore_index, background=False)
-    r = _softmax_rows(x.to(ct), target, args)  # stage 1: row statistics
+    xc = x.to(ct)
+    r = _softmax_rows(xc, target, args)  # stage 1: row statistics
     y = r.y1.squeeze(1)
     a_t = None if args.class_weight is None else args.class_weight[y]
     w_t = None if args.weight is None else args.weight[y]
@@ -258,13 +262,16 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     if not compute_grad:
         return out, x.new_empty(0)
     scale = _row_scale(r.valid, args.normalizer, args.reduction, denominator, ct)
-    return out, _softmax_gradient(r, k1, k2, scale, args, x.dtype)  # stage 3
+    return out, _softmax_gradient(r, k1, k2, scale, args, xc).to(x.dtype)  # stage 3
 
 
 def _adjusted_logits(xc: torch.Tensor, y1: torch.Tensor, args: Args) -> torch.Tensor:
-    """A new tensor ``s (x + b - m_y onehot_y)``: the logits the loss sees (prior bias b, target margin m, scale s)."""
+    """A new tensor ``s (z + b - m_y onehot_y)``: the logits the loss sees (``z = c tanh(x / c)`` with ``softcap``
+    c, else ``x``; prior bias b, target margin m, scale s)."""
     shape = (1, xc.shape[1]) + (1,) * (xc.ndim - 2)
-    z = xc + args.bias.view(shape) if args.bias is not None else xc.clone()
+    z = torch.tanh(xc / args.softcap).mul_(args.softcap) if args.softcap else xc.clone()
+    if args.bias is not None:
+        z.add_(args.bias.view(shape))
     if args.margin is not None:
         z.scatter_add_(1, y1, -args.margin[y1.squeeze(1)].unsqueeze(1))
     if args.logit_scale != 1.0:

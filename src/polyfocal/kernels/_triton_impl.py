@@ -573,9 +573,8 @@ def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
         raise
 
 
-def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool, softcap=0.0):
-    """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`).
-    ``softcap`` > 0: the logit soft-cap ``softcap * tanh(x / softcap)`` (None or <= 0: off)."""
+def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool):
+    """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`)."""
     ct = compute_dtype(x)
     x = x.contiguous()
     target = target.contiguous()
@@ -596,7 +595,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         return out, grad.zero_() if compute_grad else grad
     den_device = reduce == 2 and (args.ignore_index is not None or weight is not None)
     logit_scale, z_loss = float(args.logit_scale), float(args.z_loss)
-    cap = float(softcap or 0.0)
+    cap = args.softcap
     consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon), logit_scale, z_loss), x.device, ct)
     bias = None if args.bias is None else args.bias.to(device=x.device, dtype=ct).contiguous()
     margin = None if args.margin is None else args.margin.to(device=x.device, dtype=ct).contiguous()
