@@ -46,6 +46,7 @@ def softmax(
     HAS_MARGIN=False,
     HAS_SCALE=False,
     HAS_Z=False,
+    SOFTCAP=False,
     warps=4,
     none_ptrs=True,
 ):
@@ -69,6 +70,7 @@ def softmax(
         "den_host": "i64",
         "bias_ptr": f"*{dt}" if HAS_BIAS else "constexpr",
         "margin_ptr": f"*{dt}" if HAS_MARGIN else "constexpr",
+        "softcap": "fp32",
     }
     consts = {}
     for k in ("a_ptr", "w_ptr", "norm_ptr", "g_ptr", "ws_ptr", "wsb_ptr", "bias_ptr", "margin_ptr"):
@@ -94,6 +96,7 @@ def softmax(
         HAS_MARGIN=HAS_MARGIN,
         HAS_SCALE=HAS_SCALE,
         HAS_Z=HAS_Z,
+        SOFTCAP=SOFTCAP,
     )
     for k, v in cx.items():
         sig[k] = "constexpr"
@@ -206,6 +209,16 @@ cases = [
         lambda: softmax(
             dt_x="bf16", SINGLE=False, BLOCK_R=1, BLOCK_C=4096, SMOOTH=True, HAS_A=True, HAS_W=True, warps=16
         ),
+    ),
+    (
+        "softmax bf16 chunked softcap longtail",
+        lambda: softmax(
+            dt_x="bf16", SINGLE=False, BLOCK_R=1, BLOCK_C=4096, HAS_BIAS=True, HAS_SCALE=True, SOFTCAP=True, warps=16
+        ),
+    ),
+    (
+        "softmax fp32 softcap",
+        lambda: softmax(SOFTCAP=True, HAS_Z=True),
     ),
     (
         "softmax fp64 sum longtail",

@@ -99,15 +99,28 @@ def test_no_import_circle():
             visit(node)
 
 
+def _top_level_exports() -> dict[str, set[str]]:
+    """``polyfocal._EXPORTS`` (submodule -> names), read from ``__init__.py``."""
+    for node in ast.parse((SRC / "__init__.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            return {
+                f"{k.value}.py": {e.value for e in v.elts}
+                for k, v in zip(node.value.keys, node.value.values, strict=True)
+            }
+    return {}
+
+
 def _public_signatures() -> set[tuple[str, str]]:
-    """``(file, function)`` of the public functions and the public classes' ``__init__``: not counted."""
+    """``(file, function)`` of the public functions and the public classes' ``__init__`` (a module's literal
+    ``__all__``, or the package's ``_EXPORTS``): not counted."""
     out = set()
+    top = _top_level_exports()
     for rel, tree in _modules().items():
-        exported: set[str] = set()
+        exported: set[str] = set(top.get(rel, ()))
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
                 if isinstance(node.value, (ast.List, ast.Tuple)):
-                    exported = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+                    exported |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name in exported:
                 out.add((rel, node.name))

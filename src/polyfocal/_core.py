@@ -76,6 +76,21 @@ def _needs_pt(gamma: float, epsilon: tuple[float, ...]) -> bool:
     return gamma != 0.0 or any(e != 0.0 for e in epsilon)
 
 
+def _adjusted_logits(x: torch.Tensor, target: torch.Tensor, args: Args) -> torch.Tensor:
+    """The logits the softmax loss sees: ``s (z + bias - margin_y onehot_y)`` with ``z = c tanh(x / c)`` (softcap
+    ``c``, before every other adjustment) or ``z = x``."""
+    if args.softcap:
+        x = args.softcap * torch.tanh(x / args.softcap)
+    if args.bias is not None:
+        x = x + args.bias.view((1, x.shape[1]) + (1,) * (x.ndim - 2))
+    if args.margin is not None:  # class indices only (prepare refuses a margin for probability targets)
+        y_m = target if args.ignore_index is None else torch.where(target != args.ignore_index, target, 0)
+        x = x.scatter_add(1, y_m.unsqueeze(1), -args.margin[y_m].unsqueeze(1))
+    if args.logit_scale != 1.0:
+        x = x * args.logit_scale
+    return x
+
+
 def softmax_poly_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> tuple[torch.Tensor, torch.Tensor | int]:
     """Per-element softmax PolyLoss and the denominator of ``reduction="mean"``.
 
@@ -89,18 +104,10 @@ def softmax_poly_loss(x: torch.Tensor, target: torch.Tensor, args: Args) -> tupl
     """
     is_index = not target.dtype.is_floating_point
     epsilon, gamma, ignore_index = args.epsilon, args.gamma, args.ignore_index
-    class_weight, weight, bias, margin = args.class_weight, args.weight, args.bias, args.margin
+    class_weight, weight = args.class_weight, args.weight
     num_classes = x.shape[1]
     shape = (1, num_classes) + (1,) * (x.ndim - 2)
-    if args.softcap:  # logit soft-capping, before every other adjustment
-        x = args.softcap * torch.tanh(x / args.softcap)
-    if bias is not None:
-        x = x + bias.view(shape)
-    if margin is not None:  # class indices only (prepare refuses a margin for probability targets)
-        y_m = target if ignore_index is None else torch.where(target != ignore_index, target, 0)
-        x = x.scatter_add(1, y_m.unsqueeze(1), -margin[y_m].unsqueeze(1))
-    if args.logit_scale != 1.0:
-        x = x * args.logit_scale
+    x = _adjusted_logits(x, target, args)
     logp = torch.log_softmax(x, dim=1)
     need_pt = _needs_pt(gamma, epsilon)
     ls = args.label_smoothing

@@ -142,12 +142,17 @@ def chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor, so
         torch.mm(h, weight.t(), out=out)
     else:
         torch.addmm(bias, h, weight.t(), out=out)
+    return cap_(out, softcap, dcap)
+
+
+def cap_(z: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
+    """``z = c tanh(z / c)`` in place (nothing for ``c = 0``); ``dcap = 1 - (z'/c)^2`` when given."""
     if softcap:
-        out.div_(softcap).tanh_()
+        z.div_(softcap).tanh_()
         if dcap is not None:
-            torch.mul(out, out, out=dcap).neg_().add_(1.0)
-        out.mul_(softcap)
-    return out
+            torch.mul(z, z, out=dcap).neg_().add_(1.0)
+        z.mul_(softcap)
+    return z
 
 
 def chunk_loss(z: Tensor, y: Tensor, args: Args, compute_grad: bool) -> Tensor:
@@ -318,16 +323,25 @@ _DOUBLE_BACKWARD = (
 )
 
 
+class _SingleProcess:
+    """How :class:`_LinearLoss` runs the chunks in one process (the class-parallel form has its own, with the
+    collectives): the forward (loss and, for the scalar reductions, gradients) and ``"none"``'s backward."""
+
+    forward = staticmethod(_forward)
+    rows_backward = staticmethod(_backward_none)
+
+
 class _LinearLoss(torch.autograd.Function):
     """Eager path: the forward runs the chunk loop (gradients included for the scalar reductions), the backward
-    hands them out scaled by ``grad_output`` (or recomputes: ``"none"``, and a second backward)."""
+    hands them out scaled by ``grad_output`` (or recomputes: ``"none"``, and a second backward).  ``call`` is
+    ``(y, plan, engine)``; ``engine`` runs the chunks (:class:`_SingleProcess`, or the class-parallel one)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple[Tensor, _Plan]):  # type: ignore[override]
-        y, plan = call
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple):  # type: ignore[override]
+        y, plan, engine = call
         needs = tuple(ctx.needs_input_grad[:3])
         needs = (needs[0], needs[1], needs[2] and bias is not None)
-        loss, *grads = _forward(h, weight, bias, y, plan, needs)
+        loss, *grads = engine.forward(h, weight, bias, y, plan, needs)
         ctx.save_for_backward(h, weight, bias)
         ctx.call, ctx.needs = call, needs
         ctx.grads = tuple(grads) if plan.reduction != "none" else None
@@ -341,13 +355,13 @@ class _LinearLoss(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(_DOUBLE_BACKWARD)
         h, weight, bias = ctx.saved_tensors
-        y, plan = ctx.call
+        y, plan, engine = ctx.call
         if plan.reduction == "none":
-            gi, gw, gb = _backward_none(h, weight, bias, y, plan, ctx.needs, grad_out)
+            gi, gw, gb = engine.rows_backward(h, weight, bias, y, plan, ctx.needs, grad_out)
             return gi, gw, gb, None
         grads, ctx.grads = ctx.grads, None  # handed out once; a second backward (retain_graph) recomputes
         if grads is None:
-            grads = _forward(h, weight, bias, y, plan, ctx.needs)[1:]
+            grads = engine.forward(h, weight, bias, y, plan, ctx.needs)[1:]
         gi, gw, gb = _scaled(grads, grad_out, inplace=True)
         return gi, gw, gb, None
 
@@ -355,7 +369,7 @@ class _LinearLoss(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- torch.compile: custom ops
 
 
-_PLAN = "str plan_reduction, float softcap, int rows, bool[] needs"
+_PLAN = "str plan_reduction, float plan_softcap, int rows, bool[] needs"
 
 
 def _flat(plan: _Plan, needs: tuple[bool, ...]) -> tuple:
@@ -510,7 +524,7 @@ def fused_linear_loss(input: Tensor, linear_weight: Tensor, target: Tensor, line
     if torch.compiler.is_compiling():
         out = linear_poly(x2, linear_weight, linear_bias, y, *_flat(plan, needs))[0]
     elif any(needs):
-        out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan))
+        out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan, _SingleProcess))
     else:
         out = _forward(x2, linear_weight, linear_bias, y, plan, (False, False, False))[0]
     return out.reshape(input.shape[:-1]) if h.reduction == "none" else out

@@ -25,24 +25,11 @@ from typing import Literal, TypeAlias
 
 import torch
 
-from . import kernels
+from . import _EXPORTS, kernels
 from ._args import Args, Call, check_vectors, hyper, prepare
 from ._params import check_nonnegative
 
-__all__ = [
-    "asymmetric_loss",
-    "balanced_softmax_loss",
-    "cross_entropy",
-    "ldam_loss",
-    "logit_adjusted_loss",
-    "poly1_cross_entropy",
-    "poly1_focal_loss",
-    "poly_loss",
-    "quality_focal_loss",
-    "sigmoid_focal_loss",
-    "softmax_focal_loss",
-    "varifocal_loss",
-]
+__all__ = list(_EXPORTS["functional"])  # the one list: polyfocal._EXPORTS
 
 Reduction: TypeAlias = Literal["none", "mean", "sum"]
 Activation: TypeAlias = Literal["softmax", "sigmoid"]

@@ -71,7 +71,17 @@ import torch
 from torch import Tensor
 
 from ._args import Args
-from ._linear_chunks import _DOUBLE_BACKWARD, _gemm_dtype, _Grads, _inverse, chunk_rows, validated
+from ._linear_chunks import (
+    _finish,
+    _gemm_dtype,
+    _Grads,
+    _inverse,
+    _LinearLoss,
+    cap_,
+    chunk_logits,
+    chunk_rows,
+    validated,
+)
 from ._params import _describe
 from ._validation import check_index_range, compute_dtype
 from .kernels._torch_impl import softmax_row_terms
@@ -233,20 +243,11 @@ def two_phase_backend(device: torch.device, dtype: torch.dtype) -> str:
 def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
     """``out = h W^T (+ b)`` in ``out``'s dtype (float32 from bf16/fp16 GEMMs on CUDA), capped in place."""
     if out.dtype == hc.dtype:
-        if bc is None:
-            torch.mm(hc, wc.t(), out=out)
-        else:
-            torch.addmm(bc, hc, wc.t(), out=out)
-    else:
-        torch.mm(hc, wc.t(), out_dtype=out.dtype, out=out)
-        if bc is not None:
-            out.add_(bc)
-    if softcap:
-        out.div_(softcap).tanh_()
-        if dcap is not None:
-            torch.mul(out, out, out=dcap).neg_().add_(1.0)
-        out.mul_(softcap)
-    return out
+        return chunk_logits(hc, wc, bc, out, softcap, dcap)
+    torch.mm(hc, wc.t(), out_dtype=out.dtype, out=out)
+    if bc is not None:
+        out.add_(bc)
+    return cap_(out, softcap, dcap)
 
 
 # ------------------------------------------------------------------------ the two-phase kernels: torch ops
@@ -443,19 +444,6 @@ def _denominator(y: Tensor, args: Args, shard: _Shard, dtype: torch.dtype) -> Te
     return (shard.w_t if valid is None else shard.w_t * valid).sum().to(dtype)
 
 
-def _finish(grads: _Grads | None, h: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None):
-    if grads is None:
-        return None, None, None
-    out = []
-    for g, like in ((grads.input, h), (grads.weight, weight), (grads.bias, bias)):
-        if g is not None:
-            if scale is not None:
-                g.mul_(scale.to(g.dtype))
-            g = g if like is None or g.dtype == like.dtype else g.to(like.dtype)
-        out.append(g)
-    return out[0], out[1], out[2]
-
-
 def _forward(h, weight, bias, y, plan: _Plan, shard: _Shard, needs):
     scalar = plan.reduction != "none"
     total, grads = _run(h, weight, bias, y, plan, shard, needs if scalar else (False, False, False))
@@ -467,36 +455,20 @@ def _forward(h, weight, bias, y, plan: _Plan, shard: _Shard, needs):
     return (total, *_finish(grads, h, weight, bias, scale))
 
 
-class _ShardedLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple):  # type: ignore[override]
-        y, plan, shard = call
-        needs = tuple(ctx.needs_input_grad[:3])
-        needs = (needs[0], needs[1], needs[2] and bias is not None)
-        loss, *grads = _forward(h, weight, bias, y, plan, shard, needs)
-        ctx.save_for_backward(h, weight, bias)
-        ctx.call, ctx.needs = call, needs
-        ctx.grads = tuple(grads) if plan.reduction != "none" else None
-        ctx.set_materialize_grads(False)
-        return loss
+class _Sharded:
+    """How :class:`polyfocal._linear_chunks._LinearLoss` runs the chunks of one rank's shard (with the collectives:
+    every rank must run the backward)."""
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor | None):  # type: ignore[override]
-        if grad_out is None:
-            return None, None, None, None
-        if torch.is_grad_enabled():
-            raise RuntimeError(_DOUBLE_BACKWARD)
-        h, weight, bias = ctx.saved_tensors
-        y, plan, shard = ctx.call
-        if plan.reduction == "none":
-            _LAST.__init__()
-            _, grads = _run(h, weight, bias, y, plan, shard, ctx.needs, row_grad=grad_out)
-            return (*_finish(grads, h, weight, bias, None), None)
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:  # a second backward (retain_graph): recompute, with the same collectives on every rank
-            grads = _forward(h, weight, bias, y, plan, shard, ctx.needs)[1:]
-        out = tuple(None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads)
-        return (*out, None)
+    def __init__(self, shard: _Shard) -> None:
+        self.shard = shard
+
+    def forward(self, h, weight, bias, y, plan: _Plan, needs):
+        return _forward(h, weight, bias, y, plan, self.shard, needs)
+
+    def rows_backward(self, h, weight, bias, y, plan: _Plan, needs, grad_out: Tensor):
+        _LAST.__init__()
+        _, grads = _run(h, weight, bias, y, plan, self.shard, needs, row_grad=grad_out)
+        return _finish(grads, h, weight, bias, None)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -606,7 +578,7 @@ def sharded_linear_poly_loss(
                       buffers=buffers, chunk_size=chunk)  # fmt: skip
     plan = _Plan(kernel_args, hp.reduction, cap, rows, two_phase_backend(input.device, ct))
     if any(needs):
-        out = _ShardedLoss.apply(x2, linear_weight, linear_bias, (y, plan, shard))
+        out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan, _Sharded(shard)))
     else:
         out = _forward(x2, linear_weight, linear_bias, y, plan, shard, (False, False, False))[0]
     return out.reshape(input.shape[:-1]) if hp.reduction == "none" else out

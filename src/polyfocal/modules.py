@@ -18,22 +18,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from . import _EXPORTS
 from . import functional as PF
 
-__all__ = [
-    "AsymmetricLoss",
-    "BalancedSoftmaxLoss",
-    "CrossEntropyLoss",
-    "LDAMLoss",
-    "LogitAdjustedLoss",
-    "Poly1CrossEntropyLoss",
-    "Poly1FocalLoss",
-    "PolyLoss",
-    "QualityFocalLoss",
-    "SigmoidFocalLoss",
-    "SoftmaxFocalLoss",
-    "VarifocalLoss",
-]
+__all__ = list(_EXPORTS["modules"])  # the one list: polyfocal._EXPORTS
 
 _VECTORS = ("alpha", "weight", "prior", "margin")  # a sequence given for one of these becomes a buffer
 

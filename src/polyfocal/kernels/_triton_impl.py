@@ -262,7 +262,7 @@ def _softmax_poly_kernel(
         y = tl.where(valid, y, 0)
         x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
         if SOFTCAP:
-            x_t, _ = _softcap(x_t, cap)
+            x_t, _d_t = _softcap(x_t, cap)
         m_y = tl.zeros([BLOCK_R], dt)
         if HAS_BIAS:
             x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
@@ -306,7 +306,7 @@ def _softmax_poly_kernel(
                 x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
                 x = x.to(dt)
                 if SOFTCAP:  # masked lanes stay -inf
-                    x_c, _ = _softcap(x, cap)
+                    x_c, _d_pass1 = _softcap(x, cap)
                     x = tl.where(mask, x_c, float("-inf"))
                 x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
                 m_new = tl.maximum(m, tl.max(x, axis=1))
@@ -573,34 +573,54 @@ def _run(launch, cfg: tuple[int, ...], device: torch.device) -> None:
         raise
 
 
+def _softmax_operands(args: Args, device: torch.device, ct: torch.dtype) -> tuple[tuple, dict]:
+    """The softmax kernel's option operands (constants array, vectors in the compute dtype) and flags, built once
+    per launch site from the argument object."""
+    consts = (float(args.gamma), float(args.label_smoothing), *map(float, args.epsilon), float(args.logit_scale),
+              float(args.z_loss))  # fmt: skip
+    vector = lambda v: None if v is None else v.to(device=device, dtype=ct).contiguous()  # noqa: E731
+    bias, margin, norm = vector(args.bias), vector(args.margin), vector(args.normalizer)
+    operands = (args.class_weight, args.weight, norm, _const(consts, device, ct), bias, margin)
+    flags = dict(
+        HAS_A=args.class_weight is not None,
+        HAS_W=args.weight is not None,
+        HAS_NORM=norm is not None,
+        N_EPS=len(args.epsilon),
+        GAMMA_ZERO=args.gamma == 0.0,
+        SMOOTH=args.label_smoothing > 0.0,
+        DT=_TL_DTYPE[ct],
+        BLOCK_P=_BLOCK_P,
+        HAS_BIAS=bias is not None,
+        HAS_MARGIN=margin is not None,
+        HAS_SCALE=args.logit_scale != 1.0,
+        HAS_Z=args.z_loss != 0.0,
+        softcap=args.softcap if args.softcap > 0.0 else 0.0,
+        SOFTCAP=args.softcap > 0.0,
+    )
+    return operands, flags
+
+
 def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: bool):
     """Same contract as :func:`._torch_impl.softmax`; one kernel launch (see :func:`_softmax_poly_kernel`)."""
     ct = compute_dtype(x)
-    x = x.contiguous()
-    target = target.contiguous()
+    x, target = x.contiguous(), target.contiguous()
     n, num_classes = x.shape[0], x.shape[1]
     inner = x.numel() // (n * num_classes) if n * num_classes else 1
     rows = target.numel()
-    class_weight, weight, normalizer = args.class_weight, args.weight, args.normalizer
-    epsilon, gamma, label_smoothing, reduction = args.epsilon, args.gamma, args.label_smoothing, args.reduction
-    ignore_index = args.ignore_code
     if not x.is_cuda and _HOST_INDEX_CHECK[0]:  # the interpreter: a host read is free; name the offending index
         check_index_range(target, num_classes, args.ignore_index, background=False)
-    reduce = _REDUCE[reduction]
+    reduce = _REDUCE[args.reduction]
     grad = torch.empty_like(x) if compute_grad else x.new_empty(0)
     if not rows or not num_classes:
         out = torch.empty(target.shape, dtype=ct, device=x.device)
         if reduce:
             out = torch.full((), float("nan") if reduce == 2 else 0.0, dtype=ct, device=x.device)
         return out, grad.zero_() if compute_grad else grad
+    (class_weight, weight, norm, consts, bias, margin), flags = _softmax_operands(args, x.device, ct)
     den_device = reduce == 2 and (args.ignore_index is not None or weight is not None)
-    logit_scale, z_loss = float(args.logit_scale), float(args.z_loss)
-    cap = args.softcap
-    consts = _const((float(gamma), float(label_smoothing), *map(float, epsilon), logit_scale, z_loss), x.device, ct)
-    bias = None if args.bias is None else args.bias.to(device=x.device, dtype=ct).contiguous()
-    margin = None if args.margin is None else args.margin.to(device=x.device, dtype=ct).contiguous()
+    flags.update(COMPUTE_GRAD=compute_grad, REDUCE=reduce, DEN_DEVICE=den_device)
     out = torch.empty(target.shape if reduce == 0 else (), dtype=ct, device=x.device)
-    norm = normalizer.to(ct).contiguous() if normalizer is not None else None
+    sizes = (rows, num_classes, inner, args.ignore_code, rows if reduce == 2 else 1)
     sms = _sm_count(x.device)
 
     def launch(cfg: tuple[int, ...]) -> None:
@@ -608,46 +628,10 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         blocks = _cdiv(rows, block_r)
         programs = min(blocks, sms * per_sm) if x.is_cuda else min(blocks, _INTERPRETER_PROGRAMS)
         ws, wsf = _workspace(x.device, ct, programs) if reduce else (None, None)
-        _softmax_poly_kernel[(programs,)](
-            x,
-            target,
-            class_weight,
-            weight,
-            norm,
-            consts,
-            out,
-            grad if compute_grad else None,
-            ws,
-            wsf,
-            rows,
-            num_classes,
-            inner,
-            ignore_index,
-            rows if reduce == 2 else 1,
-            bias,
-            margin,
-            HAS_A=class_weight is not None,
-            HAS_W=weight is not None,
-            HAS_NORM=norm is not None,
-            N_EPS=len(epsilon),
-            GAMMA_ZERO=gamma == 0.0,
-            SMOOTH=label_smoothing > 0.0,
-            COMPUTE_GRAD=compute_grad,
-            REDUCE=reduce,
-            DEN_DEVICE=den_device,
-            DT=_TL_DTYPE[ct],
-            SINGLE=num_classes <= block_c,
-            BLOCK_R=block_r,
-            BLOCK_C=block_c,
-            BLOCK_P=_BLOCK_P,
-            HAS_BIAS=bias is not None,
-            HAS_MARGIN=margin is not None,
-            HAS_SCALE=logit_scale != 1.0,
-            HAS_Z=z_loss != 0.0,
-            softcap=cap if cap > 0.0 else 0.0,
-            SOFTCAP=cap > 0.0,
-            num_warps=warps,
-        )
+        g = grad if compute_grad else None
+        _softmax_poly_kernel[(programs,)](x, target, class_weight, weight, norm, consts, out, g, ws, wsf, *sizes, bias,
+                                          margin, SINGLE=num_classes <= block_c, BLOCK_R=block_r, BLOCK_C=block_c,
+                                          num_warps=warps, **flags)  # fmt: skip
 
     key = ("softmax", num_classes, x.dtype, x.numel() >= _TUNE_FROM)
     cfg = _CONFIGS.get(key)
