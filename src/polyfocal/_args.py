@@ -290,7 +290,7 @@ def _fast(input: object, target: object, h: Args) -> Call | None:
         type(input) is torch.Tensor
         and type(target) is torch.Tensor
         and input.dtype in _FLOATS
-        and target.device == input.device
+        and ((input.is_cpu and target.is_cpu) or target.device == input.device)
     ):
         return None
     if h.softmax:

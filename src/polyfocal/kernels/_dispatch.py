@@ -229,7 +229,7 @@ def scale_by_grad_output(grad: Tensor, grad_loss: Tensor, args: Args) -> Tensor:
         return grad.mul_(grad_loss.unsqueeze(1) if args.softmax else grad_loss)
     if grad.is_cuda and triton_available():
         return _triton_module[0].scale_unless_one_(grad, grad_loss)  # type: ignore[union-attr]
-    if grad.device.type == "cpu" and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
+    if grad.is_cpu and type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
         return grad if _is_one(grad_loss) else grad.mul_(grad_loss)  # a host read is free on CPU
     return grad.mul_(grad_loss)
 
@@ -307,9 +307,16 @@ def loss_inplace(x: Tensor, target: Tensor, args: Args) -> Tensor:
     return _FusedInplace.apply(x, (target, args, select(x, target, args)))
 
 
+# autograd.Function's C-level apply: the Python wrapper (Function.apply) only binds default arguments of a
+# setup_context (there is none) and unwraps functorch tensors (a transform takes the composite path instead)
+_fused_apply = super(torch.autograd.Function, _Fused).apply  # type: ignore[misc]
+
+
 def fused(x: Tensor, target: Tensor, args: Args, compute_grad: bool) -> Tensor:
     """Eager fused call: no custom-op dispatch."""
     name = select(x, target, args)
     if not compute_grad:
         return forward(name, x, target, args, False)[0]
-    return _Fused.apply(x, (target, args, name))
+    if torch._C._are_functorch_transforms_active():
+        return _Fused.apply(x, (target, args, name))
+    return _fused_apply(x, (target, args, name))

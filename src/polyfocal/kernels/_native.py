@@ -222,6 +222,9 @@ _TARGET_DTYPES = {**_DTYPES, torch.uint8: 3, torch.bool: 3}
 _VARIANTS = {"poly": 0, "varifocal": 2, "quality": 3}  # 1: "poly" with gamma_neg / clip (the asymmetric loss)
 
 
+_SCALAR = torch.empty((), dtype=torch.float32)  # empty_like of it: the cheapest new 0-D float32 tensor
+
+
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
@@ -230,7 +233,7 @@ def supports(x: torch.Tensor, target: torch.Tensor, args: Args) -> bool:
     """Whether these kernels cover the call (else the op uses the torch implementation): CPU float32, bfloat16
     or float16 logits; softmax with class dim 1 of any rank; sigmoid dense of any shape, or class indices on
     ``(N, C)``."""
-    if x.device.type != "cpu" or x.dtype not in _DTYPES or len(args.epsilon) > _MAX_EPS or not available():
+    if not x.is_cpu or x.dtype not in _DTYPES or len(args.epsilon) > _MAX_EPS or not available():
         return False
     if args.softmax:
         return x.ndim >= 2 and x.shape[1] > 0
@@ -273,7 +276,7 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     a, w, b, mg = _f32(args.class_weight), _f32(args.weight), _f32(args.bias), _f32(args.margin)
     norm = None if args.normalizer is None else _f32(torch.broadcast_to(args.normalizer, target.shape))
     none = args.reduction == "none"
-    out = torch.empty(target.shape if none else (), dtype=torch.float32)  # the row losses, or the 0-D total
+    out = torch.empty(target.shape, dtype=torch.float32) if none else torch.empty_like(_SCALAR)  # rows / 0-D total
     grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None  # x's layout
     eps, n_eps, gamma, ls, ignore, mean, scale, z_loss = _scalars(args)
     bad = ctypes.c_int64()
@@ -327,7 +330,7 @@ def sigmoid(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
         t = t if t.is_contiguous() else t.contiguous()
         t_code = _TARGET_DTYPES[t.dtype]
     none = args.reduction == "none"
-    out = torch.empty(x.shape if none else (), dtype=torch.float32)  # the element losses, or the 0-D result
+    out = torch.empty(x.shape, dtype=torch.float32) if none else torch.empty_like(_SCALAR)  # elements / 0-D result
     grad = grad_into if grad_into is not None else torch.empty_like(x) if compute_grad else None
     if not x.numel():
         if not none:
