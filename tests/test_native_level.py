@@ -63,3 +63,23 @@ def test_matrix_header_names_the_level():
     result = bench.run_matrix(threads=[1], budget_s=0.01, memory=False, cells=[("softmax", (4, 5), "float32")])
     assert result["meta"]["level"] == "native"
     assert "level native: native kernels -march=" in bench.format_matrix(result).splitlines()[0]
+
+
+def test_level_rerun_runs_the_matrix_in_a_child(monkeypatch):
+    """``--level`` reruns the matrix in a child process: its command must reach the bench subcommand (a module
+    with a ``python -m`` entry), not exit quietly with nothing measured."""
+    import argparse
+    import subprocess
+    import sys
+
+    seen = {}
+    monkeypatch.setattr(
+        subprocess, "run", lambda cmd, **kw: seen.setdefault("cmd", cmd) and argparse.Namespace(returncode=0)
+    )
+    args = argparse.Namespace(level="avx2", device="cpu", threads_list="1", budget=0.1, no_memory=True, json=None)
+    assert bench._rerun_at_level(args) == 0
+    cmd = seen["cmd"]
+    assert cmd[0] == sys.executable and cmd[1] == "-m"
+    monkeypatch.undo()
+    out = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--level" in out.stdout, out.stdout + out.stderr

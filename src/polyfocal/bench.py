@@ -895,7 +895,7 @@ def _rerun_at_level(args: argparse.Namespace) -> int:
     argv = ["--matrix", "--level", args.level, "--device", args.device, "--matrix-threads", args.threads_list]
     argv += ["--budget", str(args.budget), *(["--no-memory"] if args.no_memory else [])]
     argv += [] if args.json is None else ["--json", args.json]
-    cmd = [sys.executable, "-m", "polyfocal.bench", *argv]
+    cmd = [sys.executable, "-m", "polyfocal._bench_cli", *argv]  # the subcommand alone (python -m entry)
     return subprocess.run(cmd, env=level_environment(args.level), check=False).returncode
 
 
