@@ -294,6 +294,52 @@ static inline __attribute__((always_inline)) float sm_exp_sum(const float *xr, c
     }
     return s;
 }
+/* sm_exp_sum plus label smoothing's class sum in the same pass: *xa += sum of a_c XB(c) (a_c = 1 without class
+ * weights) over c in [lo, hi) -- one read of the row block instead of two */
+static inline __attribute__((always_inline)) float sm_exp_sum_ls(const float *xr, const float *bb, float sc, float m,
+                                                                 float *gr, int64_t lo, int64_t hi, const int ADJ,
+                                                                 const float *aa, float *xa) {
+    float s = 0.0f, b = 0.0f;
+    if (gr && aa) {
+        /* PF_HOT: the softmax row's exp pass with label smoothing's weighted class sum */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = lo; c < hi; c++) {
+            const float v = XB(c);
+            const float e = exp_nonpos(v - m);
+            gr[c] = e;
+            s += e;
+            b += aa[c] * v;
+        }
+    } else if (gr) {
+        /* PF_HOT: the softmax row's exp pass with label smoothing's class sum */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = lo; c < hi; c++) {
+            const float v = XB(c);
+            const float e = exp_nonpos(v - m);
+            gr[c] = e;
+            s += e;
+            b += v;
+        }
+    } else if (aa) {
+        /* PF_HOT: the softmax row's exp pass with label smoothing's weighted class sum, loss only */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = lo; c < hi; c++) {
+            const float v = XB(c);
+            s += exp_nonpos(v - m);
+            b += aa[c] * v;
+        }
+    } else {
+        /* PF_HOT: the softmax row's exp pass with label smoothing's class sum, loss only */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = lo; c < hi; c++) {
+            const float v = XB(c);
+            s += exp_nonpos(v - m);
+            b += v;
+        }
+    }
+    *xa += b;
+    return s;
+}
 static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, const float *xr, float *gr, int64_t t,
                                                                double scale, const int ADJ) {
     const int64_t C = k->C;
@@ -330,22 +376,17 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
         const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
         const int64_t ta = t < c0 ? c0 : (t < c1 ? t : c1), tb = t < c0 ? c0 : (t < c1 ? t + 1 : c1);
-        s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
-        s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
-        if (ls > 0.0) {
+        if (ls > 0.0) { /* the class sum over c != t in the exp pass; the target's term after the loops */
             float b_a = 0.0f;
-            if (a) {
-                /* PF_HOT: label smoothing's class sum */
-#pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += a[c] * XB(c);
-            } else {
-                /* PF_HOT: label smoothing's class sum */
-#pragma omp simd reduction(+ : b_a)
-                for (int64_t c = c0; c < c1; c++) b_a += XB(c);
-            }
+            s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, a, &b_a);
+            s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, tb, c1, ADJ, a, &b_a);
             x_a += b_a;
+        } else {
+            s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
+            s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
         }
     }
+    if (ls > 0.0) x_a += (double)(a ? a[t] : 1.0f) * (double)XB(t);
     const float xt_f = ADJ ? XB(t) - smt : xr[t];
     const float e_t = exp_nonpos(xt_f - m); /* the target's terms (with its margin under ADJ) */
     if (gr) gr[t] = e_t;
