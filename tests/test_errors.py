@@ -90,6 +90,8 @@ CASES = [
     ("prior scalar", lambda: polyfocal.poly_loss(X, Y, prior=5.0), ValueError, "per-class"),
     ("prior string", lambda: polyfocal.poly_loss(X, Y, prior="abc"), TypeError, "prior"),
     ("tau inf", lambda: polyfocal.logit_adjusted_loss(X, Y, prior=[1, 2, 3], tau=math.inf), ValueError, "tau"),
+    ("prior None", lambda: polyfocal.balanced_softmax_loss(X, Y, prior=None), ValueError, "prior.*got None"),
+    ("margin None", lambda: polyfocal.ldam_loss(X, Y, margin=None), ValueError, "margin.*got None"),
     ("tau nan", lambda: polyfocal.poly_loss(X, Y, prior=[1, 2, 3], tau=math.nan), ValueError, "tau"),
     ("margin negative", lambda: polyfocal.ldam_loss(X, Y, margin=[0.1, -0.1, 0.2]), ValueError, ">= 0"),
     ("margin wrong length", lambda: polyfocal.poly_loss(X, Y, margin=[0.1] * 4), ValueError, r"\(3,\).*\(4,\)"),
@@ -207,6 +209,9 @@ MODULE_CASES = [
     (lambda: polyfocal.AsymmetricLoss(clip=1.5), ValueError),
     (lambda: polyfocal.VarifocalLoss(alpha=-1.0), ValueError),
     (lambda: polyfocal.QualityFocalLoss(beta=-2.0), ValueError),
+    (lambda: polyfocal.LogitAdjustedLoss(prior=None), ValueError),  # a required option, refused as None
+    (lambda: polyfocal.LDAMLoss(margin=None), ValueError),
+    (lambda: polyfocal.LDAMLoss(), TypeError),  # missing, as for the function
 ]
 
 

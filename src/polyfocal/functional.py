@@ -366,6 +366,8 @@ def logit_adjusted_loss(
         >>> torch.allclose(la, F.cross_entropy(x + 2.0 * torch.log(counts / counts.sum()), y))
         True
     """
+    if prior is None:  # a required option: the loss is not logit_adjusted_loss without it
+        raise ValueError("expected prior (class counts or probabilities, length C), got None")
     return _run(locals())
 
 
@@ -397,6 +399,8 @@ def balanced_softmax_loss(
         >>> torch.allclose(polyfocal.balanced_softmax_loss(x, y, prior=counts), F.cross_entropy(x + counts.log(), y))
         True
     """
+    if prior is None:  # a required option: the loss is not balanced_softmax_loss without it
+        raise ValueError("expected prior (class counts or probabilities, length C), got None")
     return _run(locals())
 
 
@@ -440,6 +444,8 @@ def ldam_loss(
         >>> torch.allclose(polyfocal.ldam_loss(x, y, margin=m, logit_scale=30.0), F.cross_entropy(30.0 * z, y))
         True
     """
+    if margin is None:  # a required option: the loss is not ldam_loss without it
+        raise ValueError("expected margin (per-class margins, length C, e.g. polyfocal.ldam_margins(counts)), got None")
     return _run(locals())
 
 
