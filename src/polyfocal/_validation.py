@@ -190,12 +190,13 @@ def check_target(input: torch.Tensor, target: object, *, activation: str) -> Tar
 
 
 def long_tail_vector(
-    value: object, name: str, num_classes: int, *, device: torch.device, positive: bool, check_values: bool = True
+    value: object, name: str, num_classes: int, *, device: torch.device, positive: bool
 ) -> torch.Tensor | None:
     """``prior`` (every entry finite and > 0) or ``margin`` (finite and >= 0) of the softmax family: a per-class
     sequence or 1-D tensor of length C, as a float64 tensor on ``device``.  Unlike alpha / weight the values are
     checked, before any loss computation: free for a Python sequence or a CPU tensor, one host read for a tensor on
-    an accelerator (modules check theirs once, at construction, and pass ``check_values=False``); skipped under
+    an accelerator -- once per tensor: ``_args._derived`` memoises the result on the tensor's identity and version,
+    so a module's buffer (or the same tensor passed again) pays it on the first call only; skipped under
     torch.compile and on meta tensors (no data)."""
     if value is None:
         return None
@@ -221,7 +222,7 @@ def long_tail_vector(
         raise ValueError(
             f"expected {name} of shape ({num_classes},), one value per class, got shape {tuple(tensor.shape)}"
         )
-    if check_values and not torch.compiler.is_compiling() and _data_checks_enabled(tensor):
+    if not torch.compiler.is_compiling() and _data_checks_enabled(tensor):
         values = tensor.detach()
         bad = ~torch.isfinite(values) | ((values <= 0) if positive else (values < 0))
         if bool(bad.any()):
