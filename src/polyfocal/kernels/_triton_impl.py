@@ -180,6 +180,210 @@ def _finish(partial, out_ptr, ws_ptr, wsb_ptr, DT: tl.constexpr, BLOCK_P: tl.con
         tl.atomic_xchg(ws_ptr + 2, 0)
 
 
+@triton.jit
+def _sm_rows(y_ptr, blk, R, C, S, ignore_index, BLOCK_R: tl.constexpr):
+    """Row block ``blk``: the rows, their offsets into ``(N, C, S)``, the class indices (0 where ignored or out of
+    range), which rows count, and which have an out-of-range index (never addressed; their loss and gradient are
+    nan; ``TRITON_DEBUG=1`` asserts)."""
+    rows = (blk * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    row_ok = rows < R
+    n = rows // S
+    base = n * C * S + (rows - n * S)
+    y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+    valid = row_ok & (y != ignore_index)
+    bad = valid & ((y < 0) | (y >= C))
+    tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
+    valid = valid & (bad == 0)
+    return rows, row_ok, base, tl.where(valid, y, 0), valid, bad
+
+
+@triton.jit
+def _sm_target(x_ptr, bias_ptr, margin_ptr, offs, y, row_ok, s, cap, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+               HAS_MARGIN: tl.constexpr, HAS_SCALE: tl.constexpr, dt: tl.constexpr):  # fmt: skip
+    """The target's adjusted logit ``s (c tanh(x_y / c) + b_y - m_y)`` per row, and its margin ``m_y``."""
+    x_t = tl.load(x_ptr + offs, mask=row_ok, other=0.0).to(dt)
+    if SOFTCAP:
+        x_t, _d_t = _softcap(x_t, cap)
+    m_y = tl.zeros_like(x_t)
+    if HAS_BIAS:
+        x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
+    if HAS_MARGIN:
+        m_y = tl.load(margin_ptr + y, mask=row_ok, other=0.0).to(dt)
+        x_t = x_t - m_y
+    if HAS_SCALE:
+        x_t = x_t * s
+    return x_t, m_y
+
+
+@triton.jit
+def _sm_stats_chunks(x_ptr, a_ptr, bias_ptr, margin_ptr, base, row_ok, y, m_y, s, cap, C, S, HAS_A: tl.constexpr,
+                     SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
+                     HAS_SCALE: tl.constexpr, dt: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_C: tl.constexpr):  # fmt: skip
+    """Online softmax over the class chunks of rows too long for registers: the max, ``sum_c e_c``,
+    ``sum_{c != y} e_c`` (both relative to the max) and label smoothing's ``sum_c a_c z'_c``."""
+    m = tl.full([BLOCK_R], -1.0e38, dt)
+    s_all = tl.zeros([BLOCK_R], dt)
+    s_rest = tl.zeros([BLOCK_R], dt)
+    x_a = tl.zeros([BLOCK_R], dt)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+        if SOFTCAP:  # masked lanes stay -inf
+            x_c, _d_pass1 = _softcap(x, cap)
+            x = tl.where(mask, x_c, float("-inf"))
+        x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        rescale = _exp(m - m_new)
+        e = _exp(x - m_new[:, None])
+        s_all = s_all * rescale + tl.sum(e, axis=1)
+        s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+        if SMOOTH:
+            xs = tl.where(mask, x, 0.0)
+            if HAS_A:
+                xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+            x_a += tl.sum(xs, axis=1)
+        m = m_new
+    return m, s_all, s_rest, x_a
+
+
+@triton.jit
+def _sm_stats_row(x_ptr, a_ptr, bias_ptr, margin_ptr, base, cols, col_ok, mask, y, m_y, s, cap, S, HAS_A: tl.constexpr,
+                  SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
+                  HAS_SCALE: tl.constexpr, dt: tl.constexpr):  # fmt: skip
+    """Rows that fit in registers, read once: the max, ``e = exp(z' - max)`` (kept for the gradient), ``sum_c
+    e_c``, ``sum_{c != y} e_c``, label smoothing's ``sum_c a_c z'_c`` and the soft-cap's derivative (``e`` as a
+    stand-in without a cap)."""
+    x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf")).to(dt)
+    if SOFTCAP:  # masked lanes stay -inf
+        x_c, d_cap = _softcap(x, cap)
+        x = tl.where(mask, x_c, float("-inf"))
+    x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+    m = tl.maximum(tl.max(x, axis=1), -1.0e38)
+    e = _exp(x - m[:, None])
+    s_all = tl.sum(e, axis=1)
+    s_rest = tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
+    x_a = tl.zeros_like(m)
+    if SMOOTH:
+        xs = tl.where(mask, x, 0.0)
+        if HAS_A:
+            xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+        x_a = tl.sum(xs, axis=1)
+    if not SOFTCAP:
+        d_cap = e
+    return m, e, s_all, s_rest, x_a, d_cap
+
+
+@triton.jit
+def _sm_grad_tail(g, a_ptr, cols, col_ok, k2, d_cap, HAS_A: tl.constexpr, SMOOTH: tl.constexpr,
+                  SOFTCAP: tl.constexpr, dt: tl.constexpr):  # fmt: skip
+    """The gradient's label-smoothing term ``- K2 a_c`` and the soft-cap's chain-rule factor."""
+    if SMOOTH:
+        if HAS_A:
+            g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
+        else:
+            g -= k2[:, None]
+    if SOFTCAP:
+        g = g * d_cap
+    return g
+
+
+@triton.jit
+def _sm_class_sums(a_ptr, w_ptr, C, HAS_A: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr, dt: tl.constexpr,
+                   BLOCK_C: tl.constexpr):  # fmt: skip
+    """``sum_c a_c`` and ``sum_c w_c`` for label smoothing (C without weights, or without smoothing)."""
+    a_sum = tl.full([], 0.0, dt) + C
+    w_sum = tl.full([], 0.0, dt) + C
+    if SMOOTH:
+        if HAS_A or HAS_W:
+            offs_c = tl.arange(0, BLOCK_C)
+            a_acc = tl.zeros([BLOCK_C], dt)
+            w_acc = tl.zeros([BLOCK_C], dt)
+            for c0 in range(0, C, BLOCK_C):
+                cm = c0 + offs_c < C
+                if HAS_A:
+                    a_acc += tl.load(a_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
+                if HAS_W:
+                    w_acc += tl.load(w_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
+            if HAS_A:
+                a_sum = tl.sum(a_acc, axis=0)
+            if HAS_W:
+                w_sum = tl.sum(w_acc, axis=0)
+    return a_sum, w_sum
+
+
+@triton.jit
+def _sm_row_terms(x_t, m, s_all, s_rest, x_a, a_ptr, w_ptr, y, row_ok, a_sum, w_sum, consts_ptr, gamma, ls, z_w, C,
+                  N_EPS: tl.constexpr, GAMMA_ZERO: tl.constexpr, SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
+                  HAS_A: tl.constexpr, HAS_W: tl.constexpr, dt: tl.constexpr):  # fmt: skip
+    """From the row statistics (max ``m``, ``sum_c e_c``, ``sum_{c != y} e_c``, the target logit, the smoothing
+    sum): the row loss, ``lse`` and the gradient coefficients ``K1 / scale``, ``K2 / scale`` of
+    ``dL/dz' = (K1 + K2 A + 2 z_w lse) p - K1 onehot_y - K2 a``; ``a_y`` / ``w_y`` are read here."""
+    a_y = tl.zeros_like(m) + 1.0
+    w_y = tl.zeros_like(m) + 1.0
+    if HAS_A:
+        a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
+    if HAS_W:
+        w_y = tl.load(w_ptr + y, mask=row_ok, other=0.0).to(dt)
+    lse = m + _log(s_all)
+    p1 = _exp(x_t - lse)
+    u1 = s_rest / s_all
+    ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
+    if SMOOTH:
+        ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a)
+        u = (1.0 - ls) * u1 + (ls - ls / C)
+        w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum
+    else:
+        ce_a = a_y * ce1
+        u = u1
+        w_poly = w_y
+    if GAMMA_ZERO:
+        mod = tl.zeros_like(u) + 1.0
+    else:
+        mod = _exp(gamma * _log(u))
+    dl_du = tl.zeros_like(u)
+    loss = ce_a
+    if N_EPS > 0:
+        poly, dpoly = _poly(u, consts_ptr + 2, gamma, N_EPS)
+        loss = loss + w_poly * poly
+        dl_du = w_poly * dpoly
+    loss = mod * loss
+    if HAS_Z:  # z-loss: z_w * lse^2 of the logits the loss sees
+        loss = loss + z_w * lse * lse
+    if not GAMMA_ZERO:
+        dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
+    k1 = (1.0 - ls) * mod * (a_y + dl_du * p1)
+    k2 = mod * (ls / C)
+    return loss, lse, k1, k2
+
+
+@triton.jit
+def _sm_grad_chunks(x_ptr, g_ptr, a_ptr, bias_ptr, margin_ptr, base, row_ok, y, m_y, s, coef, lse, k1, k2, cap, C, S,
+                    HAS_A: tl.constexpr, SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    HAS_MARGIN: tl.constexpr, HAS_SCALE: tl.constexpr, dt: tl.constexpr,
+                    BLOCK_C: tl.constexpr):  # fmt: skip
+    """The gradient of rows too long for registers: a second pass over the class chunks, ``coef exp(z' - lse) -
+    K1 onehot_y - K2 a`` (times the soft-cap's derivative)."""
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = base[:, None] + cols[None, :].to(tl.int64) * S
+        x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
+        if SOFTCAP:  # masked lanes stay -inf
+            x_c, d_cap = _softcap(x, cap)
+            x = tl.where(mask, x_c, float("-inf"))
+        x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
+        g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+        if SOFTCAP:
+            g = _sm_grad_tail(g, a_ptr, cols, col_ok, k2, d_cap, HAS_A, SMOOTH, SOFTCAP, dt)
+        else:
+            g = _sm_grad_tail(g, a_ptr, cols, col_ok, k2, g, HAS_A, SMOOTH, SOFTCAP, dt)
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=["den_host", "ignore_index"])
 def _softmax_poly_kernel(
     x_ptr,
@@ -230,136 +434,33 @@ def _softmax_poly_kernel(
     z_w = tl.load(consts_ptr + 3 + N_EPS).to(dt)
     if SOFTCAP:
         cap = tl.full([], 0.0, dt) + softcap
-    a_sum = tl.full([], 0.0, dt) + C  # sum_c a_c and sum_c w_c (label smoothing): C without weights
-    w_sum = tl.full([], 0.0, dt) + C
-    if SMOOTH:
-        if HAS_A or HAS_W:
-            offs_c = tl.arange(0, BLOCK_C)
-            a_acc = tl.zeros([BLOCK_C], dt)
-            w_acc = tl.zeros([BLOCK_C], dt)
-            for c0 in range(0, C, BLOCK_C):
-                cm = c0 + offs_c < C
-                if HAS_A:
-                    a_acc += tl.load(a_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
-                if HAS_W:
-                    w_acc += tl.load(w_ptr + c0 + offs_c, mask=cm, other=0.0).to(dt)
-            if HAS_A:
-                a_sum = tl.sum(a_acc, axis=0)
-            if HAS_W:
-                w_sum = tl.sum(w_acc, axis=0)
+    a_sum, w_sum = _sm_class_sums(a_ptr, w_ptr, C, HAS_A, HAS_W, SMOOTH, dt, BLOCK_C)
     inv = _inv_den(y_ptr, w_ptr, ws_ptr, wsb_ptr, R, C - 1, ignore_index, den_host, 1, DEN_DEVICE, HAS_W, dt, 2048)
     acc = tl.zeros([BLOCK_R], dt)
     for blk in range(pid, tl.cdiv(R, BLOCK_R), nprog):
-        rows = (blk * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-        row_ok = rows < R
-        n = rows // S
-        base = n * C * S + (rows - n * S)
-        y = tl.load(y_ptr + rows, mask=row_ok, other=0)
-        valid = row_ok & (y != ignore_index)
-        bad = valid & ((y < 0) | (y >= C))  # out of range: never addressed; the row's loss and gradient are nan
-        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
-        valid = valid & (bad == 0)
-        y = tl.where(valid, y, 0)
-        x_t = tl.load(x_ptr + base + y * S, mask=row_ok, other=0.0).to(dt)
-        if SOFTCAP:
-            x_t, _d_t = _softcap(x_t, cap)
-        m_y = tl.zeros([BLOCK_R], dt)
-        if HAS_BIAS:
-            x_t = x_t + tl.load(bias_ptr + y, mask=row_ok, other=0.0).to(dt)
-        if HAS_MARGIN:
-            m_y = tl.load(margin_ptr + y, mask=row_ok, other=0.0).to(dt)
-            x_t = x_t - m_y
-        if HAS_SCALE:
-            x_t = x_t * s
+        rows, row_ok, base, y, valid, bad = _sm_rows(y_ptr, blk, R, C, S, ignore_index, BLOCK_R)
+        x_t, m_y = _sm_target(x_ptr, bias_ptr, margin_ptr, base + y * S, y, row_ok, s, cap if SOFTCAP else 0.0,
+                              SOFTCAP, HAS_BIAS, HAS_MARGIN, HAS_SCALE, dt)  # fmt: skip
 
         if SINGLE:  # the whole row in registers: read once, reused for the gradient
             cols = tl.arange(0, BLOCK_C)
             col_ok = cols < C
             mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
-            x = x.to(dt)
-            if SOFTCAP:  # masked lanes stay -inf
-                x_c, d_cap = _softcap(x, cap)
-                x = tl.where(mask, x_c, float("-inf"))
-            x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-            m = tl.maximum(tl.max(x, axis=1), -1.0e38)
-            e = _exp(x - m[:, None])
-            is_t = cols[None, :] == y[:, None]
-            s_all = tl.sum(e, axis=1)
-            s_rest = tl.sum(tl.where(is_t, 0.0, e), axis=1)
-            if SMOOTH:
-                xs = tl.where(mask, x, 0.0)
-                if HAS_A:
-                    xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                x_a = tl.sum(xs, axis=1)
-            else:
-                x_a = tl.zeros([BLOCK_R], dt)
+            m, e, s_all, s_rest, x_a, d_cap = _sm_stats_row(x_ptr, a_ptr, bias_ptr, margin_ptr, base, cols, col_ok,
+                                                            mask, y, m_y, s, cap if SOFTCAP else 0.0, S, HAS_A,
+                                                            SMOOTH, SOFTCAP, HAS_BIAS, HAS_MARGIN, HAS_SCALE,
+                                                            dt)  # fmt: skip
         else:  # online softmax over class chunks
-            m = tl.full([BLOCK_R], -1.0e38, dt)
-            s_all = tl.zeros([BLOCK_R], dt)
-            s_rest = tl.zeros([BLOCK_R], dt)
-            x_a = tl.zeros([BLOCK_R], dt)
-            for c0 in range(0, C, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)
-                col_ok = cols < C
-                mask = row_ok[:, None] & col_ok[None, :]
-                x = tl.load(x_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=float("-inf"))
-                x = x.to(dt)
-                if SOFTCAP:  # masked lanes stay -inf
-                    x_c, _d_pass1 = _softcap(x, cap)
-                    x = tl.where(mask, x_c, float("-inf"))
-                x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-                m_new = tl.maximum(m, tl.max(x, axis=1))
-                rescale = _exp(m - m_new)
-                e = _exp(x - m_new[:, None])
-                s_all = s_all * rescale + tl.sum(e, axis=1)
-                s_rest = s_rest * rescale + tl.sum(tl.where(cols[None, :] == y[:, None], 0.0, e), axis=1)
-                if SMOOTH:
-                    xs = tl.where(mask, x, 0.0)
-                    if HAS_A:
-                        xs = xs * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                    x_a += tl.sum(xs, axis=1)
-                m = m_new
+            m, s_all, s_rest, x_a = _sm_stats_chunks(x_ptr, a_ptr, bias_ptr, margin_ptr, base, row_ok, y, m_y, s,
+                                                     cap if SOFTCAP else 0.0, C, S, HAS_A, SMOOTH, SOFTCAP, HAS_BIAS,
+                                                     HAS_MARGIN, HAS_SCALE, dt, BLOCK_R, BLOCK_C)  # fmt: skip
 
-        lse = m + _log(s_all)
-        p1 = _exp(x_t - lse)
-        u1 = s_rest / s_all
-        ce1 = tl.where(u1 < 0.5, -_log1p(-u1), lse - x_t)
-        if HAS_A:
-            a_y = tl.load(a_ptr + y, mask=row_ok, other=0.0).to(dt)
-        else:
-            a_y = tl.full([BLOCK_R], 1.0, dt)
-        if HAS_W:
-            w_y = tl.load(w_ptr + y, mask=row_ok, other=0.0).to(dt)
-        else:
-            w_y = tl.full([BLOCK_R], 1.0, dt)
-        if SMOOTH:
-            ce_a = (1.0 - ls) * a_y * ce1 + (ls / C) * (a_sum * lse - x_a)
-            u = (1.0 - ls) * u1 + (ls - ls / C)
-            w_poly = (1.0 - ls) * w_y + (ls / C) * w_sum
-        else:
-            ce_a = a_y * ce1
-            u = u1
-            w_poly = w_y
-        if GAMMA_ZERO:
-            mod = tl.full([BLOCK_R], 1.0, dt)
-        else:
-            mod = _exp(gamma * _log(u))
-        dl_du = tl.zeros([BLOCK_R], dt)
-        loss = ce_a
-        if N_EPS > 0:
-            poly, dpoly = _poly(u, consts_ptr + 2, gamma, N_EPS)
-            loss = loss + w_poly * poly
-            dl_du = w_poly * dpoly
-        loss = mod * loss
-        if HAS_Z:  # z-loss: z_w * lse^2 of the logits the loss sees
-            loss = loss + z_w * lse * lse
-        if not GAMMA_ZERO:
-            dl_du = dl_du + gamma * tl.where(u > 0.0, ce_a / tl.where(u > 0.0, u, 1.0), a_y)
-        scale = tl.where(valid, 1.0, 0.0).to(dt)
+        loss, lse, k1_row, k2_row = _sm_row_terms(x_t, m, s_all, s_rest, x_a, a_ptr, w_ptr, y, row_ok, a_sum, w_sum,
+                                                  consts_ptr, gamma, ls, z_w, C, N_EPS, GAMMA_ZERO, SMOOTH, HAS_Z,
+                                                  HAS_A, HAS_W, dt)  # fmt: skip
+        scale = tl.where(valid, 1.0, 0.0).to(dt) * inv  # 1 / mean denominator (1 unless "mean")
         if HAS_NORM:
             scale = scale / tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(dt)
-        scale = scale * inv  # 1 / mean denominator (1 unless "mean")
         row_loss = tl.where(bad, float("nan"), loss * scale)
         if REDUCE == 0:
             tl.store(loss_ptr + rows, row_loss.to(loss_ptr.dtype.element_ty), mask=row_ok)
@@ -370,43 +471,20 @@ def _softmax_poly_kernel(
             scale = tl.where(valid, scale, 0.0)  # ignored rows: 0 even when 1/denominator is inf (all ignored)
             if HAS_SCALE:  # chain rule through z' = s (...)
                 scale = scale * s
-            k1 = (1.0 - ls) * mod * (a_y + dl_du * p1) * scale
-            k1 = tl.where(bad, float("nan"), k1)
-            k2 = mod * (ls / C) * scale
+            k1 = tl.where(bad, float("nan"), k1_row * scale)
+            k2 = k2_row * scale
             coef = k1 + k2 * a_sum
             if HAS_Z:  # d(z_w lse^2)/dz' = 2 z_w lse softmax(z')
                 coef = coef + 2.0 * z_w * lse * scale
             if SINGLE:
-                g = (coef / s_all)[:, None] * e - tl.where(is_t, k1[:, None], 0.0)
-                if SMOOTH:
-                    if HAS_A:
-                        g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                    else:
-                        g -= k2[:, None]
-                if SOFTCAP:  # the chain rule through the soft-cap
-                    g = g * d_cap
+                g = (coef / s_all)[:, None] * e - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
+                g = _sm_grad_tail(g, a_ptr, cols, col_ok, k2, d_cap, HAS_A, SMOOTH, SOFTCAP, dt)
                 offs = base[:, None] + cols[None, :].to(tl.int64) * S
                 tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
             else:
-                for c0 in range(0, C, BLOCK_C):
-                    cols = c0 + tl.arange(0, BLOCK_C)
-                    col_ok = cols < C
-                    mask = row_ok[:, None] & col_ok[None, :]
-                    offs = base[:, None] + cols[None, :].to(tl.int64) * S
-                    x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(dt)
-                    if SOFTCAP:  # masked lanes stay -inf
-                        x_c, d_cap = _softcap(x, cap)
-                        x = tl.where(mask, x_c, float("-inf"))
-                    x = _adjust(x, cols, col_ok, y, m_y, s, bias_ptr, HAS_BIAS, HAS_MARGIN, HAS_SCALE)
-                    g = coef[:, None] * _exp(x - lse[:, None]) - tl.where(cols[None, :] == y[:, None], k1[:, None], 0.0)
-                    if SMOOTH:
-                        if HAS_A:
-                            g -= k2[:, None] * tl.load(a_ptr + cols, mask=col_ok, other=0.0).to(dt)[None, :]
-                        else:
-                            g -= k2[:, None]
-                    if SOFTCAP:  # the chain rule through the soft-cap
-                        g = g * d_cap
-                    tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+                _sm_grad_chunks(x_ptr, g_ptr, a_ptr, bias_ptr, margin_ptr, base, row_ok, y, m_y, s, coef, lse, k1, k2,
+                                cap if SOFTCAP else 0.0, C, S, HAS_A, SMOOTH, SOFTCAP, HAS_BIAS, HAS_MARGIN, HAS_SCALE,
+                                dt, BLOCK_C)  # fmt: skip
     if REDUCE != 0:
         _finish(tl.sum(acc, axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
 
@@ -645,6 +723,98 @@ def softmax(x: torch.Tensor, target: torch.Tensor, args: Args, compute_grad: boo
     return out, grad
 
 
+@triton.jit
+def _sg_target(t_ptr, score_ptr, offs, ok, C, S, ignore_index, ls, IS_INDEX: tl.constexpr, HAS_SCORE: tl.constexpr,
+               SMOOTH: tl.constexpr, dt: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """The sigmoid family's target per element (from class indices: 1, or the ``(label, score)`` score, on the
+    target class; index C is background) with label smoothing; the mask scale, the out-of-range flag (the element's
+    loss and gradient are nan; ``TRITON_DEBUG=1`` asserts) and the ``(row, class, position)`` of each element."""
+    scale = tl.where(ok, 1.0, 0.0).to(dt)
+    row = offs // (C * S)
+    cls = (offs // S) % C
+    sp = offs % S
+    bad = tl.zeros([BLOCK], tl.int1)
+    if IS_INDEX:
+        y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
+        scale = tl.where(y != ignore_index, scale, 0.0)
+        bad = ok & (y != ignore_index) & ((y < 0) | (y > C))  # C: background; others make the loss nan
+        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
+        on_target = tl.full([BLOCK], 1.0, dt)
+        if HAS_SCORE:
+            on_target = tl.load(score_ptr + row * S + sp, mask=ok, other=0.0).to(dt)
+        t = tl.where(cls == y, on_target, 0.0).to(dt)
+    else:
+        t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
+    if SMOOTH:
+        t = t * (1.0 - ls) + 0.5 * ls
+    return t, scale, bad, row, cls, sp
+
+
+@triton.jit
+def _sg_store(loss, g, scale, bad, offs, ok, row, cls, sp, w_ptr, w_s0, w_s1, w_s2, norm_ptr, n_s0, n_s1, n_s2, t_ptr,
+              ws_ptr, wsb_ptr, loss_ptr, g_ptr, numel, C, ignore_index, den_host, HAS_W: tl.constexpr,
+              HAS_NORM: tl.constexpr, DEN_DEVICE: tl.constexpr, REDUCE: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+              dt: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """The sigmoid kernels' epilogue: ``weight`` / ``normalizer`` / the ``"mean"`` denominator applied, the element
+    losses stored (or summed into the one output) and the gradient stored (0 for ignored elements)."""
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
+    if HAS_NORM:
+        scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
+    inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
+                   2048)  # fmt: skip
+    loss = tl.where(bad, float("nan"), loss * scale * inv)
+    if REDUCE == 0:
+        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
+    else:
+        _finish(tl.sum(tl.where(ok, loss, 0.0), axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
+    if COMPUTE_GRAD:
+        g = tl.where(scale != 0.0, g * scale * inv, 0.0)  # ignored: 0 even when 1/denominator is inf
+        g = tl.where(bad, float("nan"), g)
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _det_quality(t, p, q, a_pos, a_neg, pw, gamma):
+    """Quality focal loss: ``u = |t - s|``, its CE and their derivatives, the exponent and ``alpha_t = 1``."""
+    one_minus_t = 1.0 - t
+    delta = t * q - one_minus_t * p
+    pq = p * q
+    du = tl.where(delta > 0.0, -pq, tl.where(delta < 0.0, pq, 0.0))
+    ce = one_minus_t * a_pos + pw * t * a_neg
+    dce = one_minus_t * p - pw * t * q
+    return tl.abs(delta), ce, dce, du, tl.zeros_like(t) + gamma, tl.zeros_like(t) + 1.0
+
+
+@triton.jit
+def _det_asymmetric(t, p, q, a_pos, a_neg, pw, alpha, gamma, gamma_neg, clip, HAS_ALPHA: tl.constexpr,
+                    HAS_CLIP: tl.constexpr):  # fmt: skip
+    """The asymmetric loss: the probability margin on the negatives, ``u = t q + (1 - t) s_m``, its CE and their
+    derivatives, ``gamma_t = gamma t + gamma_neg (1 - t)`` and ``alpha_t``."""
+    one_minus_t = 1.0 - t
+    pq = p * q
+    if HAS_CLIP:
+        s_m = tl.maximum(p - clip, 0.0)
+        # 1 - s_m = min(q + clip, 1) (no cancellation as p -> 1); -log of it = -logaddexp(-a_pos, log clip)
+        log_c = _log(clip)
+        ce_neg = tl.maximum(tl.minimum(a_pos, -log_c) - _log1p(_exp(-tl.abs(a_pos + log_c))), 0.0)
+        on = tl.where(p >= clip, 1.0, 0.0)
+        dce_neg = on * pq / tl.minimum(q + clip, 1.0)
+    else:
+        s_m = p
+        ce_neg = a_pos
+        on = tl.zeros_like(t) + 1.0
+        dce_neg = p
+    u = t * q + one_minus_t * s_m
+    ce = one_minus_t * ce_neg + pw * t * a_neg
+    dce = one_minus_t * dce_neg - pw * t * q
+    du = (one_minus_t * on - t) * pq
+    alpha_t = tl.zeros_like(t) + 1.0
+    if HAS_ALPHA:
+        alpha_t = (2.0 * alpha - 1.0) * t + (1.0 - alpha)
+    return u, ce, dce, du, gamma * t + gamma_neg * one_minus_t, alpha_t
+
+
 @triton.jit(do_not_specialize=["den_host", "ignore_index"])
 def _sigmoid_poly_kernel(
     x_ptr,
@@ -694,21 +864,8 @@ def _sigmoid_poly_kernel(
     gamma = tl.load(consts_ptr + 1)
     ls = tl.load(consts_ptr + 2)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
-    scale = tl.where(ok, 1.0, 0.0).to(dt)
-    row = offs // (C * S)
-    cls = (offs // S) % C
-    sp = offs % S
-    bad = tl.zeros([BLOCK], tl.int1)
-    if IS_INDEX:
-        y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
-        scale = tl.where(y != ignore_index, scale, 0.0)
-        bad = ok & (y != ignore_index) & ((y < 0) | (y > C))  # C: background; others make the loss nan
-        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
-        t = tl.where(cls == y, 1.0, 0.0).to(dt)
-    else:
-        t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
-    if SMOOTH:
-        t = t * (1.0 - ls) + 0.5 * ls
+    t, scale, bad, row, cls, sp = _sg_target(t_ptr, t_ptr, offs, ok, C, S, ignore_index, ls, IS_INDEX, False, SMOOTH,
+                                             dt, BLOCK)  # fmt: skip
     tail = _log1p(_exp(-tl.abs(x)))
     relu_x = tl.maximum(x, 0.0)
     relu_neg = tl.maximum(-x, 0.0)
@@ -739,24 +896,12 @@ def _sigmoid_poly_kernel(
     loss = mod * loss
     if not GAMMA_ZERO:
         inner = inner + gamma * alpha_t * ce
-    if HAS_W:
-        scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
-    if HAS_NORM:
-        scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
-    inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
-                   2048)  # fmt: skip
-    loss = tl.where(bad, float("nan"), loss * scale * inv)
-    if REDUCE == 0:
-        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
-    else:
-        _finish(tl.sum(tl.where(ok, loss, 0.0), axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
-    if COMPUTE_GRAD:
-        dce = (1.0 - t) * p - pw * t * q
-        ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
-        g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)
-        g = tl.where(scale != 0.0, g * scale * inv, 0.0)  # ignored: 0 even when 1/denominator is inf
-        g = tl.where(bad, float("nan"), g)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+    dce = (1.0 - t) * p - pw * t * q
+    ratio = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 1.0)
+    g = mod * (alpha_t * dce + (1.0 - 2.0 * t) * ratio * inner)  # unused (not computed) without COMPUTE_GRAD
+    _sg_store(loss, g, scale, bad, offs, ok, row, cls, sp, w_ptr, w_s0, w_s1, w_s2, norm_ptr, n_s0, n_s1, n_s2, t_ptr,
+              ws_ptr, wsb_ptr, loss_ptr, g_ptr, numel, C, ignore_index, den_host, HAS_W, HAS_NORM, DEN_DEVICE, REDUCE,
+              COMPUTE_GRAD, dt, BLOCK_P)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["den_host", "ignore_index"])
@@ -815,30 +960,13 @@ def _sigmoid_detection_kernel(
     gamma_neg = tl.load(consts_ptr + 3 + N_EPS)
     clip = tl.load(consts_ptr + 4 + N_EPS)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(dt)
-    scale = tl.where(ok, 1.0, 0.0).to(dt)
-    row = offs // (C * S)
-    cls = (offs // S) % C
-    sp = offs % S
-    bad = tl.zeros([BLOCK], tl.int1)
-    if IS_INDEX:
-        y = tl.load(t_ptr + row * S + sp, mask=ok, other=0)
-        scale = tl.where(y != ignore_index, scale, 0.0)
-        bad = ok & (y != ignore_index) & ((y < 0) | (y > C))  # C: background; others make the loss nan
-        tl.device_assert(bad == 0, "polyfocal: class index out of range (TRITON_DEBUG=1 check)")
-        on_target = tl.full([BLOCK], 1.0, dt)
-        if HAS_SCORE:
-            on_target = tl.load(score_ptr + row * S + sp, mask=ok, other=0.0).to(dt)
-        t = tl.where(cls == y, on_target, 0.0).to(dt)
-    else:
-        t = tl.load(t_ptr + offs, mask=ok, other=0).to(dt)
-    if SMOOTH:
-        t = t * (1.0 - ls) + 0.5 * ls
+    t, scale, bad, row, cls, sp = _sg_target(t_ptr, score_ptr, offs, ok, C, S, ignore_index, ls, IS_INDEX, HAS_SCORE,
+                                             SMOOTH, dt, BLOCK)  # fmt: skip
     tail = _log1p(_exp(-tl.abs(x)))
     a_pos = tl.maximum(x, 0.0) + tail  # -log(1 - s)
     a_neg = tl.maximum(-x, 0.0) + tail  # -log s
     p = _exp(-a_neg)
     q = _exp(-a_pos)
-    pq = p * q
     if HAS_PW:
         pw = tl.load(pw_ptr + row * pw_s0 + cls * pw_s1 + sp * pw_s2, mask=ok, other=1.0).to(dt)
     else:
@@ -853,35 +981,10 @@ def _sigmoid_detection_kernel(
         g = tl.where(t > 0.0, w_pos * (one_minus_t * p - pw * t * q), a * mod * (p + gamma * q * a_pos))
     else:
         if VARIANT == 3:
-            delta = t * q - one_minus_t * p
-            u = tl.abs(delta)
-            ce = one_minus_t * a_pos + pw * t * a_neg
-            dce = one_minus_t * p - pw * t * q
-            du = tl.where(delta > 0.0, -pq, tl.where(delta < 0.0, pq, 0.0))
-            g_t = tl.full([BLOCK], 1.0, dt) * gamma
-            alpha_t = tl.full([BLOCK], 1.0, dt)
+            u, ce, dce, du, g_t, alpha_t = _det_quality(t, p, q, a_pos, a_neg, pw, gamma)
         else:
-            if HAS_CLIP:
-                s_m = tl.maximum(p - clip, 0.0)
-                # 1 - s_m = min(q + clip, 1) (no cancellation as p -> 1); -log of it = -logaddexp(-a_pos, log clip)
-                log_c = _log(clip)
-                ce_neg = tl.maximum(tl.minimum(a_pos, -log_c) - _log1p(_exp(-tl.abs(a_pos + log_c))), 0.0)
-                on = tl.where(p >= clip, 1.0, 0.0)
-                dce_neg = on * pq / tl.minimum(q + clip, 1.0)
-            else:
-                s_m = p
-                ce_neg = a_pos
-                on = tl.full([BLOCK], 1.0, dt)
-                dce_neg = p
-            u = t * q + one_minus_t * s_m
-            ce = one_minus_t * ce_neg + pw * t * a_neg
-            dce = one_minus_t * dce_neg - pw * t * q
-            du = (one_minus_t * on - t) * pq
-            g_t = gamma * t + gamma_neg * one_minus_t
-            if HAS_ALPHA:
-                alpha_t = (2.0 * alpha - 1.0) * t + (1.0 - alpha)
-            else:
-                alpha_t = tl.full([BLOCK], 1.0, dt)
+            u, ce, dce, du, g_t, alpha_t = _det_asymmetric(t, p, q, a_pos, a_neg, pw, alpha, gamma, gamma_neg, clip,
+                                                           HAS_ALPHA, HAS_CLIP)  # fmt: skip
         positive_u = u > 0.0
         log_u = _log(tl.where(positive_u, u, 1.0))
         mod = tl.where(g_t == 0.0, 1.0, tl.where(positive_u, _exp(g_t * log_u), 0.0))
@@ -893,21 +996,9 @@ def _sigmoid_detection_kernel(
         loss = mod * body
         bracket = tl.where(positive_u, g_t * body / tl.where(positive_u, u, 1.0), 0.0) + dpoly
         g = mod * (alpha_t * dce + du * bracket)
-    if HAS_W:
-        scale = scale * tl.load(w_ptr + row * w_s0 + cls * w_s1 + sp * w_s2, mask=ok, other=0.0).to(dt)
-    if HAS_NORM:
-        scale = scale / tl.load(norm_ptr + row * n_s0 + cls * n_s1 + sp * n_s2, mask=ok, other=1.0).to(dt)
-    inv = _inv_den(t_ptr, t_ptr, ws_ptr, wsb_ptr, numel // C, C, ignore_index, den_host, C, DEN_DEVICE, False, dt,
-                   2048)  # fmt: skip
-    loss = tl.where(bad, float("nan"), loss * scale * inv)
-    if REDUCE == 0:
-        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=ok)
-    else:
-        _finish(tl.sum(tl.where(ok, loss, 0.0), axis=0), loss_ptr, ws_ptr, wsb_ptr, dt, BLOCK_P)
-    if COMPUTE_GRAD:
-        g = tl.where(scale != 0.0, g * scale * inv, 0.0)
-        g = tl.where(bad, float("nan"), g)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+    _sg_store(loss, g, scale, bad, offs, ok, row, cls, sp, w_ptr, w_s0, w_s1, w_s2, norm_ptr, n_s0, n_s1, n_s2, t_ptr,
+              ws_ptr, wsb_ptr, loss_ptr, g_ptr, numel, C, ignore_index, den_host, HAS_W, HAS_NORM, DEN_DEVICE, REDUCE,
+              COMPUTE_GRAD, dt, BLOCK_P)  # fmt: skip
 
 
 def _sigmoid_kernel(args: Args, device: torch.device, ct: torch.dtype) -> tuple:
