@@ -127,18 +127,24 @@ def _gemm_dtype(input: Tensor) -> torch.dtype:
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """What one call computes: the per-chunk kernel arguments (reduction ``"sum"`` for ``"mean"``/``"sum"``),
-    the public reduction, the cap and the rows per chunk."""
+    the public reduction, the cap, the rows per chunk and (class-parallel form) its two-phase kernels."""
 
     args: Args
     reduction: str
     softcap: float
     rows: int
+    backend: str = "torch"  # class-parallel: the two-phase kernels, "torch" (ops), "native" or "triton"
 
 
 def chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor, softcap: float,
                  dcap: Tensor | None) -> Tensor:  # fmt: skip
-    """Phase 1 of a chunk: ``out = h @ W.T (+ b)``, capped in place; ``dcap = 1 - (z'/c)^2`` when given."""
-    if bias is None:
+    """Phase 1 of a chunk: ``out = h @ W.T (+ b)`` in ``out``'s dtype (a float32 ``out`` from bf16/fp16 GEMMs
+    through ``out_dtype``), capped in place; ``dcap = 1 - (z'/c)^2`` when given."""
+    if out.dtype != h.dtype:
+        torch.mm(h, weight.t(), out_dtype=out.dtype, out=out)
+        if bias is not None:
+            out.add_(bias)
+    elif bias is None:
         torch.mm(h, weight.t(), out=out)
     else:
         torch.addmm(bias, h, weight.t(), out=out)
@@ -212,10 +218,15 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor, first: bool) -> None:
 
 
 def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, needs: tuple[bool, bool, bool],
-               row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
+               row_grad: Tensor | None = None, *, step=None, buffer_dtype: torch.dtype | None = None,
+               ) -> tuple[Tensor, _Grads | None]:  # fmt: skip
     """The chunk loop: ``h`` ``(N, d)``, ``y`` ``(N,)``.  Returns the kernel loss (the sum over chunks for a scalar
     plan, the ``(N,)`` row losses for ``"none"``) and the unscaled gradients when ``any(needs)``.  ``row_grad``
-    (``"none"`` in the backward): the per-row upstream gradient, folded into the gradients."""
+    (``"none"`` in the backward): the per-row upstream gradient, folded into the gradients.
+
+    ``step(z, rows, compute_grad) -> (loss, row_scale)`` is phase 2 of a chunk (default: :func:`chunk_loss`, with
+    ``row_grad`` as the row scale of phase 3); the class-parallel form passes its two-phase step, which folds
+    ``row_grad`` into its own coefficients, and a float32 ``buffer_dtype``."""
     gemm = _gemm_dtype(h)
     n, v = h.shape[0], weight.shape[0]
     ct = compute_dtype(h)
@@ -226,23 +237,28 @@ def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: 
     scalar = plan.args.reduction != "none"
     total = torch.zeros((), dtype=ct, device=h.device) if scalar else h.new_empty(n, dtype=ct)
     rows = min(plan.rows, max(n, 1))
-    buf = h.new_empty(rows, v, dtype=gemm)
-    dcap = h.new_empty(rows, v, dtype=gemm) if plan.softcap and compute_grad else None
-    scale = None if row_grad is None else row_grad.to(gemm)
+    buf = h.new_empty(rows, v, dtype=gemm if buffer_dtype is None else buffer_dtype)
+    dcap = torch.empty_like(buf) if plan.softcap and compute_grad else None
+    if step is None:
+        scale = None if row_grad is None else row_grad.to(gemm)
+
+        def step(z: Tensor, sl: slice, cg: bool) -> tuple[Tensor, Tensor | None]:
+            return chunk_loss(z, y[sl], plan.args, cg), None if scale is None else scale[sl]
+
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         sl = slice(start, stop)
         hc = h[sl].to(gemm)
         z = chunk_logits(hc, wc, bc, buf[: stop - start], plan.softcap, None if dcap is None else dcap[: stop - start])
-        loss = chunk_loss(z, y[sl], plan.args, compute_grad)
+        loss, row_scale = step(z, sl, compute_grad)
         if scalar:
-            total.add_(loss)
+            total.add_(loss.sum())
         else:
             total[sl] = loss
         if grads is not None:
             if dcap is not None:
                 z.mul_(dcap[: stop - start])
-            grads.add(z, hc, wc, sl, None if scale is None else scale[sl])
+            grads.add(z if z.dtype == gemm else z.to(gemm), hc, wc, sl, row_scale)
     if grads is not None and grads.first:  # no rows: nothing was written (N = 0)
         for g in (grads.weight, grads.bias):
             if g is not None:
@@ -250,15 +266,18 @@ def run_chunks(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: 
     return total, grads
 
 
-def denominator(y: Tensor, args: Args, dtype: torch.dtype) -> Tensor:
+def denominator(y: Tensor, args: Args, dtype: torch.dtype, target_weight: Tensor | None = None) -> Tensor:
     """``reduction="mean"``'s denominator, as ``F.cross_entropy``: the non-ignored rows, or their summed target
-    class weights; a 0-D tensor on ``y``'s device (no host read)."""
+    class weights (``target_weight``, per row, when given: the class-parallel form's, gathered from the owning
+    ranks); a 0-D tensor on ``y``'s device (no host read)."""
     valid = None if args.ignore_index is None else y != args.ignore_index
-    if args.weight is None:
+    w = target_weight
+    if w is None and args.weight is not None:
+        w = args.weight[y if valid is None else torch.where(valid, y, 0)]
+    if w is None:
         if valid is None:
             return torch.full((), float(y.numel()), dtype=dtype, device=y.device)  # a fill, not a host copy
         return valid.sum().to(dtype)
-    w = args.weight[y if valid is None else torch.where(valid, y, 0)]
     return (w if valid is None else w * valid).sum().to(dtype)
 
 
@@ -283,15 +302,16 @@ def _finish(grads: _Grads | None, h: Tensor, weight: Tensor, bias: Tensor | None
     return out[0], out[1], out[2]
 
 
-def _forward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan,
-             needs: tuple[bool, bool, bool]) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+def _forward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, needs: tuple[bool, bool, bool],
+             run=run_chunks, target_weight: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
     """The loss (reduced as ``plan.reduction`` says) and, for the scalar reductions, the gradients for
-    ``grad_output = 1``."""
+    ``grad_output = 1``; ``run`` / ``target_weight``: the class-parallel form's chunk loop and row weights."""
     scalar = plan.reduction != "none"
-    total, grads = run_chunks(h, weight, bias, y, plan, needs if scalar else (False, False, False))
+    total, grads = run(h, weight, bias, y, plan, needs if scalar else (False, False, False))
     scale = None
     if plan.reduction == "mean":
-        denom = denominator(y, plan.args, total.dtype)
+        denom = denominator(y, plan.args, total.dtype, target_weight)
         total = total / denom
         scale = _inverse(denom)
     return (total, *_finish(grads, h, weight, bias, scale))
@@ -382,6 +402,14 @@ def _unflat(flat: tuple) -> tuple[_Plan, tuple[bool, ...]]:
     return _Plan(unflatten(fields), reduction, softcap, rows), tuple(needs)
 
 
+def _fake_grads(h: Tensor, weight: Tensor, bias: Tensor | None, needs) -> tuple[Tensor, Tensor, Tensor]:
+    """The fake kernels' gradient outputs: the input's, weight's and bias's shapes where wanted, else empty."""
+    gi = torch.empty_like(h) if needs[0] else h.new_empty(0)
+    gw = torch.empty_like(weight) if needs[1] else weight.new_empty(0)
+    gb = weight.new_empty(weight.shape[:1]) if needs[2] and bias is not None else weight.new_empty(0)
+    return gi, gw, gb
+
+
 def _empty(like: Tensor, grad: Tensor | None) -> Tensor:
     return like.new_empty(0) if grad is None else grad
 
@@ -407,10 +435,7 @@ def _(h, weight, bias, y, *flat):
     plan, needs = _unflat(flat)
     scalar = plan.reduction != "none"
     loss = h.new_empty(() if scalar else h.shape[:1], dtype=compute_dtype(h))
-    gi = torch.empty_like(h) if scalar and needs[0] else h.new_empty(0)
-    gw = torch.empty_like(weight) if scalar and needs[1] else weight.new_empty(0)
-    gb = weight.new_empty(weight.shape[:1]) if scalar and needs[2] and bias is not None else weight.new_empty(0)
-    return loss, gi, gw, gb
+    return (loss, *_fake_grads(h, weight, bias, needs if scalar else (False, False, False)))
 
 
 def _rows_backward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, *flat_and_grad) -> tuple[Tensor, ...]:
@@ -431,10 +456,7 @@ linear_poly_rows_backward = torch.library.custom_op(
 @linear_poly_rows_backward.register_fake
 def _(h, weight, bias, y, *flat_and_grad):
     _, needs = _unflat(tuple(flat_and_grad[:-1]))
-    gi = torch.empty_like(h) if needs[0] else h.new_empty(0)
-    gw = torch.empty_like(weight) if needs[1] else weight.new_empty(0)
-    gb = weight.new_empty(weight.shape[:1]) if needs[2] and bias is not None else weight.new_empty(0)
-    return gi, gw, gb
+    return _fake_grads(h, weight, bias, needs)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -73,13 +73,13 @@ from torch import Tensor
 from ._args import Args
 from ._linear_chunks import (
     _finish,
+    _forward,
     _gemm_dtype,
     _Grads,
-    _inverse,
     _LinearLoss,
-    cap_,
-    chunk_logits,
+    _Plan,
     chunk_rows,
+    run_chunks,
     validated,
 )
 from ._params import _describe
@@ -209,15 +209,6 @@ def _exchange(h2: Tensor, weight: Tensor, y: Tensor, key: str, needs_input: bool
 # ------------------------------------------------------------------------------------------------ the chunk loop
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    args: Args
-    reduction: str
-    softcap: float
-    rows: int
-    backend: str = "torch"  # the two-phase kernels: "torch" (ops, the reference), "native" or "triton"
-
-
 def two_phase_backend(device: torch.device, dtype: torch.dtype) -> str:
     """The two-phase kernels for a chunk of this device and compute dtype under :func:`polyfocal.backend`:
     ``"auto"``: Triton on CUDA (when it imports), native C on CPU float32 (when built), else torch ops;
@@ -238,16 +229,6 @@ def two_phase_backend(device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda" and _dispatch.triton_available():
         return "triton"
     return "native" if native_ok and _native.available() else "torch"
-
-
-def _logits(hc: Tensor, wc: Tensor, bc: Tensor | None, out: Tensor, softcap: float, dcap: Tensor | None) -> Tensor:
-    """``out = h W^T (+ b)`` in ``out``'s dtype (float32 from bf16/fp16 GEMMs on CUDA), capped in place."""
-    if out.dtype == hc.dtype:
-        return chunk_logits(hc, wc, bc, out, softcap, dcap)
-    torch.mm(hc, wc.t(), out_dtype=out.dtype, out=out)
-    if bc is not None:
-        out.add_(bc)
-    return cap_(out, softcap, dcap)
 
 
 # ------------------------------------------------------------------------ the two-phase kernels: torch ops
@@ -401,58 +382,18 @@ def _chunk(z: Tensor, yc: Tensor, plan: _Plan, shard: _Shard, rows: slice, compu
 
 def _run(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, shard: _Shard,
          needs: tuple[bool, bool, bool], row_grad: Tensor | None = None) -> tuple[Tensor, _Grads | None]:  # fmt: skip
-    """The chunk loop; returns the summed (scalar plan) or per-row losses and the unscaled local gradients, with
-    ``grad_input`` already all-reduced."""
-    gemm = _gemm_dtype(h)
+    """The single-process chunk loop with this shard's two-phase step (float32 chunks; ``row_grad`` folded into the
+    step's coefficients); ``grad_input`` all-reduced at the end unless the caller takes the partial sums."""
     ct = compute_dtype(h)
-    n = h.shape[0]
-    wc = weight.to(gemm)
-    bc = None if bias is None else bias.to(gemm)
-    compute_grad = any(needs)
-    grads = _Grads(h, weight, bias, gemm, needs) if compute_grad else None
-    scalar = plan.reduction != "none"
-    total = torch.zeros((), dtype=ct, device=h.device) if scalar else h.new_empty(n, dtype=ct)
-    rows = min(plan.rows, max(n, 1))
-    buf = h.new_empty(rows, shard.size, dtype=ct)
-    dcap = h.new_empty(rows, shard.size, dtype=ct) if plan.softcap and compute_grad else None
     rg = None if row_grad is None else row_grad.to(ct)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        sl = slice(start, stop)
-        hc = h[sl].to(gemm)
-        z = _logits(hc, wc, bc, buf[: stop - start], plan.softcap, None if dcap is None else dcap[: stop - start])
-        loss = _chunk(z, y[sl], plan, shard, sl, compute_grad, None if rg is None else rg[sl])
-        if scalar:
-            total.add_(loss.sum())
-        else:
-            total[sl] = loss
-        if grads is not None:
-            if dcap is not None:
-                z.mul_(dcap[: stop - start])
-            grads.add(z if z.dtype == gemm else z.to(gemm), hc, wc, sl, None)
+
+    def step(z: Tensor, sl: slice, compute_grad: bool) -> tuple[Tensor, None]:
+        return _chunk(z, y[sl], plan, shard, sl, compute_grad, None if rg is None else rg[sl]), None
+
+    total, grads = run_chunks(h, weight, bias, y, plan, needs, step=step, buffer_dtype=ct)
     if grads is not None and grads.input is not None and shard.reduce_input:
         _all_reduce(grads.input, shard.group, "grad_input_bytes")
     return total, grads
-
-
-def _denominator(y: Tensor, args: Args, shard: _Shard, dtype: torch.dtype) -> Tensor:
-    valid = None if args.ignore_index is None else y != args.ignore_index
-    if shard.w_t is None:
-        if valid is None:
-            return torch.tensor(float(y.numel()), dtype=dtype, device=y.device)
-        return valid.sum().to(dtype)
-    return (shard.w_t if valid is None else shard.w_t * valid).sum().to(dtype)
-
-
-def _forward(h, weight, bias, y, plan: _Plan, shard: _Shard, needs):
-    scalar = plan.reduction != "none"
-    total, grads = _run(h, weight, bias, y, plan, shard, needs if scalar else (False, False, False))
-    scale = None
-    if plan.reduction == "mean":
-        denom = _denominator(y, plan.args, shard, total.dtype)
-        total = total / denom
-        scale = _inverse(denom)
-    return (total, *_finish(grads, h, weight, bias, scale))
 
 
 class _Sharded:
@@ -462,12 +403,15 @@ class _Sharded:
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
 
+    def run(self, h, weight, bias, y, plan: _Plan, needs, row_grad: Tensor | None = None):
+        return _run(h, weight, bias, y, plan, self.shard, needs, row_grad)
+
     def forward(self, h, weight, bias, y, plan: _Plan, needs):
-        return _forward(h, weight, bias, y, plan, self.shard, needs)
+        return _forward(h, weight, bias, y, plan, needs, self.run, self.shard.w_t)
 
     def rows_backward(self, h, weight, bias, y, plan: _Plan, needs, grad_out: Tensor):
         _LAST.__init__()
-        _, grads = _run(h, weight, bias, y, plan, self.shard, needs, row_grad=grad_out)
+        _, grads = self.run(h, weight, bias, y, plan, needs, grad_out)
         return _finish(grads, h, weight, bias, None)
 
 
@@ -580,5 +524,5 @@ def sharded_linear_poly_loss(
     if any(needs):
         out = _LinearLoss.apply(x2, linear_weight, linear_bias, (y, plan, _Sharded(shard)))
     else:
-        out = _forward(x2, linear_weight, linear_bias, y, plan, shard, (False, False, False))[0]
+        out = _Sharded(shard).forward(x2, linear_weight, linear_bias, y, plan, (False, False, False))[0]
     return out.reshape(input.shape[:-1]) if hp.reduction == "none" else out
