@@ -173,7 +173,8 @@ def unflatten(flat) -> Args:
 
 
 def _with(args: Args, **values: object) -> Args:
-    """``args`` with some fields replaced (a new object; the memo is not shared)."""
+    """``dataclasses.replace(args, **values)`` (a new object; the memo is not shared), 1 us cheaper: ``replace``
+    walks ``fields()`` on every call, and this is on the path of every call with a tensor argument."""
     return Args(**{**{n: getattr(args, n) for n in _NAMES}, **values})
 
 
