@@ -210,6 +210,46 @@ __attribute__((unused)) static void pf_hugepages(void *buf, int64_t bytes) {
 #endif
 }
 
+/* Flush-to-zero for the duration of a kernel call, on each thread that runs it (pf_ftz_begin at the top of every
+ * parallel region, pf_ftz_end restoring the thread's previous mode at its end, so no caller and no pooled OpenMP
+ * thread keeps it): a float result below FLT_MIN (a subnormal, |v| < 1.2e-38) is stored as 0.  Without it the
+ * gradient passes produce subnormals wherever a tiny softmax / sigmoid term meets a small scale (LDAM's logit_scale
+ * 30 with a 1/N mean: ~8% of the elements), and on x86 every vector instruction with a subnormal result lane takes a
+ * microcode assist: LDAM at 16384x1000 measured 10.0 ms without, 9.3 ms with (the same as logit_scale 1), the sigmoid
+ * family 8-12% less.  The numbers it changes are gradient entries under 1.2e-38 in magnitude (and loss terms below
+ * the row's rounding), which become 0.  x86: MXCSR.FTZ only (subnormal inputs are still read as they are);
+ * aarch64: FPCR.FZ (which also reads subnormal inputs as 0); elsewhere nothing changes. */
+#if defined(__x86_64__) || defined(__i386__)
+typedef unsigned int pf_fpmode;
+static inline pf_fpmode pf_ftz_begin(void) {
+    const unsigned int mode = __builtin_ia32_stmxcsr();
+    __builtin_ia32_ldmxcsr(mode | 0x8000u);
+    return mode;
+}
+static inline void pf_ftz_end(pf_fpmode mode) { __builtin_ia32_ldmxcsr(mode); }
+#elif defined(__aarch64__)
+typedef uint64_t pf_fpmode;
+static inline pf_fpmode pf_ftz_begin(void) {
+    uint64_t mode;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(mode));
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(mode | ((uint64_t)1 << 24)));
+    return mode;
+}
+static inline void pf_ftz_end(pf_fpmode mode) { __asm__ __volatile__("msr fpcr, %0" : : "r"(mode)); }
+#else
+typedef int pf_fpmode;
+static inline pf_fpmode pf_ftz_begin(void) { return 0; }
+static inline void pf_ftz_end(pf_fpmode mode) { (void)mode; }
+#endif
+
+/* An ignored row is not read, but its cache lines are requested when the row after it is not ignored: a gap in the
+ * stream of logits rows stops the hardware prefetcher, and the next row then waits for memory line by line (10% of
+ * rows ignored at 16384x1000: 9.6 ms with the gap, 8.0 ms with this, against 8.5 ms for no row ignored; a run of
+ * ignored rows, as padding is, only requests its last row). */
+static inline void pf_keep_stream(const void *row, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o);
+}
+
 /* The file builds as one unit, or as four compiled in parallel and linked into one library by _native.py
  * (PF_PART=1: softmax, 2: the sigmoid kernel, 3: its detection block, 4: the two-phase class-parallel softmax):
  * the cold first build's wall time is about half its CPU time on two cores. */
@@ -394,9 +434,9 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     if (ADJ && ls > 0.0) x_a -= (double)(a ? a[t] : 1.0f) * (double)smt;
     const double x_t = xt_f;
     const double lse = (double)m + log(s_all);
-    const double p1 = exp(x_t - lse);
-    const double d1 = 1.0 - p1; /* a comparison, not fmax: fmax would turn a NaN row (NaN/inf logits) into 0 */
-    const double u1 = gamma == 0.0 ? (d1 < 0.0 ? 0.0 : d1) : s_rest / s_all;
+    /* p_t and 1 - p_t from the row's own sums: divisions, not exp(x_t - lse) and 1 - p_t (no transcendental call
+     * besides the row's log, and 1 - p_t to relative precision for every gamma; a NaN row stays NaN) */
+    const double p1 = (double)e_t / s_all, u1 = s_rest / s_all;
     const double ce1 = u1 < 0.5 ? -log1p(-u1) : lse - x_t;
     const double a_y = a ? a[t] : 1.0, w_y = w ? w[t] : 1.0;
     double ce_a, u, w_poly;
@@ -652,19 +692,26 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     if (S == 1 && xdt == DT_F32 && g != x && cap == 0.0f) { /* inplace (g == x), capped: rows through scratch */
         const float *xf = (const float *)x;
         float *gf = (float *)g;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (parallel)
-        for (int64_t r = 0; r < R; r++) {
-            float *gr = gf ? gf + r * C : NULL;
-            if (y[r] == ignore_index) {
-                loss[r] = 0.0f;
-                if (gr) memset(gr, 0, (size_t)C * sizeof(float));
-                continue;
+#pragma omp parallel num_threads(nthreads) if (parallel)
+        {
+            const pf_fpmode mode = pf_ftz_begin();
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                float *gr = gf ? gf + r * C : NULL;
+                if (y[r] == ignore_index) {
+                    loss[r] = 0.0f;
+                    if (r + 1 < R && y[r + 1] != ignore_index) pf_keep_stream(xf + r * C, C * 4);
+                    if (gr) memset(gr, 0, (size_t)C * sizeof(float));
+                    continue;
+                }
+                loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
             }
-            loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
+            pf_ftz_end(mode);
         }
     } else if (S == 1) { /* bfloat16 / float16 rows (or a gradient written over x, or capped) via float32 scratch */
 #pragma omp parallel num_threads(nthreads) if (parallel)
         {
+            const pf_fpmode mode = pf_ftz_begin();
             float *xs = (float *)malloc((size_t)((cap > 0.0f ? 3 : 2) * C) * sizeof(float));
             float *gs = xs ? xs + C : NULL, *ds = xs && cap > 0.0f && g ? xs + 2 * C : NULL;
             if (!xs) {
@@ -676,6 +723,8 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
                 if (!xs) continue;
                 if (y[r] == ignore_index) {
                     loss[r] = 0.0f;
+                    if (r + 1 < R && y[r + 1] != ignore_index)
+                        pf_keep_stream((const char *)x + r * C * (xdt == DT_F32 ? 4 : 2), C * (xdt == DT_F32 ? 4 : 2));
                     if (g) {
                         memset(gs, 0, (size_t)C * sizeof(float));
                         store_from_f32(g, xdt, r * C, gs, C);
@@ -693,11 +742,13 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
                 if (g) store_from_f32(g, xdt, r * C, gs, C);
             }
             free(xs);
+            pf_ftz_end(mode);
         }
     } else { /* (N, C, S): tiles of TS positions, vectorised across the positions */
         const int64_t tiles = (S + TS - 1) / TS;
 #pragma omp parallel num_threads(nthreads) if (parallel)
         {
+            const pf_fpmode mode = pf_ftz_begin();
             float *es = (float *)malloc((size_t)((cap > 0.0f && g ? 2 : 1) * TS * C) * sizeof(float));
             float *df = es && cap > 0.0f && g ? es + TS * C : NULL; /* the soft-cap's derivatives */
             if (!es) {
@@ -712,6 +763,7 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
                 sm_tile(&k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df);
             }
             free(es);
+            pf_ftz_end(mode);
         }
     }
     double sum = 0.0;
@@ -958,6 +1010,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
     }
 #pragma omp parallel num_threads(nthreads) if (numel >= 16384 && nthreads > 1)
     {
+        const pf_fpmode mode = pf_ftz_begin();
         double acc = 0.0;
         float tt[BLK], ce[BLK], u[BLK], p[BLK], q[BLK], mod[BLK], at[BLK], fac[BLK], pw_t[BLK], poly[BLK], dpoly[BLK];
         float xs[BLK], gb[BLK];
@@ -1107,6 +1160,7 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
             }
         }
         partial[omp_get_thread_num()] = acc;
+        pf_ftz_end(mode);
     }
     if (out) {
         double total = 0.0;
@@ -1205,6 +1259,7 @@ int pf_lp_stats(const void *x, int xdt, const int64_t *t, const float *b, const 
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (parallel)
     {
+        const pf_fpmode mode = pf_ftz_begin();
         float *zr = (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
         if (!zr) {
 #pragma omp atomic write
@@ -1225,6 +1280,7 @@ int pf_lp_stats(const void *x, int xdt, const int64_t *t, const float *b, const 
             lp_stats_row(zr, a, tr, V, ls, st, R, r);
         }
         free(zr);
+        pf_ftz_end(mode);
     }
     return failed ? 2 : 0;
 }
@@ -1251,6 +1307,7 @@ int pf_lp_grad(void *x, int xdt, const int64_t *t, const float *b, const float *
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (parallel)
     {
+        const pf_fpmode mode = pf_ftz_begin();
         float *zr = xdt == DT_F32 ? NULL : (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
         if (xdt != DT_F32 && !zr) {
 #pragma omp atomic write
@@ -1275,6 +1332,7 @@ int pf_lp_grad(void *x, int xdt, const int64_t *t, const float *b, const float *
             if (xdt != DT_F32) store_from_f32(x, xdt, r * V, zr, V);
         }
         free(zr);
+        pf_ftz_end(mode);
     }
     return failed ? 2 : 0;
 }
