@@ -774,6 +774,32 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     return 0;
 }
 
+/* pf_softmax's arguments as one struct of 8-byte fields, in the order of its parameters (ints widened to int64;
+ * `bad` is written back in place).  _native.py's _SoftmaxArgs mirrors it field for field: ctypes then converts one
+ * argument per call instead of 25 (measured 4.4 -> ~1 us per call, on every small call's path). */
+typedef struct {
+    const void *x;
+    int64_t xdt;
+    const int64_t *y;
+    const float *a, *w, *norm;
+    const double *eps;
+    int64_t n_eps;
+    double gamma, ls;
+    int64_t ignore_index, N, C, S, mean;
+    float *loss_out, *out;
+    void *g;
+    int64_t nthreads, bad;
+    const float *bias, *margin;
+    double logit_scale, z_loss, softcap;
+} pf_softmax_args;
+_Static_assert(sizeof(pf_softmax_args) == 25 * 8, "pf_softmax_args: 25 fields of 8 bytes, no padding");
+
+int pf_softmax_packed(pf_softmax_args *p) {
+    return pf_softmax(p->x, (int)p->xdt, p->y, p->a, p->w, p->norm, p->eps, (int)p->n_eps, p->gamma, p->ls,
+                      p->ignore_index, p->N, p->C, p->S, (int)p->mean, p->loss_out, p->out, p->g, (int)p->nthreads,
+                      &p->bad, p->bias, p->margin, p->logit_scale, p->z_loss, p->softcap);
+}
+
 #endif /* PF_PART 1 */
 #if !defined(PF_PART) || PF_PART >= 2
 
@@ -1168,6 +1194,41 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
         *out = (float)(mean ? (den > 0.0 ? total / den : NAN) : total);
     }
     return 0;
+}
+
+/* pf_sigmoid's arguments as one struct, as pf_softmax_args (_native.py's _SigmoidArgs mirrors it) */
+typedef struct {
+    const void *x;
+    int64_t xdt;
+    const void *t;
+    int64_t tdt;
+    const int64_t *y;
+    int64_t ignore_index, N, L;
+    const float *w;
+    int64_t ws0, ws1;
+    const float *pw;
+    int64_t ps0, ps1;
+    const float *norm;
+    int64_t ns0, ns1, has_alpha;
+    double alpha;
+    const double *eps;
+    int64_t n_eps;
+    double gamma, ls;
+    int64_t mean;
+    float *loss, *out;
+    void *g;
+    int64_t nthreads, bad, variant;
+    double gamma_neg, clip;
+    int64_t iou_weighted;
+    const float *score;
+} pf_sigmoid_args;
+_Static_assert(sizeof(pf_sigmoid_args) == 34 * 8, "pf_sigmoid_args: 34 fields of 8 bytes, no padding");
+
+int pf_sigmoid_packed(pf_sigmoid_args *p) {
+    return pf_sigmoid(p->x, (int)p->xdt, p->t, (int)p->tdt, p->y, p->ignore_index, p->N, p->L, p->w, p->ws0, p->ws1,
+                      p->pw, p->ps0, p->ps1, p->norm, p->ns0, p->ns1, (int)p->has_alpha, p->alpha, p->eps,
+                      (int)p->n_eps, p->gamma, p->ls, (int)p->mean, p->loss, p->out, p->g, (int)p->nthreads, &p->bad,
+                      (int)p->variant, p->gamma_neg, p->clip, (int)p->iou_weighted, p->score);
 }
 
 #endif /* PF_PART 2 */
