@@ -649,6 +649,108 @@ __attribute__((noinline)) static void sm_tile(const sm_ctx *k, const void *x, in
         sm_tile_impl(k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df, 0);
 }
 
+/* One call of pf_softmax, as its three loop bodies read it.  Each body is an orphaned worksharing loop: inside
+ * pf_softmax's parallel region the threads split it, outside one (a call too small to share) the calling thread
+ * runs it all. */
+typedef struct {
+    const sm_ctx *k;
+    const void *x;
+    int xdt;
+    const int64_t *y;
+    int64_t ignore_index;
+    const float *norm;
+    double grad_scale;
+    int64_t R, N, C, S;
+    float cap;
+    float *loss;
+    void *g;
+    int failed; /* set when a thread's scratch could not be allocated */
+} sm_job;
+
+/* (N, C) float32 rows read in place, the gradient into its own buffer */
+static void sm_rows_f32(sm_job *j) {
+    const int64_t R = j->R, C = j->C, ignore_index = j->ignore_index, *y = j->y;
+    const float *xf = (const float *)j->x, *norm = j->norm;
+    float *gf = (float *)j->g, *loss = j->loss;
+    const pf_fpmode mode = pf_ftz_begin();
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        float *gr = gf ? gf + r * C : NULL;
+        if (y[r] == ignore_index) {
+            loss[r] = 0.0f;
+            if (r + 1 < R && y[r + 1] != ignore_index) pf_keep_stream(xf + r * C, C * 4);
+            if (gr) memset(gr, 0, (size_t)C * sizeof(float));
+            continue;
+        }
+        loss[r] = sm_row(j->k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * j->grad_scale);
+    }
+    pf_ftz_end(mode);
+}
+
+/* (N, C) rows through float32 scratch: bfloat16 / float16, a gradient written over x, or soft-capped logits */
+static void sm_rows_scratch(sm_job *j) {
+    const int64_t R = j->R, C = j->C, ignore_index = j->ignore_index, *y = j->y;
+    const int xdt = j->xdt, width = xdt == DT_F32 ? 4 : 2;
+    const float cap = j->cap, *norm = j->norm;
+    const void *x = j->x;
+    void *g = j->g;
+    float *loss = j->loss;
+    const pf_fpmode mode = pf_ftz_begin();
+    float *xs = (float *)malloc((size_t)((cap > 0.0f ? 3 : 2) * C) * sizeof(float));
+    float *gs = xs ? xs + C : NULL, *ds = xs && cap > 0.0f && g ? xs + 2 * C : NULL;
+    if (!xs) {
+#pragma omp atomic write
+        j->failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        if (!xs) continue;
+        if (y[r] == ignore_index) {
+            loss[r] = 0.0f;
+            if (r + 1 < R && y[r + 1] != ignore_index) pf_keep_stream((const char *)x + r * C * width, C * width);
+            if (g) {
+                memset(gs, 0, (size_t)C * sizeof(float));
+                store_from_f32(g, xdt, r * C, gs, C);
+            }
+            continue;
+        }
+        load_f32(xs, x, xdt, r * C, C);
+        if (cap > 0.0f) pf_softcap(xs, ds, C, cap);
+        loss[r] = sm_row(j->k, xs, g ? gs : NULL, y[r], (norm ? 1.0 / norm[r] : 1.0) * j->grad_scale);
+        if (ds) {
+            /* PF_HOT: the row's gradient through the soft-cap */
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) gs[c] *= ds[c];
+        }
+        if (g) store_from_f32(g, xdt, r * C, gs, C);
+    }
+    free(xs);
+    pf_ftz_end(mode);
+}
+
+/* (N, C, S): tiles of TS positions, vectorised across the positions */
+static void sm_tiles(sm_job *j) {
+    const int64_t N = j->N, C = j->C, S = j->S, tiles = (S + TS - 1) / TS;
+    const float cap = j->cap;
+    const pf_fpmode mode = pf_ftz_begin();
+    float *es = (float *)malloc((size_t)((cap > 0.0f && j->g ? 2 : 1) * TS * C) * sizeof(float));
+    float *df = es && cap > 0.0f && j->g ? es + TS * C : NULL; /* the soft-cap's derivatives */
+    if (!es) {
+#pragma omp atomic write
+        j->failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < N * tiles; item++) {
+        if (!es) continue;
+        const int64_t n = item / tiles, s0 = (item % tiles) * TS;
+        const int64_t ts = (S - s0) < TS ? (S - s0) : TS;
+        sm_tile(j->k, j->x, j->xdt, j->y, j->ignore_index, j->norm, j->grad_scale, n, s0, ts, S, j->loss, j->g, es,
+                df);
+    }
+    free(es);
+    pf_ftz_end(mode);
+}
+
 /* Softmax PolyLoss for class-index targets.  x: (N, C, S) in the dtype xdt (S = 1: (N, C) rows); y, norm: the
  * R = N * S rows (n, s) in row-major order.  loss: (R,) per row, scaled by validity, 1/norm and (mean)
  * 1/denominator, or NULL for a reduced loss (then a scratch buffer holds the rows); *out: their sum (summed in
@@ -688,84 +790,17 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     float stack_rows[256];
     float *loss = loss_out ? loss_out : (R <= 256 ? stack_rows : (float *)malloc((size_t)R * sizeof(float)));
     if (!loss) return 2;
-    int failed = 0;
-    if (S == 1 && xdt == DT_F32 && g != x && cap == 0.0f) { /* inplace (g == x), capped: rows through scratch */
-        const float *xf = (const float *)x;
-        float *gf = (float *)g;
-#pragma omp parallel num_threads(nthreads) if (parallel)
-        {
-            const pf_fpmode mode = pf_ftz_begin();
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < R; r++) {
-                float *gr = gf ? gf + r * C : NULL;
-                if (y[r] == ignore_index) {
-                    loss[r] = 0.0f;
-                    if (r + 1 < R && y[r + 1] != ignore_index) pf_keep_stream(xf + r * C, C * 4);
-                    if (gr) memset(gr, 0, (size_t)C * sizeof(float));
-                    continue;
-                }
-                loss[r] = sm_row(&k, xf + r * C, gr, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
-            }
-            pf_ftz_end(mode);
-        }
-    } else if (S == 1) { /* bfloat16 / float16 rows (or a gradient written over x, or capped) via float32 scratch */
-#pragma omp parallel num_threads(nthreads) if (parallel)
-        {
-            const pf_fpmode mode = pf_ftz_begin();
-            float *xs = (float *)malloc((size_t)((cap > 0.0f ? 3 : 2) * C) * sizeof(float));
-            float *gs = xs ? xs + C : NULL, *ds = xs && cap > 0.0f && g ? xs + 2 * C : NULL;
-            if (!xs) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < R; r++) {
-                if (!xs) continue;
-                if (y[r] == ignore_index) {
-                    loss[r] = 0.0f;
-                    if (r + 1 < R && y[r + 1] != ignore_index)
-                        pf_keep_stream((const char *)x + r * C * (xdt == DT_F32 ? 4 : 2), C * (xdt == DT_F32 ? 4 : 2));
-                    if (g) {
-                        memset(gs, 0, (size_t)C * sizeof(float));
-                        store_from_f32(g, xdt, r * C, gs, C);
-                    }
-                    continue;
-                }
-                load_f32(xs, x, xdt, r * C, C);
-                if (cap > 0.0f) pf_softcap(xs, ds, C, cap);
-                loss[r] = sm_row(&k, xs, g ? gs : NULL, y[r], (norm ? 1.0 / norm[r] : 1.0) * grad_scale);
-                if (ds) {
-                    /* PF_HOT: the row's gradient through the soft-cap */
-#pragma omp simd
-                    for (int64_t c = 0; c < C; c++) gs[c] *= ds[c];
-                }
-                if (g) store_from_f32(g, xdt, r * C, gs, C);
-            }
-            free(xs);
-            pf_ftz_end(mode);
-        }
-    } else { /* (N, C, S): tiles of TS positions, vectorised across the positions */
-        const int64_t tiles = (S + TS - 1) / TS;
-#pragma omp parallel num_threads(nthreads) if (parallel)
-        {
-            const pf_fpmode mode = pf_ftz_begin();
-            float *es = (float *)malloc((size_t)((cap > 0.0f && g ? 2 : 1) * TS * C) * sizeof(float));
-            float *df = es && cap > 0.0f && g ? es + TS * C : NULL; /* the soft-cap's derivatives */
-            if (!es) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(static)
-            for (int64_t item = 0; item < N * tiles; item++) {
-                if (!es) continue;
-                const int64_t n = item / tiles, s0 = (item % tiles) * TS;
-                const int64_t ts = (S - s0) < TS ? (S - s0) : TS;
-                sm_tile(&k, x, xdt, y, ignore_index, norm, grad_scale, n, s0, ts, S, loss, g, es, df);
-            }
-            free(es);
-            pf_ftz_end(mode);
-        }
+    sm_job job = {&k, x, xdt, y, ignore_index, norm, grad_scale, R, N, C, S, cap, loss, g, 0};
+    void (*body)(sm_job *) = S == 1 && xdt == DT_F32 && g != x && cap == 0.0f ? sm_rows_f32
+                             : S == 1                                        ? sm_rows_scratch
+                                                                             : sm_tiles;
+    if (parallel) {
+#pragma omp parallel num_threads(nthreads)
+        body(&job);
+    } else {
+        body(&job); /* no OpenMP region at all: an if(0) region still costs ~0.3 us and a futex call per call */
     }
+    const int failed = job.failed;
     double sum = 0.0;
     for (int64_t r = 0; r < R; r++) sum += loss[r];
     if (loss != loss_out && loss != stack_rows) free(loss);
