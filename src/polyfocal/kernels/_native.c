@@ -303,6 +303,7 @@ typedef struct {
     const float *b, *mg; /* long-tail options: bias (C,) or NULL (none: only margin / scale), margin or NULL */
     double sc, zl;       /* logit scale s, z-loss weight */
     int adj;             /* 1: logits are adjusted on load (b, mg, s); 0: read as they are */
+    float bmax;          /* max_c b_c when s (max b - min b) <= 40 (the row maximum is then bounded), else NaN */
     float cap;           /* logit soft-cap c > 0 (applied before the options, in the caller's scratch), or 0 */
 } sm_ctx;
 
@@ -380,6 +381,81 @@ static inline __attribute__((always_inline)) float sm_exp_sum_ls(const float *xr
     *xa += b;
     return s;
 }
+/* One PF_VL-wide window [w, w + PF_VL) of the exp pass (inside the row), counting only the classes c in [lo, hi) and
+ * leaving the target t out of the sum of e (not out of label smoothing's class sum, LS).  The classes of the window
+ * outside [lo, hi) were counted by the whole-vector loops around it; e_c is stored for all of them (the same value
+ * again).  A block is then whole-vector loops plus at most two windows (the one holding t, the block's last partial
+ * vector) with a constant trip count: no scalar remainder.  Splitting a block at t itself left two loops of arbitrary
+ * length per row, each ending in a scalar remainder, which took 7-9% of the row's time at 16384x1000. */
+#define PF_VL 16 /* floats per AVX-512 vector (two AVX2 vectors, four NEON ones) */
+static inline __attribute__((always_inline)) float sm_exp_window(const float *xr, const float *bb, float sc, float m,
+                                                                 float *gr, int64_t w, int64_t lo, int64_t hi,
+                                                                 int64_t t, const int ADJ, const int LS,
+                                                                 const float *aa, float *xa) {
+    float s = 0.0f, b = 0.0f;
+    /* in / keep as integer ANDs, the class weight loaded by separate loops: no control flow in the loops (SSE4.2
+     * does not if-convert it) */
+    if (gr && LS && aa) {
+        /* PF_HOT: the softmax row's exp pass over a window, storing e, weighted class sum */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = w; c < w + PF_VL; c++) {
+            const float v = XB(c), e = exp_nonpos(v - m);
+            const int in = (c >= lo) & (c < hi);
+            gr[c] = e;
+            s += pf_sel(in & (c != t), e, 0.0f);
+            b += pf_sel(in, aa[c] * v, 0.0f);
+        }
+    } else if (gr) {
+        /* PF_HOT: the softmax row's exp pass over a window, storing e */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = w; c < w + PF_VL; c++) {
+            const float v = XB(c), e = exp_nonpos(v - m);
+            const int in = (c >= lo) & (c < hi);
+            gr[c] = e;
+            s += pf_sel(in & (c != t), e, 0.0f);
+            b += LS ? pf_sel(in, v, 0.0f) : 0.0f;
+        }
+    } else if (LS && aa) {
+        /* PF_HOT: the softmax row's exp pass over a window, loss only, weighted class sum */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = w; c < w + PF_VL; c++) {
+            const float v = XB(c);
+            const int in = (c >= lo) & (c < hi);
+            s += pf_sel(in & (c != t), exp_nonpos(v - m), 0.0f);
+            b += pf_sel(in, aa[c] * v, 0.0f);
+        }
+    } else {
+        /* PF_HOT: the softmax row's exp pass over a window, loss only */
+#pragma omp simd reduction(+ : s, b)
+        for (int64_t c = w; c < w + PF_VL; c++) {
+            const float v = XB(c);
+            const int in = (c >= lo) & (c < hi);
+            s += pf_sel(in & (c != t), exp_nonpos(v - m), 0.0f);
+            b += LS ? pf_sel(in, v, 0.0f) : 0.0f;
+        }
+    }
+    if (LS) *xa += b;
+    return s;
+}
+/* The exp pass over the block [c0, c1) of a row of C >= PF_VL classes: its sum of e over c != t, label smoothing's
+ * class sum (LS) into *xa */
+static inline __attribute__((always_inline)) float sm_exp_block(const float *xr, const float *bb, float sc, float m,
+                                                                float *gr, int64_t c0, int64_t c1, int64_t t,
+                                                                const int ADJ, const int LS, const float *aa,
+                                                                float *xa) {
+    const int in_block = t >= c0 && t < c1;
+    const int64_t ta = in_block ? c0 + (t - c0) / PF_VL * PF_VL : c1; /* the target's vector [ta, tb) */
+    const int64_t tb = in_block ? (ta + PF_VL < c1 ? ta + PF_VL : c1) : c1;
+    const int64_t te = tb + (c1 - tb) / PF_VL * PF_VL; /* whole vectors after it: [tb, te) */
+    float s = LS ? sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, aa, xa) : sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
+    if (in_block) {
+        const int64_t w = ta + PF_VL <= c1 ? ta : c1 - PF_VL; /* shifted back to end at c1: still inside the row */
+        s += sm_exp_window(xr, bb, sc, m, gr, w, ta, tb, t, ADJ, LS, aa, xa);
+    }
+    s += LS ? sm_exp_sum_ls(xr, bb, sc, m, gr, tb, te, ADJ, aa, xa) : sm_exp_sum(xr, bb, sc, m, gr, tb, te, ADJ);
+    if (te < c1) s += sm_exp_window(xr, bb, sc, m, gr, c1 - PF_VL, te, c1, t, ADJ, LS, aa, xa);
+    return s;
+}
 static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, const float *xr, float *gr, int64_t t,
                                                                double scale, const int ADJ) {
     const int64_t C = k->C;
@@ -393,6 +469,10 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
             const float v = XB(c) - pf_sel(c == t, smt, 0.0f);
             m = v > m ? v : m;
         }
+    } else if (ADJ == 1 && k->bmax == k->bmax) { /* the bound s (max x + max b) (s > 0, a gap <= 40) */
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
+        m = sc * (m + k->bmax);
     } else if (ADJ == 2 && sc > 0.0f) { /* max_c s x_c = s max_c x_c exactly (s > 0: rounding is monotone) */
         /* PF_HOT: the softmax row's maximum, unscaled */
 #pragma omp simd reduction(max : m)
@@ -410,23 +490,30 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
     /* Row sums: float SIMD lanes within blocks of SUM_BLK classes, blocks added in double, so the rounding
      * error stays at torch's level for vocabulary-sized C.  The reductions need "omp simd reduction" to
      * vectorise without -ffast-math. */
-    /* The sum over c != t: each block split around t (no per-element select), the target's term added once
-     * after the loops (with its margin under ADJ). */
+    /* The sum over c != t, block by block (sm_exp_block: whole vectors and two masked windows, no remainder; rows
+     * under PF_VL classes: split at t); the target's own term is added once after the loops (with its margin
+     * under ADJ).  Label smoothing's class sum covers every c, t included (its margin is taken off after). */
     double s_rest = 0.0, x_a = 0.0;
     for (int64_t c0 = 0; c0 < C; c0 += SUM_BLK) {
         const int64_t c1 = (C - c0) < SUM_BLK ? C : c0 + SUM_BLK;
-        const int64_t ta = t < c0 ? c0 : (t < c1 ? t : c1), tb = t < c0 ? c0 : (t < c1 ? t + 1 : c1);
-        if (ls > 0.0) { /* the class sum over c != t in the exp pass; the target's term after the loops */
-            float b_a = 0.0f;
-            s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, a, &b_a);
-            s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, tb, c1, ADJ, a, &b_a);
-            x_a += b_a;
+        float b_a = 0.0f;
+        if (C < PF_VL) { /* a short row: the loops around t, and t's class-sum term */
+            const int64_t ta = t < c0 ? c0 : (t < c1 ? t : c1), tb = t < c0 ? c0 : (t < c1 ? t + 1 : c1);
+            if (ls > 0.0) {
+                s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, a, &b_a);
+                s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, tb, c1, ADJ, a, &b_a);
+                if (ta < tb) b_a += (a ? a[t] : 1.0f) * XB(t);
+            } else {
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
+            }
+        } else if (ls > 0.0) {
+            s_rest += (double)sm_exp_block(xr, bb, sc, m, gr, c0, c1, t, ADJ, 1, a, &b_a);
         } else {
-            s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
-            s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
+            s_rest += (double)sm_exp_block(xr, bb, sc, m, gr, c0, c1, t, ADJ, 0, NULL, NULL);
         }
+        x_a += b_a;
     }
-    if (ls > 0.0) x_a += (double)(a ? a[t] : 1.0f) * (double)XB(t);
     const float xt_f = ADJ ? XB(t) - smt : xr[t];
     const float e_t = exp_nonpos(xt_f - m); /* the target's terms (with its margin under ADJ) */
     if (gr) gr[t] = e_t;
@@ -779,7 +866,15 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
     }
     const float cap = softcap > 0.0 ? (float)softcap : 0.0f; /* NaN: off */
     sm_ctx k = {a, w, eps, n_eps, gamma, ls, 0.0, 0.0, C, bias, margin, logit_scale, z_loss,
-                bias != NULL || margin != NULL || logit_scale != 1.0, cap};
+                bias != NULL || margin != NULL || logit_scale != 1.0, NAN, cap};
+    if (bias && logit_scale > 0.0) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int64_t c = 0; c < C; c++) {
+            lo = bias[c] < lo ? bias[c] : lo;
+            hi = bias[c] > hi ? bias[c] : hi;
+        }
+        if (logit_scale * ((double)hi - (double)lo) <= 40.0) k.bmax = hi;
+    }
     for (int64_t c = 0; c < C; c++) {
         k.a_sum += a ? a[c] : 1.0;
         k.w_sum += w ? w[c] : 1.0;
