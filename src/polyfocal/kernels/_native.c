@@ -479,6 +479,7 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
             m = v > m ? v : m;
         }
     } else if (ADJ == 1 && k->bmax == k->bmax) { /* the bound s (max x + max b) (s > 0, a gap <= 40) */
+        /* PF_HOT: the softmax row's maximum, bounded */
 #pragma omp simd reduction(max : m)
         for (int64_t c = 0; c < C; c++) m = xr[c] > m ? xr[c] : m;
         m = sc * (m + k->bmax);
@@ -917,7 +918,8 @@ int pf_softmax(const void *x, int xdt, const int64_t *y, const float *a, const f
 
 /* pf_softmax's arguments as one struct of 8-byte fields, in the order of its parameters (ints widened to int64;
  * `bad` is written back in place).  _native.py's _SoftmaxArgs mirrors it field for field: ctypes then converts one
- * argument per call instead of 25 (measured 4.4 -> ~1 us per call, on every small call's path). */
+ * argument per call instead of 25 (the 8x10 call through ctypes, C included: 4.4 -> 2.5 us, on every small call's
+ * path). */
 typedef struct {
     const void *x;
     int64_t xdt;

@@ -241,7 +241,8 @@ def _struct(name: str, fields: str, doc: str) -> type[ctypes.Structure]:
 
 #: ``pf_softmax_args`` / ``pf_sigmoid_args`` of ``_native.c``, field for field (its ``_Static_assert`` pins the size;
 #: the reference tests, which exercise every field, pin the order).  A call builds one with a single constructor
-#: call and passes its address: ctypes converts one argument instead of 25 / 34 (4.4 -> ~1 us per call).
+#: call and passes its address: ctypes converts one argument instead of 25 / 34 (the 8x10 softmax call through ctypes,
+#: C included: 4.4 -> 2.5 us, of which building the struct is 1.4 us and the C kernel 1.1 us).
 _SoftmaxArgs = _struct(
     "_SoftmaxArgs",
     "x:p xdt:i y:p a:p w:p norm:p eps:p n_eps:i gamma:d ls:d ignore_index:i N:i C:i S:i mean:i loss_out:p out:p g:p "
