@@ -26,6 +26,21 @@ PRIOR = [500.0, 120.0, 40.0, 9.0, 3.0, 1.0]  # counts (normalised by the loss)
 MARGIN = [0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
 ALPHA = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 WEIGHT = [1.0, 2.0, 0.5, 1.0, 0.0, 3.0]
+# every long-tail option at once, with focusing, Poly-1, label smoothing, class weights and an ignored class (also
+# test_softcap_kernels' "longtail_all")
+ALL_OPTIONS = dict(
+    gamma=1.5,
+    epsilon=1.0,
+    prior=PRIOR,
+    tau=1.3,
+    margin=MARGIN,
+    logit_scale=1.5,
+    z_loss=0.02,
+    label_smoothing=0.3,
+    alpha=ALPHA,
+    weight=WEIGHT,
+    ignore_index=2,
+)
 
 LT_PARAMS = [
     dict(epsilon=(), prior=PRIOR),
@@ -34,19 +49,7 @@ LT_PARAMS = [
     dict(gamma=0.5, epsilon=(1.0, -0.5), margin=MARGIN, logit_scale=2.0, label_smoothing=0.2, ignore_index=2),
     dict(epsilon=(), z_loss=0.1),
     dict(gamma=2.0, epsilon=(), z_loss=0.05, label_smoothing=0.1, alpha=ALPHA, weight=WEIGHT, normalizer=3.0),
-    dict(
-        gamma=1.5,
-        epsilon=1.0,
-        prior=PRIOR,
-        tau=1.3,
-        margin=MARGIN,
-        logit_scale=1.5,
-        z_loss=0.02,
-        label_smoothing=0.3,
-        alpha=ALPHA,
-        weight=WEIGHT,
-        ignore_index=2,
-    ),
+    ALL_OPTIONS,
 ]
 
 

@@ -17,6 +17,7 @@ import torch
 from polyfocal import _args
 from polyfocal.kernels import _native
 from polyfocal.reference import poly_loss_reference
+from test_longtail import ALL_OPTIONS, MARGIN
 
 HAS_NATIVE = _native.available()
 try:
@@ -28,11 +29,7 @@ except ImportError:  # pragma: no cover - triton missing
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
-C = 6
-PRIOR = [500.0, 120.0, 40.0, 9.0, 3.0, 1.0]
-MARGIN = [0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
-ALPHA = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-WEIGHT = [1.0, 2.0, 0.5, 1.0, 0.0, 3.0]
+C = 6  # the length of test_longtail's class vectors
 CAPS = [None, 0.0, 0.5, 3.0, 30.0]
 
 # (name, reference keywords); the kernels get the same options spelled out by _kernel_kwargs
@@ -40,22 +37,7 @@ OPTIONS = [
     ("plain", dict(epsilon=1.0, gamma=2.0)),
     ("ce_smooth_ignore", dict(epsilon=(), label_smoothing=0.2, ignore_index=2)),
     ("ldam", dict(epsilon=(), margin=MARGIN, logit_scale=3.0)),
-    (
-        "longtail_all",
-        dict(
-            gamma=1.5,
-            epsilon=1.0,
-            prior=PRIOR,
-            tau=1.3,
-            margin=MARGIN,
-            logit_scale=1.5,
-            z_loss=0.02,
-            label_smoothing=0.3,
-            alpha=ALPHA,
-            weight=WEIGHT,
-            ignore_index=2,
-        ),
-    ),
+    ("longtail_all", ALL_OPTIONS),
 ]
 
 
