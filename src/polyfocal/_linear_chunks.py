@@ -359,8 +359,7 @@ class _LinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, call: tuple):  # type: ignore[override]
         y, plan, engine = call
-        needs = tuple(ctx.needs_input_grad[:3])
-        needs = (needs[0], needs[1], needs[2] and bias is not None)
+        needs = tuple(ctx.needs_input_grad[:3])  # False for an absent bias
         loss, *grads = engine.forward(h, weight, bias, y, plan, needs)
         ctx.save_for_backward(h, weight, bias)
         ctx.call, ctx.needs = call, needs
@@ -397,16 +396,17 @@ def _flat(plan: _Plan, needs: tuple[bool, ...]) -> tuple:
     return (*flatten(plan.args), plan.reduction, plan.softcap, plan.rows, list(needs))
 
 
-def _unflat(flat: tuple) -> tuple[_Plan, tuple[bool, ...]]:
+def _unflat(flat: tuple, bias: Tensor | None) -> tuple[_Plan, tuple[bool, bool, bool]]:
+    """The plan and which of input / weight / bias gradients are wanted (the bias's only where there is one)."""
     *fields, reduction, softcap, rows, needs = flat
-    return _Plan(unflatten(fields), reduction, softcap, rows), tuple(needs)
+    return _Plan(unflatten(fields), reduction, softcap, rows), (needs[0], needs[1], needs[2] and bias is not None)
 
 
-def _fake_grads(h: Tensor, weight: Tensor, bias: Tensor | None, needs) -> tuple[Tensor, Tensor, Tensor]:
+def _fake_grads(h: Tensor, weight: Tensor, needs) -> tuple[Tensor, Tensor, Tensor]:
     """The fake kernels' gradient outputs: the input's, weight's and bias's shapes where wanted, else empty."""
     gi = torch.empty_like(h) if needs[0] else h.new_empty(0)
     gw = torch.empty_like(weight) if needs[1] else weight.new_empty(0)
-    gb = weight.new_empty(weight.shape[:1]) if needs[2] and bias is not None else weight.new_empty(0)
+    gb = weight.new_empty(weight.shape[:1]) if needs[2] else weight.new_empty(0)
     return gi, gw, gb
 
 
@@ -417,9 +417,8 @@ def _empty(like: Tensor, grad: Tensor | None) -> Tensor:
 def _linear_poly(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, *flat) -> tuple[Tensor, ...]:
     """The fused linear loss and (scalar reductions) its gradients for ``grad_output = 1`` (empty where not
     wanted); the flat arguments of :func:`_flat`."""
-    plan, needs = _unflat(flat)
-    n = (needs[0], needs[1], needs[2] and bias is not None) if plan.reduction != "none" else (False, False, False)
-    loss, gi, gw, gb = _forward(h, weight, bias, y, plan, n)
+    plan, needs = _unflat(flat, bias)
+    loss, gi, gw, gb = _forward(h, weight, bias, y, plan, needs if plan.reduction != "none" else (False, False, False))
     return loss, _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
 
 
@@ -432,18 +431,17 @@ linear_poly = torch.library.custom_op(
 
 @linear_poly.register_fake
 def _(h, weight, bias, y, *flat):
-    plan, needs = _unflat(flat)
+    plan, needs = _unflat(flat, bias)
     scalar = plan.reduction != "none"
     loss = h.new_empty(() if scalar else h.shape[:1], dtype=compute_dtype(h))
-    return (loss, *_fake_grads(h, weight, bias, needs if scalar else (False, False, False)))
+    return (loss, *_fake_grads(h, weight, needs if scalar else (False, False, False)))
 
 
 def _rows_backward(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, *flat_and_grad) -> tuple[Tensor, ...]:
     """``reduction="none"``'s backward: the chunks recomputed with the per-row ``grad_out``."""
     *flat, grad_out = flat_and_grad
-    plan, needs = _unflat(tuple(flat))
-    n = (needs[0], needs[1], needs[2] and bias is not None)
-    gi, gw, gb = _backward_none(h, weight, bias, y, plan, n, grad_out)
+    plan, needs = _unflat(tuple(flat), bias)
+    gi, gw, gb = _backward_none(h, weight, bias, y, plan, needs, grad_out)
     return _empty(h, gi), _empty(weight, gw), _empty(weight, gb)
 
 
@@ -455,8 +453,8 @@ linear_poly_rows_backward = torch.library.custom_op(
 
 @linear_poly_rows_backward.register_fake
 def _(h, weight, bias, y, *flat_and_grad):
-    _, needs = _unflat(tuple(flat_and_grad[:-1]))
-    return _fake_grads(h, weight, bias, needs)
+    _, needs = _unflat(tuple(flat_and_grad[:-1]), bias)
+    return _fake_grads(h, weight, needs)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -472,14 +470,14 @@ def _op_backward(ctx, grad_out, _gi, _gw, _gb):
         return (None, None, None, *nothing)
     h, weight, bias, gi, gw, gb = ctx.saved_tensors
     rest = ctx.inputs
-    plan, needs = _unflat(tuple(rest[1:]))
+    plan, needs = _unflat(tuple(rest[1:]), bias)
     if plan.reduction == "none":
         gi, gw, gb = linear_poly_rows_backward(h, weight, bias, *rest, grad_out)
     else:
         gi, gw, gb = (g * grad_out.to(g.dtype) for g in (gi, gw, gb))
     out_gi = gi if needs[0] else None
     out_gw = gw if needs[1] else None
-    out_gb = gb if needs[2] and bias is not None else None
+    out_gb = gb if needs[2] else None
     return (out_gi, out_gw, out_gb, *nothing)
 
 
