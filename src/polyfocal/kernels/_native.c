@@ -163,25 +163,32 @@ static inline float pf_sel(int cond, float a, float b) {
     return pf_float((pf_bits(a) & m) | (pf_bits(b) & ~m));
 }
 
-/* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and Cephes' degree-6 polynomial (max relative
- * error ~2 ulp), inlined so the row loops vectorise with no call; values below -87.3 (results under
- * float32's normal range, negligible against a row sum >= 1) flush to 0, -inf included; NaN stays NaN.
- * Branch-free: the clamp and the flush are integer blends, the rounding to an integer is the 1.5 * 2^23
- * trick (exact for |n| < 2^22, and it gives n's integer bits directly: no float-to-int conversion). */
+/* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and a degree-6 polynomial 1 + r + r^2 q(r) in
+ * Horner form (six multiply-adds), inlined so the row loops vectorise with no call.  q is a minimax fit of
+ * (exp(r) - 1 - r) / r^2 on [-ln2/2, ln2/2] (relative error 3.3e-9 with its float32 coefficients); over every float in
+ * [-87.3, 0] the result is within 0.90 ulp of exp with FMA, 1.18 ulp without (tests/test_native_exp.py).
+ * Values below -87.3 (results under float32's normal range, negligible against a row sum >= 1) flush to 0, -inf
+ * included; NaN stays NaN.  Branch-free: the flush is an integer AND of the result, the rounding to an integer is the
+ * 1.5 * 2^23 trick (exact for |n| < 2^22, and it gives n's integer bits directly: no float-to-int conversion).
+ * The exp pass of the softmax rows is bound by its arithmetic, so every operation counts: this replaced Cephes' expf
+ * polynomial evaluated as p r r + r + 1 (1.02 ulp; one multiply and one add more) and a clamp of v at -87.3 before
+ * the reduction (two blends; the AND already zeroes those lanes, whatever they computed: the 2^n bits are then 0,
+ * inf or a normal number, never a subnormal).  16384x1000 rows, 2 threads: ce 0.87 -> 0.78x one torch.softmax at
+ * AVX-512, 0.81 -> 0.64x at AVX2. */
 static inline float exp_nonpos(float v) {
     const int32_t keep = (int32_t)(v < -87.3f) - 1; /* 0 below -87.3, all ones otherwise (NaN included) */
-    const float c = pf_float((pf_bits(v) & keep) | (pf_bits(-87.3f) & ~keep));
+    const float c = v; /* not clamped: below -87.3 the lanes compute garbage (inf, NaN) that keep masks to 0 */
     const float big = c * 1.44269504088896341f + 12582912.0f; /* round(c / ln 2) + 1.5 * 2^23 */
     const float n = big - 12582912.0f;
     const uint32_t ni = (uint32_t)pf_bits(big) - 0x4b400000u; /* n as a two's complement integer */
     const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    float p = 1.3814589474e-3f;
+    p = p * r + 8.3687053993e-3f;
+    p = p * r + 4.1668355465e-2f;
+    p = p * r + 1.6666521132e-1f;
+    p = p * r + 4.9999994040e-1f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
     const float scale = pf_float((int32_t)((ni + 127u) << 23)); /* 2^n, n in [-126, 0] */
     return pf_float(pf_bits(p * scale) & keep);
 }
