@@ -1298,6 +1298,14 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                     const float a = u[i], b = a * a;
                     mod[i] = gamma == 1.0 ? a : (gamma == 2.0 ? b : (gamma == 3.0 ? b * a : b * b));
                 }
+            } else if (gamma == 0.5 || gamma == 1.5 || gamma == 2.5 || gamma == 3.5) { /* u^k sqrt(u) */
+                /* PF_HOT: the sigmoid block's modulating factor, half-integer gamma (one sqrt instead of
+                 * expf(gamma logf(u)): sigmoid_focal_loss(gamma=1.5) at 100000x80, 2 threads, 0.74 -> 0.60x BCE) */
+                #pragma omp simd
+                for (int64_t i = 0; i < len; i++) {
+                    const float a = u[i], r = sqrtf(a);
+                    mod[i] = gamma == 0.5 ? r : (gamma == 1.5 ? a * r : (gamma == 2.5 ? a * a * r : a * a * a * r));
+                }
             } else {
                 #pragma omp simd
                 for (int64_t i = 0; i < len; i++) mod[i] = expf(gm * logf(u[i]));
