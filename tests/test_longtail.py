@@ -239,6 +239,26 @@ def test_adjust_logits_and_ldam_margins():
         polyfocal.ldam_margins([3, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0])
+def test_long_tail_vectors_refuse_bad_entries(bad, dtype):
+    """Every non-finite or out-of-range entry is refused (one aminmax decides, NaN included), in every dtype."""
+    if not dtype.is_floating_point and not math.isfinite(bad):
+        pytest.skip("an integer tensor holds no NaN or inf")
+    values = torch.tensor([1.0, bad, 2.0]).to(dtype)
+    x, y = torch.randn(2, 3), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="expected every prior entry finite and > 0"):
+        polyfocal.logit_adjusted_loss(x, y, prior=values)
+    with pytest.raises(ValueError, match="expected positive finite counts"):
+        polyfocal.ldam_margins(values)
+    if bad == 0.0:  # a zero margin is allowed
+        torch.testing.assert_close(polyfocal.ldam_loss(x, y, margin=values, logit_scale=1.0),
+                                   polyfocal.ldam_loss(x, y, margin=values.double(), logit_scale=1.0))  # fmt: skip
+    else:
+        with pytest.raises(ValueError, match="expected every margin entry finite and >= 0"):
+            polyfocal.ldam_loss(x, y, margin=values)
+
+
 # ------------------------------------------------------------------ autograd
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._validation import finite_and_above
+
 __all__ = ["adjust_logits", "class_balanced_alpha", "ldam_margins"]
 
 
@@ -64,7 +66,7 @@ def _counts(counts: Sequence[int] | torch.Tensor, name: str = "counts") -> torch
         raise TypeError(f"expected {name} to be a sequence or a 1-D tensor, got {type(counts).__name__}")
     if n.ndim != 1 or n.numel() == 0:
         raise ValueError(f"expected a non-empty 1-D sequence of {name}, got shape {tuple(n.shape)}")
-    if not bool(torch.isfinite(n).all()) or bool((n <= 0).any()):
+    if not finite_and_above(n, positive=True):
         raise ValueError(f"expected positive finite {name} for every class, got {n.tolist()!r}")
     return n
 
@@ -95,7 +97,7 @@ def ldam_margins(counts: Sequence[int] | torch.Tensor, max_margin: float = 0.5) 
         raise ValueError(f"expected max_margin to be a finite number >= 0, got {max_margin!r}")
     n = _counts(counts)
     m = n.pow(-0.25)
-    out = m * (float(max_margin) / m.max())
+    out = m.mul_(float(max_margin) / m.max().item())
     device = counts.device if isinstance(counts, torch.Tensor) else None
     return out.to(device=device, dtype=torch.float32)
 
