@@ -166,7 +166,7 @@ static inline float pf_sel(int cond, float a, float b) {
 /* exp(v) for v <= 0 (softmax's x - max): Cody-Waite reduction and a degree-6 polynomial 1 + r + r^2 q(r) in
  * Horner form (six multiply-adds), inlined so the row loops vectorise with no call.  q is a minimax fit of
  * (exp(r) - 1 - r) / r^2 on [-ln2/2, ln2/2] (relative error 3.3e-9 with its float32 coefficients); over every float in
- * [-87.3, 0] the result is within 0.90 ulp of exp with FMA, 1.18 ulp without (tests/test_native_exp.py).
+ * [-87.3, 0] the result is within 0.90 ulp of exp with FMA, 1.18 ulp without (tests/test_native_math.py).
  * Values below -87.3 (results under float32's normal range, negligible against a row sum >= 1) flush to 0, -inf
  * included; NaN stays NaN.  Branch-free: the flush is an integer AND of the result, the rounding to an integer is the
  * 1.5 * 2^23 trick (exact for |n| < 2^22, and it gives n's integer bits directly: no float-to-int conversion).
@@ -191,6 +191,38 @@ static inline float exp_nonpos(float v) {
     p = p * r + 1.0f;
     const float scale = pf_float((int32_t)((ni + 127u) << 23)); /* 2^n, n in [-126, 0] */
     return pf_float(pf_bits(p * scale) & keep);
+}
+
+/* log1p(e) for e in [0, 1] (the sigmoid's tail log(1 + exp(-|x|))), inlined like exp_nonpos: log1p(e) = 2 atanh(s),
+ * s = e / (2 + e) in [0, 1/3], as 2s + 2s s^2 P(s^2) with P a minimax fit of (atanh(s) / s - 1) / s^2 (relative
+ * error 5.5e-9 with its float32 coefficients).  Relative precision for every e, tiny ones included (the
+ * result is then ~e, with no cancellation); 0 -> 0, NaN -> NaN.  It replaced glibc's vector logf(1 + e) times
+ * e / ((1 + e) - 1), whose call took a third of the asymmetric loss's kernel time. */
+static inline float log1p_unit(float e) {
+    const float t = (e + e) / (2.0f + e), z = t * t; /* 2s and 4 s^2: a subnormal e keeps its bits (e + e is exact) */
+    float p = 5.4710725e-4f; /* P's coefficients over 4^(k+1), exactly (powers of two): P(z / 4) / 4 */
+    p = p * z + 2.1876425e-3f;
+    p = p * z + 1.2506727e-2f;
+    p = p * z + 8.333302e-2f;
+    return t * z * p + t;
+}
+
+/* log(v) for every float v, inlined: v = 2^k m with m in [sqrt(1/2), sqrt(2)) from the bits (subnormals scaled by
+ * 2^23 first), log(m) = 2 atanh(s), s = (m - 1) / (m + 1) in [-0.172, 0.172], as t + t z P(z) (P a minimax fit,
+ * relative error 9.3e-10), plus k ln 2 in two parts.  0 -> -inf, +inf -> +inf, negative or NaN -> NaN. */
+static inline float pf_log(float v) {
+    const int sub = v < 1.17549435e-38f; /* subnormal (0 and negatives too: masked at the end) */
+    const float w = pf_sel(sub, v * 8388608.0f, v);
+    const int32_t ix = pf_bits(w), k0 = (ix - 0x3f3504f3) >> 23; /* 0x3f3504f3: sqrt(1/2) */
+    const float m = pf_float(ix - k0 * 8388608), kf = (float)(k0 - 23 * sub);
+    const float f = m - 1.0f, s = f / (2.0f + f), z = s * s, t = s + s;
+    float p = 1.4936877787e-1f;
+    p = p * z + 1.9988739491e-1f;
+    p = p * z + 3.3333387971e-1f;
+    float r = kf * 0.693359375f + (t * z * p + t + kf * -2.12194440e-4f);
+    r = pf_sel(v == INFINITY, v, r);
+    r = pf_sel(v == 0.0f, -INFINITY, r);
+    return pf_sel(!(v >= 0.0f), NAN, r);
 }
 
 /* sum_j eps_j u^j and sum_j eps_j (j + gamma) u^(j-1) */
@@ -989,10 +1021,7 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
     for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
     /* PF_HOT: the detection block's log1p pass */
 #pragma omp simd
-    for (int64_t i = 0; i < len; i++) {
-        const float e = p[i], w1 = 1.0f + e;
-        q[i] = pf_sel(w1 == 1.0f, e, logf(w1) * (e / (w1 - 1.0f)));
-    }
+    for (int64_t i = 0; i < len; i++) q[i] = log1p_unit(p[i]);
     /* PF_HOT: the detection block's cross-entropy terms */
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) {
@@ -1052,9 +1081,8 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
         if (clip > 0.0f) {
             /* 1 - s_m = min(q + clip, 1), and the clipped cross-entropy -log(1 - s_m) its log: q = sigmoid(-x) has full
              * relative precision (from exp(-|x|)), and q + clip adds two positive numbers, so no digit of q is lost
-             * as s -> 1 for a tiny clip, where 1 - (s - clip) and log1p(-s_m) lose them all (issue 18).  One logf:
-             * it replaced -logaddexp(-a_pos, log clip) (an exp and a log1p; asymmetric_loss 100000x80 at 2 threads
-             * 0.88 -> see README x BCE-with-logits). */
+             * as s -> 1 for a tiny clip, where 1 - (s - clip) and log1p(-s_m) lose them all (issue 18).  One log
+             * (pf_log, inlined): it replaced -logaddexp(-a_pos, log clip), an exp and a log1p. */
             /* PF_HOT: the asymmetric loss's clipped terms */
 #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
@@ -1062,7 +1090,7 @@ PF_DET float det_block(int variant, const float *xb, const float *tt, const floa
                 const float one_m = pf_sel(r > 1.0f, 1.0f, r); /* 1 - s_m; a comparison: NaN stays NaN */
                 const int on = p[i] >= clip;
                 u[i] = pf_sel(d > 0.0f, d, 0.0f); /* s_m for now */
-                ce[i] = -logf(one_m);
+                ce[i] = -pf_log(one_m);
                 dce[i] = pf_sel(on, p[i] * q[i] / one_m, 0.0f);
                 du[i] = pf_sel(on, 1.0f, 0.0f);
             }
@@ -1257,17 +1285,13 @@ int pf_sigmoid(const void *x, int xdt, const void *t, int tdt, const int64_t *y,
                 if (g && gp == gb) store_from_f32(g, xdt, base, gb, len);
                 continue;
             }
-            /* one libm call per loop (GCC vectorises these through libmvec); e = exp(-|x|) gives everything:
-             * log1p(e), and sigmoid(x), sigmoid(-x) as 1/(1+e), e/(1+e) */
+            /* e = exp(-|x|) gives everything: log1p(e), and sigmoid(x), sigmoid(-x) as 1/(1+e), e/(1+e) */
             /* PF_HOT: the sigmoid block's exp pass */
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) p[i] = exp_nonpos(-fabsf(xb[i]));
             /* PF_HOT: the sigmoid block's log1p pass */
             #pragma omp simd
-            for (int64_t i = 0; i < len; i++) { /* log1p(e) = log(1 + e) * e / ((1 + e) - 1), exact for tiny e */
-                const float e = p[i], w1 = 1.0f + e;
-                q[i] = pf_sel(w1 == 1.0f, e, logf(w1) * (e / (w1 - 1.0f)));
-            }
+            for (int64_t i = 0; i < len; i++) q[i] = log1p_unit(p[i]);
             /* PF_HOT: the sigmoid block's cross-entropy terms */
             #pragma omp simd
             for (int64_t i = 0; i < len; i++) {
