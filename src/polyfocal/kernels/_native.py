@@ -2,8 +2,9 @@
 
 Why compiled code on CPU: a chain of whole-tensor torch ops cannot meet the targets (the sigmoid family
 needs ~25 element-wise passes against BCE-with-logits' handful), while one C loop per row / per block of
-elements, vectorised through glibc's libmvec and parallelised with OpenMP, reads the logits once and writes
-the gradient once.  The C file has no Python or torch headers, so it compiles in well under a second:
+elements, vectorised (inlined exp / log1p / log, glibc's libmvec for the other libm calls) and parallelised with
+OpenMP, reads the logits once and writes the gradient once.  The C file has no Python or torch headers, so it
+compiles in well under a second:
 
 * cold first call (compile + load): ~2.5 s wall here (four units compiled in parallel, ~4.3 s of CPU on
   two cores); warm cache (load only): a few milliseconds;
@@ -90,8 +91,8 @@ def march() -> str:
 def libmvec() -> bool:
     """Whether the build links glibc's vector math library (SIMD ``expf`` / ``logf`` in the loops that call them):
     glibc on x86_64, or on aarch64 from glibc 2.38 (its first AdvSIMD ``expf`` / ``logf``).  Elsewhere those
-    loops call the scalar functions (correct, slower); the exp of the softmax and sigmoid passes is inlined C
-    and vectorises either way."""
+    loops call the scalar functions (correct, slower); the exp of the softmax and sigmoid passes and the sigmoid's
+    log1p / log are inlined C and vectorise either way."""
     lib, version = platform.libc_ver()
     if lib != "glibc":
         return False
