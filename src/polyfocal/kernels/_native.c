@@ -364,70 +364,36 @@ typedef struct {
  * is then an upper bound (a valid stabiliser), the sum over c != t is unchanged, and the target's own terms are
  * corrected once after the loops. */
 #define XB(c) (ADJ == 1 ? sc * (xr[c] + bb[c]) : ADJ == 2 ? sc * xr[c] : xr[c])
-/* sum of e_c = exp(XB(c) - m) over c in [lo, hi), each e_c stored to gr[c] when gr is not NULL */
-static inline __attribute__((always_inline)) float sm_exp_sum(const float *xr, const float *bb, float sc, float m,
-                                                              float *gr, int64_t lo, int64_t hi, const int ADJ) {
-    float s = 0.0f;
-    if (gr) {
-        /* PF_HOT: the softmax row's exp pass, storing e */
-#pragma omp simd reduction(+ : s)
-        for (int64_t c = lo; c < hi; c++) {
-            const float e = exp_nonpos(XB(c) - m);
-            gr[c] = e;
-            s += e;
-        }
-    } else {
-        /* PF_HOT: the softmax row's exp pass, loss only */
-#pragma omp simd reduction(+ : s)
-        for (int64_t c = lo; c < hi; c++) s += exp_nonpos(XB(c) - m);
+/* The exp pass over [lo, hi): returns the sum of e_c = exp(XB(c) - m), stores each e_c to gr[c] (STORE), and with LS
+ * adds label smoothing's class sum, the sum of a_c XB(c) (a_c = aa[c] with W, else 1), to *xa: one read of the row
+ * block for both.  STORE, LS and W are compile-time constants of each instance (sm_exp_sum picks it), so every
+ * instance is a loop without control flow: SSE4.2 does not if-convert a branch, and a ones vector in place of absent
+ * weights would add a load per element. */
+static inline __attribute__((always_inline)) float sm_exp_run(const float *xr, const float *bb, float sc, float m,
+                                                              float *gr, int64_t lo, int64_t hi, const int ADJ,
+                                                              const int STORE, const int LS, const int W,
+                                                              const float *aa, float *xa) {
+    float s = 0.0f, b = 0.0f;
+    /* PF_HOT: the softmax row's exp pass (e stored or not, label smoothing's class sum or not: per instance) */
+#pragma omp simd reduction(+ : s, b)
+    for (int64_t c = lo; c < hi; c++) {
+        const float v = XB(c), e = exp_nonpos(v - m);
+        if (STORE) gr[c] = e;
+        s += e;
+        if (LS) b += W ? aa[c] * v : v;
     }
+    if (LS) *xa += b;
     return s;
 }
-/* sm_exp_sum plus label smoothing's class sum in the same pass: *xa += sum of a_c XB(c) (a_c = 1 without class
- * weights) over c in [lo, hi) -- one read of the row block instead of two */
-static inline __attribute__((always_inline)) float sm_exp_sum_ls(const float *xr, const float *bb, float sc, float m,
-                                                                 float *gr, int64_t lo, int64_t hi, const int ADJ,
-                                                                 const float *aa, float *xa) {
-    float s = 0.0f, b = 0.0f;
-    if (gr && aa) {
-        /* PF_HOT: the softmax row's exp pass with label smoothing's weighted class sum */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = lo; c < hi; c++) {
-            const float v = XB(c);
-            const float e = exp_nonpos(v - m);
-            gr[c] = e;
-            s += e;
-            b += aa[c] * v;
-        }
-    } else if (gr) {
-        /* PF_HOT: the softmax row's exp pass with label smoothing's class sum */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = lo; c < hi; c++) {
-            const float v = XB(c);
-            const float e = exp_nonpos(v - m);
-            gr[c] = e;
-            s += e;
-            b += v;
-        }
-    } else if (aa) {
-        /* PF_HOT: the softmax row's exp pass with label smoothing's weighted class sum, loss only */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = lo; c < hi; c++) {
-            const float v = XB(c);
-            s += exp_nonpos(v - m);
-            b += aa[c] * v;
-        }
-    } else {
-        /* PF_HOT: the softmax row's exp pass with label smoothing's class sum, loss only */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = lo; c < hi; c++) {
-            const float v = XB(c);
-            s += exp_nonpos(v - m);
-            b += v;
-        }
-    }
-    *xa += b;
-    return s;
+/* sm_exp_run's instance for gr (NULL: loss only), LS and aa (NULL: no class weights) */
+static inline __attribute__((always_inline)) float sm_exp_sum(const float *xr, const float *bb, float sc, float m,
+                                                              float *gr, int64_t lo, int64_t hi, const int ADJ,
+                                                              const int LS, const float *aa, float *xa) {
+    if (gr)
+        return LS && aa ? sm_exp_run(xr, bb, sc, m, gr, lo, hi, ADJ, 1, LS, 1, aa, xa)
+                        : sm_exp_run(xr, bb, sc, m, gr, lo, hi, ADJ, 1, LS, 0, aa, xa);
+    return LS && aa ? sm_exp_run(xr, bb, sc, m, gr, lo, hi, ADJ, 0, LS, 1, aa, xa)
+                    : sm_exp_run(xr, bb, sc, m, gr, lo, hi, ADJ, 0, LS, 0, aa, xa);
 }
 /* One PF_VL-wide window [w, w + PF_VL) of the exp pass (inside the row), counting only the classes c in [lo, hi) and
  * leaving the target t out of the sum of e (not out of label smoothing's class sum, LS).  The classes of the window
@@ -436,54 +402,33 @@ static inline __attribute__((always_inline)) float sm_exp_sum_ls(const float *xr
  * vector) with a constant trip count: no scalar remainder.  Splitting a block at t itself left two loops of arbitrary
  * length per row, each ending in a scalar remainder, which took 7-9% of the row's time at 16384x1000. */
 #define PF_VL 16 /* floats per AVX-512 vector (two AVX2 vectors, four NEON ones) */
+static inline __attribute__((always_inline)) float sm_exp_window_run(const float *xr, const float *bb, float sc,
+                                                                     float m, float *gr, int64_t w, int64_t lo,
+                                                                     int64_t hi, int64_t t, const int ADJ,
+                                                                     const int STORE, const int LS, const int W,
+                                                                     const float *aa, float *xa) {
+    float s = 0.0f, b = 0.0f;
+    /* PF_HOT: the softmax row's exp pass over a window (per instance, as sm_exp_run) */
+#pragma omp simd reduction(+ : s, b)
+    for (int64_t c = w; c < w + PF_VL; c++) {
+        const float v = XB(c), e = exp_nonpos(v - m);
+        const int in = (c >= lo) & (c < hi); /* in / keep as integer ANDs: no control flow */
+        if (STORE) gr[c] = e;
+        s += pf_sel(in & (c != t), e, 0.0f);
+        if (LS) b += pf_sel(in, W ? aa[c] * v : v, 0.0f);
+    }
+    if (LS) *xa += b;
+    return s;
+}
 static inline __attribute__((always_inline)) float sm_exp_window(const float *xr, const float *bb, float sc, float m,
                                                                  float *gr, int64_t w, int64_t lo, int64_t hi,
                                                                  int64_t t, const int ADJ, const int LS,
                                                                  const float *aa, float *xa) {
-    float s = 0.0f, b = 0.0f;
-    /* in / keep as integer ANDs, the class weight loaded by separate loops: no control flow in the loops (SSE4.2
-     * does not if-convert it) */
-    if (gr && LS && aa) {
-        /* PF_HOT: the softmax row's exp pass over a window, storing e, weighted class sum */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = w; c < w + PF_VL; c++) {
-            const float v = XB(c), e = exp_nonpos(v - m);
-            const int in = (c >= lo) & (c < hi);
-            gr[c] = e;
-            s += pf_sel(in & (c != t), e, 0.0f);
-            b += pf_sel(in, aa[c] * v, 0.0f);
-        }
-    } else if (gr) {
-        /* PF_HOT: the softmax row's exp pass over a window, storing e */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = w; c < w + PF_VL; c++) {
-            const float v = XB(c), e = exp_nonpos(v - m);
-            const int in = (c >= lo) & (c < hi);
-            gr[c] = e;
-            s += pf_sel(in & (c != t), e, 0.0f);
-            b += LS ? pf_sel(in, v, 0.0f) : 0.0f;
-        }
-    } else if (LS && aa) {
-        /* PF_HOT: the softmax row's exp pass over a window, loss only, weighted class sum */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = w; c < w + PF_VL; c++) {
-            const float v = XB(c);
-            const int in = (c >= lo) & (c < hi);
-            s += pf_sel(in & (c != t), exp_nonpos(v - m), 0.0f);
-            b += pf_sel(in, aa[c] * v, 0.0f);
-        }
-    } else {
-        /* PF_HOT: the softmax row's exp pass over a window, loss only */
-#pragma omp simd reduction(+ : s, b)
-        for (int64_t c = w; c < w + PF_VL; c++) {
-            const float v = XB(c);
-            const int in = (c >= lo) & (c < hi);
-            s += pf_sel(in & (c != t), exp_nonpos(v - m), 0.0f);
-            b += LS ? pf_sel(in, v, 0.0f) : 0.0f;
-        }
-    }
-    if (LS) *xa += b;
-    return s;
+    if (gr)
+        return LS && aa ? sm_exp_window_run(xr, bb, sc, m, gr, w, lo, hi, t, ADJ, 1, LS, 1, aa, xa)
+                        : sm_exp_window_run(xr, bb, sc, m, gr, w, lo, hi, t, ADJ, 1, LS, 0, aa, xa);
+    return LS && aa ? sm_exp_window_run(xr, bb, sc, m, gr, w, lo, hi, t, ADJ, 0, LS, 1, aa, xa)
+                    : sm_exp_window_run(xr, bb, sc, m, gr, w, lo, hi, t, ADJ, 0, LS, 0, aa, xa);
 }
 /* The exp pass over the block [c0, c1) of a row of C >= PF_VL classes: its sum of e over c != t, label smoothing's
  * class sum (LS) into *xa */
@@ -495,12 +440,12 @@ static inline __attribute__((always_inline)) float sm_exp_block(const float *xr,
     const int64_t ta = in_block ? c0 + (t - c0) / PF_VL * PF_VL : c1; /* the target's vector [ta, tb) */
     const int64_t tb = in_block ? (ta + PF_VL < c1 ? ta + PF_VL : c1) : c1;
     const int64_t te = tb + (c1 - tb) / PF_VL * PF_VL; /* whole vectors after it: [tb, te) */
-    float s = LS ? sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, aa, xa) : sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
+    float s = sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ, LS, aa, xa);
     if (in_block) {
         const int64_t w = ta + PF_VL <= c1 ? ta : c1 - PF_VL; /* shifted back to end at c1: still inside the row */
         s += sm_exp_window(xr, bb, sc, m, gr, w, ta, tb, t, ADJ, LS, aa, xa);
     }
-    s += LS ? sm_exp_sum_ls(xr, bb, sc, m, gr, tb, te, ADJ, aa, xa) : sm_exp_sum(xr, bb, sc, m, gr, tb, te, ADJ);
+    s += sm_exp_sum(xr, bb, sc, m, gr, tb, te, ADJ, LS, aa, xa);
     if (te < c1) s += sm_exp_window(xr, bb, sc, m, gr, c1 - PF_VL, te, c1, t, ADJ, LS, aa, xa);
     return s;
 }
@@ -549,12 +494,12 @@ static inline __attribute__((always_inline)) float sm_row_impl(const sm_ctx *k, 
         if (C < PF_VL) { /* a short row: the loops around t, and t's class-sum term */
             const int64_t ta = t < c0 ? c0 : (t < c1 ? t : c1), tb = t < c0 ? c0 : (t < c1 ? t + 1 : c1);
             if (ls > 0.0) {
-                s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, c0, ta, ADJ, a, &b_a);
-                s_rest += (double)sm_exp_sum_ls(xr, bb, sc, m, gr, tb, c1, ADJ, a, &b_a);
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ, 1, a, &b_a);
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ, 1, a, &b_a);
                 if (ta < tb) b_a += (a ? a[t] : 1.0f) * XB(t);
             } else {
-                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ);
-                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ);
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, c0, ta, ADJ, 0, NULL, NULL);
+                s_rest += (double)sm_exp_sum(xr, bb, sc, m, gr, tb, c1, ADJ, 0, NULL, NULL);
             }
         } else if (ls > 0.0) {
             s_rest += (double)sm_exp_block(xr, bb, sc, m, gr, c0, c1, t, ADJ, 1, a, &b_a);
