@@ -177,11 +177,11 @@ static inline float pf_sel(int cond, float a, float b) {
  * AVX-512, 0.81 -> 0.64x at AVX2. */
 static inline float exp_nonpos(float v) {
     const int32_t keep = (int32_t)(v < -87.3f) - 1; /* 0 below -87.3, all ones otherwise (NaN included) */
-    const float c = v; /* not clamped: below -87.3 the lanes compute garbage (inf, NaN) that keep masks to 0 */
-    const float big = c * 1.44269504088896341f + 12582912.0f; /* round(c / ln 2) + 1.5 * 2^23 */
+    /* v is not clamped: below -87.3 the lanes compute garbage (inf, NaN) that keep masks to 0 */
+    const float big = v * 1.44269504088896341f + 12582912.0f; /* round(v / ln 2) + 1.5 * 2^23 */
     const float n = big - 12582912.0f;
     const uint32_t ni = (uint32_t)pf_bits(big) - 0x4b400000u; /* n as a two's complement integer */
-    const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
+    const float r = (v - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.3814589474e-3f;
     p = p * r + 8.3687053993e-3f;
     p = p * r + 4.1668355465e-2f;
