@@ -97,7 +97,7 @@ def ldam_margins(counts: Sequence[int] | torch.Tensor, max_margin: float = 0.5) 
         raise ValueError(f"expected max_margin to be a finite number >= 0, got {max_margin!r}")
     n = _counts(counts)
     m = n.pow(-0.25)
-    out = m.mul_(float(max_margin) / m.max().item())
+    out = m.mul_(float(max_margin) / m.max())  # a 0-D tensor: no host read on CUDA
     device = counts.device if isinstance(counts, torch.Tensor) else None
     return out.to(device=device, dtype=torch.float32)
 
